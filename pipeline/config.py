@@ -1,0 +1,99 @@
+"""Settings: built once from the environment and CLI flags, then passed down. The only
+reader of os.environ in nanobatch. The API key is kept out of repr so it cannot leak into
+logs or tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from pipeline.errors import UsageError
+
+DEFAULT_DATABASE_URL = "sqlite:///.nanobatch/ledger.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    """NANOBATCH_DATABASE_URL: the ledger, any SQLAlchemy URL."""
+    api_key: str | None = field(default=None, repr=False)
+    """GEMINI_API_KEY or GOOGLE_API_KEY; never printed, logged or stored."""
+    api_key_variable: str = "GEMINI_API_KEY"
+    """Which variable the key came from (for error messages)."""
+    base_url: str | None = None
+    """GOOGLE_GEMINI_BASE_URL: another endpoint, e.g. the emulator."""
+    log_format: str = "auto"
+    """NANOBATCH_LOG_FORMAT: console, json or auto (console on a terminal)."""
+    state_dir: Path = Path(".nanobatch")
+    """NANOBATCH_STATE_DIR: spool files for uploads and downloads."""
+    daily_budget_usd: Decimal | None = None
+    """NANOBATCH_DAILY_BUDGET_USD: optional cap on spending per UTC day across runs."""
+    notify_url: str | None = None
+    """NANOBATCH_NOTIFY_URL: receives a JSON summary when a run finishes."""
+    harvest_workers: int = 4
+    """NANOBATCH_HARVEST_WORKERS: threads that decode and store images."""
+    create_backoff_s: float = 30.0
+    """NANOBATCH_CREATE_BACKOFF_S: first wait after a batch create answered 429 or 5xx."""
+    worker_id: str = ""
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment (os.environ unless `env` is given)."""
+    env = os.environ if env is None else env
+    key, key_var = _api_key(env)
+    return Settings(
+        database_url=env.get("NANOBATCH_DATABASE_URL") or DEFAULT_DATABASE_URL,
+        api_key=key,
+        api_key_variable=key_var,
+        base_url=env.get("GOOGLE_GEMINI_BASE_URL") or None,
+        log_format=(env.get("NANOBATCH_LOG_FORMAT") or "auto").lower(),
+        state_dir=Path(env.get("NANOBATCH_STATE_DIR") or ".nanobatch"),
+        daily_budget_usd=_decimal(env, "NANOBATCH_DAILY_BUDGET_USD"),
+        notify_url=env.get("NANOBATCH_NOTIFY_URL") or None,
+        harvest_workers=_int(env, "NANOBATCH_HARVEST_WORKERS", 4),
+        create_backoff_s=float(env.get("NANOBATCH_CREATE_BACKOFF_S") or 30.0),
+        worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )
+
+
+def _api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        value = (env.get(name) or "").strip()
+        if value:
+            return value, name
+    return None, "GEMINI_API_KEY"
+
+
+def _decimal(env: Mapping[str, str], name: str) -> Decimal | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise UsageError(f"{name}={raw!r} is not a number of USD, e.g. 25.00") from None
+    if value <= 0:
+        raise UsageError(f"{name} must be more than 0, got {raw}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise UsageError(f"{name}={raw!r} must be a whole number of at least 1")
+    return int(raw)

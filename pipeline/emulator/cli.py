@@ -1,0 +1,40 @@
+"""The click command ``serve`` for the main CLI (``nanobatch emulator serve``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.emulator import serve
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True, help="0 picks a free port")
+@click.option("--api-key", default=None, help="Refuse any other key (400 API_KEY_INVALID).")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Clock acceleration.")
+@click.option(
+    "--faults", type=click.Path(exists=True, path_type=Path), default=None, help="Fault plan."
+)
+@click.option("--image-scale", type=float, default=1.0, show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def serve_command(
+    host: str,
+    port: int,
+    api_key: str | None,
+    speed: float,
+    faults: Path | None,
+    image_scale: float,
+    data_dir: Path | None,
+) -> None:
+    """Run the Gemini Batch API emulator until interrupted."""
+    serve(
+        host=host,
+        port=port,
+        api_key=api_key,
+        speed=speed,
+        faults=faults,
+        image_scale=image_scale,
+        data_dir=data_dir,
+    )

@@ -1,0 +1,172 @@
+"""Fault plans: which errors, odd answers and broken downloads the emulator injects, and when.
+
+Every choice is reproducible: rates are decided by hashing the plan's seed with the key (or the
+batch's display name and creation ordinal), never by a random generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LINE_KINDS = ("error", "finish", "block", "text_only", "missing")
+
+
+def chance(*parts: object) -> float:
+    """A deterministic number in [0, 1) from the parts."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class HttpFault:
+    """Answer an endpoint with ``status`` the first ``times`` times it is called."""
+
+    status: int = 429
+    times: int = 1
+    message: str | None = None
+
+
+@dataclass
+class BatchFault:
+    """End matching batches in ``state`` (FAILED or EXPIRED) with no output.
+
+    A batch matches when it is among the ``next`` batches created from now on, when its display
+    name contains ``display_name_contains``, or by ``rate``.
+    """
+
+    state: str = "FAILED"
+    rate: float | None = None
+    display_name_contains: str | None = None
+    next: int = 0
+
+
+@dataclass
+class LineFault:
+    """A per-line fault.
+
+    kind: ``error`` (``code``, ``message``), ``finish`` (candidate with finishReason ``reason`` and
+    no image), ``block`` (promptFeedback.blockReason ``reason``, no candidates), ``text_only``
+    (STOP with one text part), ``missing`` (no output line). Lines match by ``keys`` and/or
+    ``rate`` (all lines when neither is given); ``times`` limits it to the first N servings of
+    each key, ``count`` to the first N lines overall.
+    """
+
+    kind: str = "error"
+    code: int = 13
+    message: str | None = None
+    reason: str = "IMAGE_SAFETY"
+    rate: float | None = None
+    keys: list[str] | None = None
+    times: int | None = None
+    count: int | None = None
+
+
+@dataclass
+class DownloadFault:
+    """Throttle downloads to ``bytes_per_second``; drop the connection after ``drop_after_bytes``
+    bytes the first ``drop_times`` downloads."""
+
+    bytes_per_second: int | None = None
+    drop_after_bytes: int | None = None
+    drop_times: int = 1
+
+
+@dataclass
+class FaultPlan:
+    """Every fault the emulator injects. Mutable at run time; counters live in the plan."""
+
+    seed: int = 0
+    create_errors: list[HttpFault] = field(default_factory=list)
+    get_errors: list[HttpFault] = field(default_factory=list)
+    download_errors: list[HttpFault] = field(default_factory=list)
+    batch_faults: list[BatchFault] = field(default_factory=list)
+    line_faults: list[LineFault] = field(default_factory=list)
+    shuffle: bool = False
+    download: DownloadFault = field(default_factory=DownloadFault)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _used: dict[tuple[str, int, str], int] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaultPlan:
+        """Build a plan from a dict (the JSON/TOML file's content)."""
+        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown fault plan keys: {sorted(unknown)}")
+        plan = cls(seed=int(d.get("seed", 0)), shuffle=bool(d.get("shuffle", False)))
+        for name in ("create_errors", "get_errors", "download_errors"):
+            setattr(plan, name, [HttpFault(**x) for x in d.get(name, [])])
+        plan.batch_faults = [BatchFault(**x) for x in d.get("batch_faults", [])]
+        plan.line_faults = [_line_fault(x) for x in d.get("line_faults", [])]
+        plan.download = DownloadFault(**d.get("download", {}))
+        return plan
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FaultPlan:
+        """Load a plan from a ``.json`` or ``.toml`` file."""
+        p = Path(path)
+        text = p.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+        return cls.from_dict(data)
+
+    def _take(self, counter: tuple[str, int, str], limit: int | None) -> bool:
+        """Count one use of ``counter`` unless ``limit`` uses were already counted."""
+        with self._lock:
+            used = self._used.get(counter, 0)
+            if limit is not None and used >= limit:
+                return False
+            self._used[counter] = used + 1
+            return True
+
+    def http_error(self, endpoint: str) -> HttpFault | None:
+        """The injected error for this call of ``endpoint`` (create, get or download), if any."""
+        for i, fault in enumerate(getattr(self, f"{endpoint}_errors")):
+            if self._take((endpoint, i, ""), fault.times):
+                return fault
+        return None
+
+    def batch_fault(self, display_name: str, ordinal: int) -> str | None:
+        """The final state forced on a new batch, if any (decided at create)."""
+        for i, fault in enumerate(self.batch_faults):
+            if fault.next > 0 and self._take(("batch-next", i, ""), fault.next):
+                return fault.state
+            sub = fault.display_name_contains
+            if sub is not None and sub in display_name:
+                return fault.state
+            if fault.rate is not None and chance(self.seed, i, display_name, ordinal) < fault.rate:
+                return fault.state
+        return None
+
+    def line_fault(self, key: str) -> LineFault | None:
+        """The fault for this serving of the line with ``key``, if any."""
+        for i, fault in enumerate(self.line_faults):
+            if fault.keys is not None and key not in fault.keys:
+                continue
+            if fault.rate is not None and chance(self.seed, i, key) >= fault.rate:
+                continue
+            if fault.times is not None and not self._take(("line", i, key), fault.times):
+                continue
+            if fault.count is not None and not self._take(("line-count", i, ""), fault.count):
+                continue
+            return fault
+        return None
+
+    def drop_download(self) -> int | None:
+        """Bytes after which this download is cut, if it is to be cut."""
+        limit = self.download.drop_after_bytes
+        if limit is None or not self._take(("drop", 0, ""), self.download.drop_times):
+            return None
+        return limit
+
+
+def _line_fault(d: dict[str, Any]) -> LineFault:
+    fault = LineFault(**d)
+    if fault.kind not in LINE_KINDS:
+        raise ValueError(f"unknown line fault kind {fault.kind!r}; expected one of {LINE_KINDS}")
+    return fault

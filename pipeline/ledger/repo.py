@@ -1,0 +1,652 @@
+"""Every query of the ledger. Callers get frozen values, never ORM objects, and change state
+only through the guarded updates here: `UPDATE ... WHERE id = :id AND state = :from`, with
+the event row in the same transaction. Zero rows matched means someone else moved it first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.errors import NotFoundError, StaleTransition
+from pipeline.ledger.models import Attempt, Batch, Event, Item, Lease, Reject, Run
+from pipeline.states import (
+    LIVE_BATCH_STATES,
+    BatchState,
+    ItemState,
+    check_batch_transition,
+)
+
+RUNS, BATCHES, ITEMS = Run.__table__, Batch.__table__, Item.__table__
+ATTEMPTS, REJECTS, EVENTS, LEASES = (
+    Attempt.__table__,
+    Reject.__table__,
+    Event.__table__,
+    Lease.__table__,
+)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    job: str
+    state: str
+    model: str
+    fallback_model: str | None
+    output_uri: str
+    run_date: str
+    max_attempts: int
+    max_enqueued_tokens: int
+    max_requests_per_batch: int
+    max_batch_bytes: int
+    budget_nanos: int | None
+    overwrite: bool
+    use_cache: bool
+    item_count: int
+    rejected_count: int
+    estimated_nanos: int
+    created_at: datetime
+    finished_at: datetime | None
+    spec_path: str
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: int
+    run_id: str
+    seq: int
+    model: str
+    display_name: str
+    state: str
+    remote_name: str | None
+    remote_state: str | None
+    file_name: str | None
+    file_uploaded_at: datetime | None
+    output_file: str | None
+    item_count: int
+    est_tokens: int
+    est_nanos: int
+    not_before: datetime | None
+    create_tries: int
+    last_error: str | None
+    created_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+
+
+def _run(row: Any) -> RunRow:
+    return RunRow(**{f: getattr(row, f) for f in RunRow.__dataclass_fields__})
+
+
+def _batch(row: Any) -> BatchRow:
+    return BatchRow(**{f: getattr(row, f) for f in BatchRow.__dataclass_fields__})
+
+
+# ── runs ─────────────────────────────────────────────────────────────────────
+
+
+def find_run_by_identity(conn: Connection, identity: str) -> RunRow | None:
+    row = conn.execute(select(RUNS).where(RUNS.c.identity == identity)).first()
+    return _run(row) if row else None
+
+
+def insert_run(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(RUNS).values(**values))
+    _event(
+        conn, values["id"], None, None, None, values["state"], "run created", values["created_at"]
+    )
+
+
+def insert_items(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(ITEMS), list(rows))
+
+
+def insert_rejects(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(REJECTS), list(rows))
+
+
+def update_run_counts(conn: Connection, run_id: str, items: int, rejected: int, est: int) -> None:
+    conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id)
+        .values(item_count=items, rejected_count=rejected, estimated_nanos=est)
+    )
+
+
+def get_run(conn: Connection, ref: str) -> RunRow:
+    """A run by id, or a job name meaning its latest run; NotFoundError otherwise."""
+    row = conn.execute(select(RUNS).where(RUNS.c.id == ref)).first()
+    if row is None:
+        row = conn.execute(
+            select(RUNS).where(RUNS.c.job == ref).order_by(RUNS.c.created_at.desc()).limit(1)
+        ).first()
+    if row is None:
+        raise NotFoundError(f"no run or job named {ref!r}; `nanobatch status` lists the runs")
+    return _run(row)
+
+
+def list_runs(conn: Connection, *, active_only: bool = False) -> list[RunRow]:
+    query = select(RUNS).order_by(RUNS.c.created_at)
+    if active_only:
+        query = query.where(RUNS.c.state == "active")
+    return [_run(r) for r in conn.execute(query)]
+
+
+def set_run_state(conn: Connection, run_id: str, from_: str, to: str, now: datetime) -> bool:
+    values: dict[str, Any] = {"state": to}
+    if to != "active":
+        values["finished_at"] = now
+    result = conn.execute(
+        update(RUNS).where(RUNS.c.id == run_id, RUNS.c.state == from_).values(**values)
+    )
+    if result.rowcount != 1:
+        return False
+    _event(conn, run_id, None, None, from_, to, None, now)
+    return True
+
+
+def mark_run_notified(conn: Connection, run_id: str, now: datetime) -> bool:
+    result = conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id, RUNS.c.notified_at.is_(None))
+        .values(notified_at=now)
+    )
+    return result.rowcount == 1
+
+
+# ── items ────────────────────────────────────────────────────────────────────
+
+
+def item_counts(conn: Connection, run_id: str) -> dict[str, int]:
+    """Items by state; failed split into failed (retryable by `retry`) and failed_final."""
+    rows = conn.execute(
+        select(ITEMS.c.state, ITEMS.c.final, func.count())
+        .where(ITEMS.c.run_id == run_id)
+        .group_by(ITEMS.c.state, ITEMS.c.final)
+    )
+    counts: dict[str, int] = {}
+    for state, final, n in rows:
+        name = "failed_final" if state == ItemState.FAILED and final else state
+        counts[name] = counts.get(name, 0) + n
+    return counts
+
+
+def open_item_count(conn: Connection, run_id: str) -> int:
+    return conn.execute(
+        select(func.count())
+        .select_from(ITEMS)
+        .where(ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["queued", "in_batch"]))
+    ).scalar_one()
+
+
+def queued_items(conn: Connection, run_id: str, after_id: int, limit: int) -> list[Any]:
+    """Queued items of a run in id order (for forming batches), starting after `after_id`."""
+    return list(
+        conn.execute(
+            select(
+                ITEMS.c.id,
+                ITEMS.c.key,
+                ITEMS.c.prompt,
+                ITEMS.c.aspect_ratio,
+                ITEMS.c.image_size,
+                ITEMS.c.model,
+                ITEMS.c.est_tokens,
+                ITEMS.c.prompt_sha256,
+            )
+            .where(ITEMS.c.run_id == run_id, ITEMS.c.state == "queued", ITEMS.c.id > after_id)
+            .order_by(ITEMS.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def batch_request_rows(conn: Connection, batch_id: int) -> Iterator[Any]:
+    """(key, prompt, aspect_ratio, image_size) of a batch's items in id order: the JSONL."""
+    result = conn.execution_options(yield_per=5000).execute(
+        select(ITEMS.c.key, ITEMS.c.prompt, ITEMS.c.aspect_ratio, ITEMS.c.image_size)
+        .join(ATTEMPTS, ATTEMPTS.c.item_id == ITEMS.c.id)
+        .where(ATTEMPTS.c.batch_id == batch_id)
+        .order_by(ITEMS.c.id)
+    )
+    yield from result
+
+
+def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
+    """Every attempt of a batch with its item: what harvest joins result lines against."""
+    return list(
+        conn.execute(
+            select(
+                ATTEMPTS.c.id.label("attempt_id"),
+                ATTEMPTS.c.outcome,
+                ITEMS.c.id.label("item_id"),
+                ITEMS.c.key,
+                ITEMS.c.state,
+                ITEMS.c.tries,
+                ITEMS.c.fallback_used,
+                ITEMS.c.prompt_sha256,
+                ITEMS.c.prompt,
+                ITEMS.c.aspect_ratio,
+                ITEMS.c.image_size,
+                ITEMS.c.batch_id,
+            )
+            .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
+            .where(ATTEMPTS.c.batch_id == batch_id)
+        )
+    )
+
+
+def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Tokens and cost of each item summed over its recorded attempts."""
+    rows = conn.execute(
+        select(
+            ATTEMPTS.c.item_id,
+            func.sum(ATTEMPTS.c.input_tokens),
+            func.sum(ATTEMPTS.c.output_image_tokens),
+            func.sum(ATTEMPTS.c.output_text_tokens),
+            func.sum(ATTEMPTS.c.thinking_tokens),
+            func.sum(ATTEMPTS.c.cost_nanos),
+        )
+        .where(ATTEMPTS.c.item_id.in_(list(item_ids)), ATTEMPTS.c.outcome.is_not(None))
+        .group_by(ATTEMPTS.c.item_id)
+    )
+    names = ("input", "output_image", "output_text", "thinking", "cost_nanos")
+    return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
+
+
+def requeue_items(
+    conn: Connection, run_id: str, *, include_final: bool, now: datetime, extra_tries: int
+) -> int:
+    """`retry`: failed (and with include_final, failed for good) items back to queued."""
+    cond = [ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["failed", "cancelled"])]
+    if not include_final:
+        cond.append(or_(ITEMS.c.final.is_(False), ITEMS.c.state == "cancelled"))
+    ids = [r[0] for r in conn.execute(select(ITEMS.c.id).where(*cond))]
+    for chunk in _chunks(ids, 500):
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state.in_(["failed", "cancelled"]))
+            .values(state="queued", final=False, error=None, batch_id=None, tries=0)
+        )
+        item_events(conn, run_id, chunk, "failed", "queued", "retry requested", now)
+    return len(ids)
+
+
+def cancel_open_items(conn: Connection, run_id: str, now: datetime) -> int:
+    """Queued items of a cancelled run become cancelled (in-batch ones wait for the batch)."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            select(ITEMS.c.id).where(ITEMS.c.run_id == run_id, ITEMS.c.state == "queued")
+        )
+    ]
+    for chunk in _chunks(ids, 500):
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "queued")
+            .values(state="cancelled", error="run cancelled", finished_at=now)
+        )
+        item_events(conn, run_id, chunk, "queued", "cancelled", "run cancelled", now)
+    return len(ids)
+
+
+def item_events(
+    conn: Connection,
+    run_id: str,
+    item_ids: Iterable[int],
+    from_: str | None,
+    to: str,
+    detail: str | None,
+    now: datetime,
+    batch_id: int | None = None,
+) -> None:
+    rows = [
+        {
+            "at": now,
+            "run_id": run_id,
+            "batch_id": batch_id,
+            "item_id": i,
+            "from_state": from_,
+            "to_state": to,
+            "detail": detail,
+        }
+        for i in item_ids
+    ]
+    if rows:
+        conn.execute(insert(EVENTS), rows)
+
+
+def find_cached(conn: Connection, prompt_sha256: str, exclude_run: str) -> Any | None:
+    """A succeeded, stored item of another run with the same content hash (prompt cache)."""
+    return conn.execute(
+        select(ITEMS.c.uri, ITEMS.c.sha256, ITEMS.c.model)
+        .where(
+            ITEMS.c.prompt_sha256 == prompt_sha256,
+            ITEMS.c.state == "succeeded",
+            ITEMS.c.run_id != exclude_run,
+            ITEMS.c.uri.is_not(None),
+        )
+        .limit(1)
+    ).first()
+
+
+# ── batches ──────────────────────────────────────────────────────────────────
+
+
+def create_batch(
+    conn: Connection,
+    run: RunRow,
+    model: str,
+    items: Sequence[Any],
+    est_tokens: int,
+    est_nanos: int,
+    now: datetime,
+) -> int:
+    """A queued batch of these queued items: batch row, attempt rows, items in_batch."""
+    seq = (
+        conn.execute(
+            select(func.coalesce(func.max(BATCHES.c.seq), 0)).where(BATCHES.c.run_id == run.id)
+        ).scalar_one()
+        + 1
+    )
+    batch_id = conn.execute(
+        insert(BATCHES)
+        .values(
+            run_id=run.id,
+            seq=seq,
+            model=model,
+            display_name=f"nb-{run.id}-{seq:05d}",
+            state=BatchState.QUEUED.value,
+            item_count=len(items),
+            est_tokens=est_tokens,
+            est_nanos=est_nanos,
+            create_tries=0,
+            created_at=now,
+        )
+        .returning(BATCHES.c.id)
+    ).scalar_one()
+    ids = [it.id for it in items]
+    for chunk in _chunks(ids, 500):
+        moved = conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "queued")
+            .values(state="in_batch", batch_id=batch_id)
+        ).rowcount
+        if moved != len(chunk):
+            raise StaleTransition(f"items of run {run.id} were taken by another tick")
+    conn.execute(
+        insert(ATTEMPTS),
+        [{"item_id": i, "batch_id": batch_id, "model": model} for i in ids],
+    )
+    _event(conn, run.id, batch_id, None, None, "queued", f"{len(ids)} items", now)
+    return batch_id
+
+
+def get_batch(conn: Connection, batch_id: int) -> BatchRow:
+    return _batch(conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).one())
+
+
+def batches_of_run(conn: Connection, run_id: str) -> list[BatchRow]:
+    query = select(BATCHES).where(BATCHES.c.run_id == run_id).order_by(BATCHES.c.seq)
+    return [_batch(r) for r in conn.execute(query)]
+
+
+def batches_in(
+    conn: Connection, states: Iterable[str], run_id: str | None = None
+) -> list[BatchRow]:
+    query = select(BATCHES).where(BATCHES.c.state.in_(list(states))).order_by(BATCHES.c.id)
+    if run_id is not None:
+        query = query.where(BATCHES.c.run_id == run_id)
+    return [_batch(r) for r in conn.execute(query)]
+
+
+def batch_state_counts(conn: Connection, run_id: str) -> dict[str, int]:
+    rows = conn.execute(
+        select(BATCHES.c.state, func.count())
+        .where(BATCHES.c.run_id == run_id)
+        .group_by(BATCHES.c.state)
+    )
+    return {state: n for state, n in rows}
+
+
+def live_tokens(conn: Connection, model: str) -> int:
+    """Estimated enqueued tokens of the model's live batches (all runs)."""
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0)).where(
+                BATCHES.c.model == model,
+                BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]),
+            )
+        ).scalar_one()
+    )
+
+
+def live_batch_count(conn: Connection) -> int:
+    return conn.execute(
+        select(func.count())
+        .select_from(BATCHES)
+        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]))
+    ).scalar_one()
+
+
+def transition_batch(
+    conn: Connection,
+    batch_id: int,
+    from_: BatchState,
+    to: BatchState,
+    now: datetime,
+    detail: str | None = None,
+    **values: Any,
+) -> None:
+    """The one way a batch changes state: a guarded update plus its event row."""
+    check_batch_transition(from_, to)
+    result = conn.execute(
+        update(BATCHES)
+        .where(BATCHES.c.id == batch_id, BATCHES.c.state == from_.value)
+        .values(state=to.value, **values)
+    )
+    if result.rowcount != 1:
+        actual = conn.execute(
+            select(BATCHES.c.state).where(BATCHES.c.id == batch_id)
+        ).scalar_one_or_none()
+        raise StaleTransition(
+            f"batch {batch_id} is {actual}, expected {from_.value}; another tick moved it"
+        )
+    run_id = conn.execute(select(BATCHES.c.run_id).where(BATCHES.c.id == batch_id)).scalar_one()
+    _event(conn, run_id, batch_id, None, from_.value, to.value, detail, now)
+
+
+def update_batch(conn: Connection, batch_id: int, **values: Any) -> None:
+    """Non-state fields (file name, remote state, backoff): no event."""
+    conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(**values))
+
+
+def run_spend(conn: Connection, run_id: str) -> tuple[int, int]:
+    """(spent, reserved) nano-dollars: recorded costs, and estimates of live unharvested batches."""
+    spent = conn.execute(
+        select(func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0))
+        .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
+        .where(ITEMS.c.run_id == run_id)
+    ).scalar_one()
+    reserved = conn.execute(
+        select(func.coalesce(func.sum(BATCHES.c.est_nanos), 0)).where(
+            BATCHES.c.run_id == run_id,
+            BATCHES.c.state.in_(["submitting", "running", "done"]),
+        )
+    ).scalar_one()
+    return int(spent), int(reserved)
+
+
+def day_spend(conn: Connection, day_start: datetime) -> tuple[int, int]:
+    """(spent, reserved) across all runs since `day_start` (the daily cap)."""
+    spent = conn.execute(
+        select(func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0)).where(
+            ATTEMPTS.c.recorded_at >= day_start
+        )
+    ).scalar_one()
+    reserved = conn.execute(
+        select(func.coalesce(func.sum(BATCHES.c.est_nanos), 0)).where(
+            BATCHES.c.state.in_(["submitting", "running", "done"]),
+        )
+    ).scalar_one()
+    return int(spent), int(reserved)
+
+
+# ── leases ───────────────────────────────────────────────────────────────────
+
+
+def acquire_lease(engine: Engine, name: str, owner: str, now: datetime, ttl: float) -> bool:
+    """Take (or renew) a named lease; False when someone else holds an unexpired one."""
+    until = now + timedelta(seconds=ttl)
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(LEASES)
+            .where(
+                LEASES.c.name == name,
+                or_(LEASES.c.owner == owner, LEASES.c.expires_at < now),
+            )
+            .values(owner=owner, expires_at=until)
+        ).rowcount
+    if taken == 1:
+        return True
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(LEASES).values(name=name, owner=owner, expires_at=until))
+    except IntegrityError:
+        return False
+    return True
+
+
+def release_lease(engine: Engine, name: str, owner: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(LEASES.delete().where(LEASES.c.name == name, LEASES.c.owner == owner))
+
+
+def claim_batch(engine: Engine, batch_id: int, owner: str, now: datetime, ttl: float) -> bool:
+    """A per-batch lease so two ticks never harvest or submit the same batch at once."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(BATCHES)
+            .where(
+                BATCHES.c.id == batch_id,
+                or_(
+                    BATCHES.c.lease_owner.is_(None),
+                    BATCHES.c.lease_owner == owner,
+                    BATCHES.c.lease_until < now,
+                ),
+            )
+            .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
+        )
+    return result.rowcount == 1
+
+
+def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(BATCHES)
+            .where(BATCHES.c.id == batch_id, BATCHES.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+
+
+# ── reports ──────────────────────────────────────────────────────────────────
+
+
+def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[dict[str, Any]]:
+    """Every item of a run with its attempt sums, in id order, streamed in chunks."""
+    last = 0
+    while True:
+        items = list(
+            conn.execute(
+                select(ITEMS)
+                .where(ITEMS.c.run_id == run_id, ITEMS.c.id > last)
+                .order_by(ITEMS.c.id)
+                .limit(chunk)
+            )
+        )
+        if not items:
+            return
+        last = items[-1].id
+        sums = _attempt_sums(conn, [it.id for it in items])
+        for it in items:
+            yield {"item": it, **sums.get(it.id, _EMPTY_SUMS)}
+
+
+_EMPTY_SUMS: dict[str, Any] = {
+    "attempts": 0,
+    "input_tokens": 0,
+    "output_image_tokens": 0,
+    "output_text_tokens": 0,
+    "thinking_tokens": 0,
+    "cost_nanos": 0,
+    "standard_nanos": 0,
+    "served_by": None,
+}
+
+
+def _attempt_sums(conn: Connection, ids: list[int]) -> dict[int, dict[str, Any]]:
+    counted = and_(ATTEMPTS.c.outcome.is_not(None), ATTEMPTS.c.outcome != "not_sent")
+    rows = conn.execute(
+        select(
+            ATTEMPTS.c.item_id,
+            func.count(),
+            func.sum(ATTEMPTS.c.input_tokens),
+            func.sum(ATTEMPTS.c.output_image_tokens),
+            func.sum(ATTEMPTS.c.output_text_tokens),
+            func.sum(ATTEMPTS.c.thinking_tokens),
+            func.sum(ATTEMPTS.c.cost_nanos),
+            func.sum(ATTEMPTS.c.standard_nanos),
+            func.max(ATTEMPTS.c.model),
+        )
+        .where(ATTEMPTS.c.item_id.in_(ids), counted)
+        .group_by(ATTEMPTS.c.item_id)
+    )
+    out = {}
+    for r in rows:
+        out[r[0]] = dict(zip(_EMPTY_SUMS, [int(v or 0) for v in r[1:8]] + [r[8]], strict=True))
+    return out
+
+
+def rejects_of_run(conn: Connection, run_id: str) -> Iterator[Any]:
+    yield from conn.execute(
+        select(REJECTS.c.row, REJECTS.c.key, REJECTS.c.reason)
+        .where(REJECTS.c.run_id == run_id)
+        .order_by(REJECTS.c.row)
+    )
+
+
+# ── helpers ──────────────────────────────────────────────────────────────────
+
+
+def _event(
+    conn: Connection,
+    run_id: str,
+    batch_id: int | None,
+    item_id: int | None,
+    from_: str | None,
+    to: str,
+    detail: str | None,
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(EVENTS).values(
+            at=now,
+            run_id=run_id,
+            batch_id=batch_id,
+            item_id=item_id,
+            from_state=from_,
+            to_state=to,
+            detail=detail,
+        )
+    )
+
+
+def _chunks(values: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

@@ -1,0 +1,131 @@
+"""Reading a spec and its table into a stream of items and rejects, and the dry-run plan
+(`nanobatch plan`): counts, batches, estimated cost and quota windows. Touches no network
+and no ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import expand, inputs, pricing, shard
+from pipeline.catalog import Catalog, ModelInfo, load_catalog
+from pipeline.errors import SpecError
+from pipeline.spec import JobSpec, parse_spec, required_columns
+from pipeline.values import nanos_to_usd
+
+OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")
+
+
+def load_spec(path: Path, catalog: Catalog | None = None) -> JobSpec:
+    """Read and validate a spec file; SpecError naming the file when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file; job specs live in jobs/*.toml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc})") from None
+    return parse_spec(text, path.resolve(), catalog or load_catalog())
+
+
+def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Item | expand.Reject]:
+    """Items and rejects of the spec's table, streamed; InputError for a missing column."""
+    present = inputs.check_columns(
+        spec.input.path, required_columns(spec), OVERRIDE_COLUMNS, spec.input.encoding
+    )
+    columns = [*required_columns(spec), *sorted(present)]
+    rows = inputs.read_rows(spec.input.path, list(dict.fromkeys(columns)), spec.input.encoding)
+    return expand.expand_rows(
+        spec,
+        info,
+        rows,
+        has_ratio_column="aspect_ratio" in present,
+        has_size_column="image_size" in present,
+    )
+
+
+@dataclass
+class SizeLine:
+    items: int = 0
+    batch_nanos: int = 0
+    standard_nanos: int = 0
+
+
+@dataclass
+class Plan:
+    job: str
+    model: str
+    items: int = 0
+    rejected: int = 0
+    batches: int = 0
+    est_tokens: int = 0
+    batch_nanos: int = 0
+    standard_nanos: int = 0
+    quota_windows: int = 0
+    max_enqueued_tokens: int = 0
+    by_size: dict[str, SizeLine] = field(default_factory=dict)
+    rejects: list[expand.Reject] = field(default_factory=list)
+
+    def asdict(self) -> dict[str, object]:
+        return {
+            "job": self.job,
+            "model": self.model,
+            "items": self.items,
+            "rejected": self.rejected,
+            "batches": self.batches,
+            "estimate": {
+                "batch_usd": round(nanos_to_usd(self.batch_nanos), 6),
+                "standard_usd": round(nanos_to_usd(self.standard_nanos), 6),
+                "tokens": self.est_tokens,
+                "by_size": {
+                    size: {
+                        "items": line.items,
+                        "batch_usd": round(nanos_to_usd(line.batch_nanos), 6),
+                        "standard_usd": round(nanos_to_usd(line.standard_nanos), 6),
+                    }
+                    for size, line in sorted(self.by_size.items())
+                },
+            },
+            "quota_windows": self.quota_windows,
+            "max_enqueued_tokens": self.max_enqueued_tokens,
+        }
+
+
+def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
+    """Expand and shard the spec's table in one streaming pass."""
+    info = catalog.get(spec.model)
+    plan = Plan(
+        job=spec.name, model=spec.model, max_enqueued_tokens=spec.limits.max_enqueued_tokens
+    )
+    entries = _costed_items(spec, info, plan, keep_rejects)
+    limits = shard.limits_for(spec)
+    for _ in shard.pack(entries, size=lambda e: e[1], tokens=lambda e: e[2], limits=limits):
+        plan.batches += 1
+    plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
+    return plan
+
+
+def _costed_items(
+    spec: JobSpec, info: ModelInfo, plan: Plan, keep_rejects: int
+) -> Iterator[tuple[expand.Item, int, int]]:
+    for entry in expansion(spec, info):
+        if isinstance(entry, expand.Reject):
+            plan.rejected += 1
+            if len(plan.rejects) < keep_rejects:
+                plan.rejects.append(entry)
+            continue
+        plan.items += 1
+        plan.est_tokens += entry.est_tokens
+        line = plan.by_size.setdefault(f"{spec.model} {entry.image_size or '-'}", SizeLine())
+        batch = pricing.estimate_cost_nanos(info, entry.image_size, entry.prompt, "batch")
+        standard = pricing.estimate_cost_nanos(info, entry.image_size, entry.prompt, "standard")
+        line.items += 1
+        line.batch_nanos += batch
+        line.standard_nanos += standard
+        plan.batch_nanos += batch
+        plan.standard_nanos += standard
+        size = len(
+            expand.request_line(entry.key, entry.prompt, entry.aspect_ratio, entry.image_size)
+        )
+        yield entry, size, entry.est_tokens

@@ -1,0 +1,58 @@
+"""Money: what tokens cost, exactly, in integer nano-dollars, and estimates before spending.
+
+Cost = input x input rate + IMAGE output x image rate + (text output + thinking) x text rate,
+rates in USD per 1M tokens. A rate with at most three decimals is a whole number of
+nano-dollars per token, so costs are exact; finer rates are rounded half up once, on the total.
+Estimates (prompt tokens from UTF-8 length, image tokens by size, a thinking allowance) feed
+the enqueued-token quota and the budget check. Pure.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+from pipeline.catalog import ModelInfo, Rates
+from pipeline.values import Usage
+
+NANOS_PER_TOKEN_PER_USD_PER_MILLION = 1000
+"""1 USD per 1M tokens = 1e9 nanos / 1e6 tokens = 1000 nano-dollars per token."""
+
+Mode = Literal["batch", "standard"]
+
+
+def cost_nanos(rates: Rates, usage: Usage) -> int:
+    """Exact cost of `usage` at `rates`, in nano-dollars (half up if a rate has > 3 decimals)."""
+    total = (
+        usage.input * rates.input
+        + usage.output_image * rates.image_output
+        + (usage.output_text + usage.thinking) * rates.text_output
+    ) * NANOS_PER_TOKEN_PER_USD_PER_MILLION
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def estimate_prompt_tokens(prompt: str) -> int:
+    """Rough prompt token count: ceil(UTF-8 bytes / 4), at least 1."""
+    return max(1, math.ceil(len(prompt.encode("utf-8")) / 4))
+
+
+def estimate_item_usage(info: ModelInfo, size: str, prompt: str) -> Usage:
+    """Expected usage of one request: prompt estimate, image tokens for `size`, thinking."""
+    return Usage(
+        input=estimate_prompt_tokens(prompt),
+        output_image=info.tokens_for(size),
+        output_text=0,
+        thinking=info.thinking_allowance,
+    )
+
+
+def estimate_item_tokens(info: ModelInfo, size: str, prompt: str) -> int:
+    """Enqueued-token estimate of one request (prompt + image tokens + thinking allowance)."""
+    usage = estimate_item_usage(info, size, prompt)
+    return usage.input + usage.output_image + usage.output_text + usage.thinking
+
+
+def estimate_cost_nanos(info: ModelInfo, size: str, prompt: str, mode: Mode) -> int:
+    """Estimated cost of one request at the model's batch or standard rates, in nano-dollars."""
+    return cost_nanos(info.rates(mode), estimate_item_usage(info, size, prompt))

@@ -1,0 +1,172 @@
+"""Rendering the account: `report` in table, json, jsonl, csv and parquet, the run's
+`manifest.parquet` beside its images, and `status`. Streams item rows from the ledger, so
+memory does not grow with the number of items.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+from pipeline import manifest, report
+from pipeline.context import Context
+from pipeline.ledger import repo
+from pipeline.values import nanos_to_usd
+
+FORMATS = ("table", "json", "jsonl", "csv", "parquet")
+
+
+def _entries(ctx: Context, run_id: str) -> Iterator[dict[str, Any]]:
+    with ctx.engine.connect() as conn:
+        yield from repo.report_rows(conn, run_id)
+
+
+def render_report(
+    ctx: Context, run_ref: str, fmt: str, out: IO[str] | None, out_path: Path | None
+) -> None:
+    """Write the report of a run in `fmt` to `out` (text formats) or `out_path`."""
+    with ctx.engine.connect() as conn:
+        run = repo.get_run(conn, run_ref)
+    summary = report.Summary(rejected=run.rejected_count)
+    rows = report.rows_and_summary(_entries(ctx, run.id), summary)
+    if fmt == "parquet":
+        assert out_path is not None
+        manifest.write_parquet(rows, out_path, REPORT_SCHEMA)
+        return
+    stream = out or sys.stdout
+    if fmt == "json":
+        _write_json(stream, run, rows, summary)
+    elif fmt == "jsonl":
+        for row in rows:
+            stream.write(json.dumps(row) + "\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(stream, fieldnames=list(report.ITEM_FIELDS))
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _write_table(stream, run, rows, summary)
+
+
+def _write_json(
+    stream: IO[str], run: repo.RunRow, rows: Iterator[dict[str, Any]], summary: report.Summary
+) -> None:
+    """One JSON object, written item by item (the items array is never held whole)."""
+    stream.write(json.dumps({"run": run.id, "job": run.job, "model": run.model})[:-1])
+    stream.write(', "items": [')
+    for i, row in enumerate(rows):
+        stream.write(("," if i else "") + "\n  " + json.dumps(row))
+    stream.write('\n], "summary": ' + json.dumps(summary.asdict()) + "}\n")
+
+
+def _write_table(
+    stream: IO[str], run: repo.RunRow, rows: Iterator[dict[str, Any]], summary: report.Summary
+) -> None:
+    stream.write(f"run {run.id}  job {run.job}  model {run.model}\n")
+    stream.write(report.TABLE_HEADER + "\n")
+    for row in rows:
+        stream.write(report.table_line(row) + "\n")
+    s = summary.asdict()
+    stream.write(
+        f"\n{s['items']} items: {s['succeeded']} succeeded, {s['failed']} failed, "
+        f"{s['pending']} pending, {s['cancelled']} cancelled, {s['rejected']} rejected rows\n"
+        f"cost ${s['cost_usd']:.4f} at batch price (standard price would be "
+        f"${s['standard_cost_usd']:.4f}); tokens {s['tokens']}\n"
+    )
+
+
+REPORT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("attempts", pa.int64()),
+        ("model", pa.string()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_image_tokens", pa.int64()),
+        ("output_text_tokens", pa.int64()),
+        ("thinking_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+        ("cached", pa.bool_()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
+    """Rewrite `manifest.parquet` beside the run's images: one row per harvested item."""
+
+    def harvested() -> Iterator[dict[str, Any]]:
+        for entry in _entries(ctx, run.id):
+            item = entry["item"]
+            if item.state in ("queued", "in_batch"):
+                continue
+            row = report.item_row(item, entry)
+            row.update(
+                prompt=item.prompt, aspect_ratio=item.aspect_ratio, image_size=item.image_size
+            )
+            yield row
+
+    with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
+        path = Path(tmp) / "manifest.parquet"
+        manifest.write_parquet(harvested(), path, manifest.MANIFEST_SCHEMA)
+        ctx.store(run.output_uri).put_file(
+            "manifest.parquet", path, content_type="application/vnd.apache.parquet"
+        )
+
+
+def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
+    """The `status --json` entry of one run."""
+    from pipeline.submit import waiting_reason
+
+    with ctx.engine.connect() as conn:
+        counts = repo.item_counts(conn, run.id)
+        batches = repo.batch_state_counts(conn, run.id)
+        spent, reserved = repo.run_spend(conn, run.id)
+        queued = repo.batches_in(conn, ["queued"], run.id)
+    waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
+    items = {
+        "pending": counts.get("queued", 0) + counts.get("in_batch", 0),
+        "succeeded": counts.get("succeeded", 0),
+        "failed": counts.get("failed", 0) + counts.get("failed_final", 0),
+        "failed_final": counts.get("failed_final", 0),
+        "cancelled": counts.get("cancelled", 0),
+        "rejected": run.rejected_count,
+    }
+    budget = run.budget_nanos
+    return {
+        "run": run.id,
+        "job": run.job,
+        "state": run.state,
+        "model": run.model,
+        "output": run.output_uri,
+        "items": items,
+        "batches": batches,
+        "cost_usd": nanos_to_usd(spent),
+        "reserved_usd": nanos_to_usd(reserved),
+        "estimated_usd": nanos_to_usd(run.estimated_nanos),
+        "budget_usd": nanos_to_usd(budget) if budget is not None else None,
+        "budget_left_usd": nanos_to_usd(budget - spent - reserved) if budget is not None else None,
+        "waiting": waiting,
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "age_s": round((ctx.now() - _aware(run.created_at)).total_seconds(), 1),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _aware(value).isoformat() if value else None
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,453 @@
+"""Submitting exactly once: record a run and its items, form batches from queued items, and
+create them on the service within quota, budget and backoff.
+
+Batch create is not idempotent, so the intent (state `submitting`, a unique display name)
+is committed before the call; a batch found in `submitting` later is reconciled by display
+name against the service's list and only created again if none exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipeline import expand, inputs, pricing, shard
+from pipeline.catalog import Catalog
+from pipeline.context import Context
+from pipeline.errors import ApiError, AuthError, StaleTransition, TransientApiError
+from pipeline.gemini import RemoteBatch
+from pipeline.ledger import repo
+from pipeline.ledger.db import session_scope
+from pipeline.log import get_logger
+from pipeline.manifest import write_csv
+from pipeline.spec import JobSpec, resolve_output_uri
+from pipeline.states import BatchState
+from pipeline.values import NANOS_PER_USD
+
+log = get_logger()
+INSERT_CHUNK = 5000
+BACKOFF_MAX_S = 1800.0
+LIVE_BATCH_LIMIT = 100
+
+
+# ── runs ─────────────────────────────────────────────────────────────────────
+
+
+def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
+    """Same spec + same input + same resolved output (+ date) = same run."""
+    canonical = json.dumps(
+        {"spec": asdict(spec), "input": input_sha, "output": output_template, "date": date},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256((canonical + nonce).encode()).hexdigest()
+
+
+def create_run(
+    ctx: Context, spec: JobSpec, catalog: Catalog, *, force: bool = False, use_cache: bool = True
+) -> tuple[str, bool]:
+    """Record the run, its items and rejects (one transaction), write rejects.csv.
+
+    Returns (run id, created). An existing identical run is returned as is, spending nothing.
+    Side effects: ledger rows; `rejects.csv` in the run's output location.
+    """
+    now = ctx.now()
+    date = now.strftime("%Y-%m-%d")
+    input_sha = inputs.file_sha256(spec.input.path)
+    nonce = now.isoformat() if force else ""
+    identity = run_identity(spec, input_sha, spec.output.uri, date, nonce)
+    with ctx.engine.connect() as conn:
+        existing = repo.find_run_by_identity(conn, identity)
+    if existing is not None:
+        return existing.id, False
+    run_id = f"{spec.name}-{now.strftime('%Y%m%d')}-{identity[:8]}"
+    output_uri = resolve_output_uri(spec.output.uri, job=spec.name, date=date, run=run_id)
+    store = ctx.store(output_uri)
+    store.check_writable()
+    _record_run(ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache)
+    return run_id, True
+
+
+def _record_run(
+    ctx: Context,
+    spec: JobSpec,
+    catalog: Catalog,
+    run_id: str,
+    identity: str,
+    input_sha: str,
+    output_uri: str,
+    date: str,
+    use_cache: bool,
+) -> None:
+    from pipeline.planning import expansion
+
+    info = catalog.get(spec.model)
+    now = ctx.now()
+    with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
+        rejects_csv = Path(tmp) / "rejects.csv"
+        with session_scope(ctx.engine) as session:
+            conn = session.connection()
+            repo.insert_run(
+                conn,
+                _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
+            )
+            counts = _insert_expansion(conn, run_id, spec, info, expansion(spec, info), now)
+            repo.update_run_counts(conn, run_id, *counts)
+            write_csv(
+                (
+                    {"row": r.row, "key": r.key, "reason": r.reason}
+                    for r in repo.rejects_of_run(conn, run_id)
+                ),
+                rejects_csv,
+                ["row", "key", "reason"],
+            )
+            # Written before the commit: a crash leaves no run, and a rerun rewrites the same file.
+            ctx.store(output_uri).put_file("rejects.csv", rejects_csv, content_type="text/csv")
+    log.info("run_created", run=run_id, items=counts[0], rejected=counts[1])
+
+
+def _run_values(
+    spec: JobSpec,
+    run_id: str,
+    identity: str,
+    input_sha: str,
+    output_uri: str,
+    date: str,
+    now: datetime,
+    use_cache: bool,
+) -> dict[str, Any]:
+    limits = shard.limits_for(spec)
+    budget = spec.limits.budget_usd
+    return {
+        "id": run_id,
+        "identity": identity,
+        "job": spec.name,
+        "state": "active",
+        "model": spec.model,
+        "fallback_model": spec.fallback_model,
+        "spec_path": str(spec.source),
+        "spec_json": json.dumps(asdict(spec), default=str, sort_keys=True),
+        "input_sha256": input_sha,
+        "output_uri": output_uri,
+        "run_date": date,
+        "max_attempts": spec.limits.max_attempts,
+        "max_enqueued_tokens": limits.max_tokens,
+        "max_requests_per_batch": limits.max_requests,
+        "max_batch_bytes": limits.max_bytes,
+        "budget_nanos": int(budget * NANOS_PER_USD) if budget is not None else None,
+        "overwrite": spec.output.overwrite,
+        "use_cache": use_cache,
+        "created_at": now,
+    }
+
+
+def _insert_expansion(
+    conn: Any, run_id: str, spec: JobSpec, info: Any, entries: Any, now: datetime
+) -> tuple[int, int, int]:
+    items: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    n_items = n_rejects = est = 0
+    for entry in entries:
+        if isinstance(entry, expand.Reject):
+            rejects.append(
+                {"run_id": run_id, "row": entry.row, "key": entry.key, "reason": entry.reason}
+            )
+            n_rejects += 1
+        else:
+            items.append(_item_values(run_id, spec.model, entry))
+            est += pricing.estimate_cost_nanos(info, entry.image_size, entry.prompt, "batch")
+            n_items += 1
+        if len(items) >= INSERT_CHUNK:
+            repo.insert_items(conn, items)
+            items = []
+        if len(rejects) >= INSERT_CHUNK:
+            repo.insert_rejects(conn, rejects)
+            rejects = []
+    repo.insert_items(conn, items)
+    repo.insert_rejects(conn, rejects)
+    return n_items, n_rejects, est
+
+
+def _item_values(run_id: str, model: str, item: expand.Item) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "key": item.key,
+        "row": item.row,
+        "prompt": item.prompt,
+        "prompt_sha256": expand.prompt_sha256(
+            model, item.prompt, item.aspect_ratio, item.image_size
+        ),
+        "aspect_ratio": item.aspect_ratio,
+        "image_size": item.image_size,
+        "model": model,
+        "est_tokens": item.est_tokens,
+        "state": "queued",
+        "final": False,
+        "tries": 0,
+        "fallback_used": False,
+        "cached": False,
+    }
+
+
+# ── forming batches ──────────────────────────────────────────────────────────
+
+
+def form_batches(ctx: Context, run: repo.RunRow, catalog: Catalog) -> int:
+    """Pack the run's queued items into queued batches (per model). Returns batches made."""
+    made = 0
+    limits = shard.ShardLimits(
+        run.max_requests_per_batch, run.max_batch_bytes, run.max_enqueued_tokens
+    )
+    after = 0
+    while True:
+        with ctx.engine.connect() as conn:
+            rows = repo.queued_items(conn, run.id, after, 20_000)
+        if not rows:
+            return made
+        after = rows[-1].id
+        by_model: dict[str, list[Any]] = {}
+        for row in rows:
+            by_model.setdefault(row.model, []).append(row)
+        for model, model_rows in by_model.items():
+            made += _pack_model(ctx, run, catalog, model, model_rows, limits)
+
+
+def _pack_model(
+    ctx: Context, run: repo.RunRow, catalog: Catalog, model: str, rows: list[Any], limits: Any
+) -> int:
+    info = catalog.get(model)
+    made = 0
+    for group in shard.pack(
+        rows,
+        size=lambda r: len(expand.request_line(r.key, r.prompt, r.aspect_ratio, r.image_size)),
+        tokens=lambda r: r.est_tokens,
+        limits=limits,
+    ):
+        est_tokens = sum(r.est_tokens for r in group)
+        est_nanos = sum(
+            pricing.estimate_cost_nanos(info, r.image_size, r.prompt, "batch") for r in group
+        )
+        try:
+            with ctx.engine.begin() as conn:
+                repo.create_batch(conn, run, model, group, est_tokens, est_nanos, ctx.now())
+        except StaleTransition:
+            return made  # another tick is forming this run's batches
+        made += 1
+    return made
+
+
+# ── creating batches on the service ──────────────────────────────────────────
+
+
+class Submitter:
+    """One tick's submission pass: reconcile `submitting` batches, then create queued ones
+    while the live-batch limit, the enqueued-token quota, budgets and backoff allow."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._remote_by_display: dict[str, RemoteBatch] | None = None
+
+    def run(self, runs: dict[str, repo.RunRow]) -> int:
+        created = 0
+        with self.ctx.engine.connect() as conn:
+            pending = repo.batches_in(conn, ["submitting", "queued"])
+        for batch in sorted(pending, key=lambda b: (b.state != "submitting", b.id)):
+            run = runs.get(batch.run_id)
+            if run is None or run.state != "active":
+                continue
+            if self._waiting_reason(batch, run) is not None:
+                continue
+            if self._submit_one(batch, run):
+                created += 1
+        return created
+
+    def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
+        now = self.ctx.now()
+        if batch.not_before is not None and _aware(batch.not_before) > now:
+            return "backoff"
+        if batch.state == "submitting":
+            return None
+        return waiting_reason(self.ctx, batch, run)
+
+    def _submit_one(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
+        ctx = self.ctx
+        owner = ctx.settings.worker_id
+        if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), 120):
+            return False
+        try:
+            return self._create(batch, run)
+        finally:
+            repo.release_batch(ctx.engine, batch.id, owner)
+
+    def _create(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
+        ctx = self.ctx
+        if batch.state == "submitting":
+            found = self._find_remote(batch.display_name)
+            if found is not None:
+                self._adopt(batch, found, "reconciled by display name")
+                return True
+        file_name = batch.file_name or self._upload(batch)
+        if batch.state == "queued":
+            with ctx.engine.begin() as conn:
+                repo.transition_batch(
+                    conn,
+                    batch.id,
+                    BatchState.QUEUED,
+                    BatchState.SUBMITTING,
+                    ctx.now(),
+                    "create intent",
+                    create_tries=batch.create_tries + 1,
+                )
+        try:
+            remote = ctx.backend.create_batch(batch.model, file_name, batch.display_name)
+        except AuthError:
+            raise
+        except TransientApiError as exc:
+            self._back_off(batch, str(exc))
+            return False
+        except ApiError as exc:
+            self._create_refused(batch, exc)
+            return False
+        self._adopt(batch, remote, "created")
+        return True
+
+    def _upload(self, batch: repo.BatchRow) -> str:
+        ctx = self.ctx
+        spool = ctx.settings.spool_dir
+        spool.mkdir(parents=True, exist_ok=True)
+        path = spool / f"{batch.display_name}.input.jsonl"
+        with ctx.engine.connect() as conn, path.open("wb") as out:
+            for row in repo.batch_request_rows(conn, batch.id):
+                out.write(
+                    expand.request_line(row.key, row.prompt, row.aspect_ratio, row.image_size)
+                )
+        remote = ctx.backend.upload_jsonl(path, batch.display_name)
+        with ctx.engine.begin() as conn:
+            repo.update_batch(conn, batch.id, file_name=remote.name, file_uploaded_at=ctx.now())
+        path.unlink(missing_ok=True)
+        log.info("batch_uploaded", run=batch.run_id, batch=batch.display_name, file=remote.name)
+        return remote.name
+
+    def _adopt(self, batch: repo.BatchRow, remote: RemoteBatch, how: str) -> None:
+        ctx = self.ctx
+        with ctx.engine.begin() as conn:
+            repo.transition_batch(
+                conn,
+                batch.id,
+                BatchState.SUBMITTING,
+                BatchState.RUNNING,
+                ctx.now(),
+                how,
+                remote_name=remote.name,
+                remote_state=remote.state,
+                submitted_at=ctx.now(),
+                not_before=None,
+                last_error=None,
+            )
+        log.info(
+            "batch_submitted",
+            run=batch.run_id,
+            batch=batch.display_name,
+            remote=remote.name,
+            items=batch.item_count,
+            how=how,
+        )
+
+    def _back_off(self, batch: repo.BatchRow, error: str) -> None:
+        ctx = self.ctx
+        tries = max(batch.create_tries, 1)
+        delay = min(ctx.settings.create_backoff_s * 2 ** (tries - 1), BACKOFF_MAX_S)
+        delay *= random.uniform(0.5, 1.5)
+        with ctx.engine.begin() as conn:
+            repo.update_batch(
+                conn,
+                batch.id,
+                not_before=ctx.now() + timedelta(seconds=delay),
+                last_error=error[:500],
+            )
+        log.warning(
+            "batch_create_backoff",
+            run=batch.run_id,
+            batch=batch.display_name,
+            error=error[:200],
+            retry_in_s=round(delay, 1),
+        )
+
+    def _create_refused(self, batch: repo.BatchRow, exc: ApiError) -> None:
+        """A 4xx at create: a missing/expired input file is uploaded again; else give up."""
+        ctx = self.ctx
+        with ctx.engine.begin() as conn:
+            if exc.code in (403, 404) and batch.create_tries < 5:
+                repo.update_batch(conn, batch.id, file_name=None, last_error=str(exc)[:500])
+                log.warning("batch_input_reupload", batch=batch.display_name, error=str(exc)[:200])
+                return
+            from pipeline.harvest import fail_batch_items
+
+            repo.transition_batch(
+                conn,
+                batch.id,
+                BatchState.SUBMITTING,
+                BatchState.FAILED,
+                ctx.now(),
+                f"create refused: {exc}"[:500],
+                last_error=str(exc)[:500],
+            )
+            fail_batch_items(ctx, conn, batch, f"batch create refused: {exc}"[:500])
+        log.error("batch_create_refused", batch=batch.display_name, error=str(exc)[:300])
+
+    def _find_remote(self, display_name: str) -> RemoteBatch | None:
+        if self._remote_by_display is None:
+            self._remote_by_display = {
+                r.display_name: r for r in self.ctx.backend.list_batches() if r.display_name
+            }
+        return self._remote_by_display.get(display_name)
+
+
+def waiting_reason(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
+    """Why a queued batch cannot be created now, or None when it can."""
+    now = ctx.now()
+    if batch.not_before is not None and _aware(batch.not_before) > now:
+        return f"batch create backing off until {_aware(batch.not_before):%H:%M:%S} UTC ({batch.last_error})"
+    with ctx.engine.connect() as conn:
+        if repo.live_batch_count(conn) >= LIVE_BATCH_LIMIT:
+            return f"{LIVE_BATCH_LIMIT} batches are live (the service's limit)"
+        used = repo.live_tokens(conn, batch.model)
+        if used and used + batch.est_tokens > run.max_enqueued_tokens:
+            return (
+                f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "
+                f"{batch.model} in live batches"
+            )
+        return _budget_reason(ctx, conn, batch, run, now)
+
+
+def _budget_reason(
+    ctx: Context, conn: Any, batch: repo.BatchRow, run: repo.RunRow, now: datetime
+) -> str | None:
+    if run.budget_nanos is not None:
+        spent, reserved = repo.run_spend(conn, run.id)
+        if spent + reserved + batch.est_nanos > run.budget_nanos:
+            return (
+                f"run budget: spent ${spent / NANOS_PER_USD:.4f}, reserved ${reserved / NANOS_PER_USD:.4f}, "
+                f"next batch ~${batch.est_nanos / NANOS_PER_USD:.4f}, cap ${run.budget_nanos / NANOS_PER_USD:.2f}"
+            )
+    cap = ctx.settings.daily_budget_usd
+    if cap is not None:
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        spent, reserved = repo.day_spend(conn, day)
+        cap_nanos = int(cap * NANOS_PER_USD)
+        if spent + reserved + batch.est_nanos > cap_nanos:
+            return (
+                f"daily budget: spent ${spent / NANOS_PER_USD:.4f} today, reserved "
+                f"${reserved / NANOS_PER_USD:.4f}, cap ${cap}"
+            )
+    return None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,26 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), the GCS emulator, and isolation of
+every test from the real environment (no key, no ledger, no state folder of the user's)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["tests.db_fixture", "tests.gcs_fixture"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No test sees the developer's keys, database or emulator settings."""
+    for name in (
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "NANOBATCH_DATABASE_URL",
+        "NANOBATCH_LOG_FORMAT",
+        "NANOBATCH_DAILY_BUDGET_USD",
+        "NANOBATCH_NOTIFY_URL",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+    ):
+        monkeypatch.delenv(name, raising=False)
