@@ -104,9 +104,10 @@ def tick(ctx: click.Context) -> None:
     from pipeline.tick import tick as do_tick
 
     result = do_tick(_context(ctx), load_catalog())
+    finished = ", ".join(result.finished_runs) or "-"
     click.echo(
         f"harvested {result.harvested}, polled {result.polled}, formed {result.formed}, "
-        f"created {result.created} batches; finished runs: {', '.join(result.finished_runs) or '-'}",
+        f"created {result.created} batches; finished runs: {finished}",
         err=True,
     )
 

@@ -64,7 +64,7 @@ class GeminiBackend:
         self._version = http.api_version or "v1beta"
 
     def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile:
-        config = {"mime_type": "jsonl", "display_name": display_name[:120]}
+        config = types.UploadFileConfig(mime_type="jsonl", display_name=display_name[:120])
         file = self._call(lambda: self._client.files.upload(file=str(path), config=config))
         return RemoteFile(name=file.name or "", expires_at=file.expiration_time)
 
@@ -79,7 +79,7 @@ class GeminiBackend:
         return str(file.state or "").endswith("ACTIVE") or file.state is None
 
     def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch:
-        config = {"display_name": display_name}
+        config = types.CreateBatchJobConfig(display_name=display_name)
         job = self._call(
             lambda: self._client.batches.create(model=model, src=file_name, config=config)
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import Connection
+
 from pipeline.context import Context
 from pipeline.errors import ApiError, AuthError
 from pipeline.gemini import RemoteBatch
@@ -89,7 +91,7 @@ def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteB
 
 def _end_without_output(
     ctx: Context,
-    conn: object,
+    conn: Connection,
     batch: repo.BatchRow,
     run: repo.RunRow,
     outcome: str,
@@ -104,13 +106,13 @@ def _end_without_output(
         batch.id,
         BatchState.RUNNING,
         target,
-        now,  # type: ignore[arg-type]
+        now,
         remote_state,
         remote_state=remote_state,
         finished_at=now,
     )
     if target is BatchState.CANCELLED and run.state == "cancelled":
-        settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled")  # type: ignore[arg-type]
+        settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled")
     else:
         reason = f"batch {outcome} without output ({remote_state})"
-        settle_without_output(ctx, conn, batch, run, "retry", reason)  # type: ignore[arg-type]
+        settle_without_output(ctx, conn, batch, run, "retry", reason)

@@ -55,7 +55,8 @@ def print_status(ctx: Context, run_ref: str | None, *, as_json: bool) -> None:
         click.echo(
             f"{e['run']}  {e['state']:<9} items: {items['succeeded']} ok, {items['failed']} "
             f"failed, {items['pending']} pending, {items['cancelled']} cancelled, "
-            f"{items['rejected']} rejected  cost ${e['cost_usd']:.4f} of est. ${e['estimated_usd']:.4f}"
+            f"{items['rejected']} rejected  cost ${e['cost_usd']:.4f} "
+            f"of est. ${e['estimated_usd']:.4f}"
         )
         if e["batches"]:
             click.echo(

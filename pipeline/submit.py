@@ -413,7 +413,8 @@ def waiting_reason(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> str 
     """Why a queued batch cannot be created now, or None when it can."""
     now = ctx.now()
     if batch.not_before is not None and _aware(batch.not_before) > now:
-        return f"batch create backing off until {_aware(batch.not_before):%H:%M:%S} UTC ({batch.last_error})"
+        until = _aware(batch.not_before)
+        return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
     with ctx.engine.connect() as conn:
         if repo.live_batch_count(conn) >= LIVE_BATCH_LIMIT:
             return f"{LIVE_BATCH_LIMIT} batches are live (the service's limit)"
@@ -433,8 +434,8 @@ def _budget_reason(
         spent, reserved = repo.run_spend(conn, run.id)
         if spent + reserved + batch.est_nanos > run.budget_nanos:
             return (
-                f"run budget: spent ${spent / NANOS_PER_USD:.4f}, reserved ${reserved / NANOS_PER_USD:.4f}, "
-                f"next batch ~${batch.est_nanos / NANOS_PER_USD:.4f}, cap ${run.budget_nanos / NANOS_PER_USD:.2f}"
+                f"run budget: spent ${_usd(spent)}, reserved ${_usd(reserved)}, "
+                f"next batch ~${_usd(batch.est_nanos)}, cap ${_usd(run.budget_nanos)}"
             )
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
@@ -447,6 +448,10 @@ def _budget_reason(
                 f"${reserved / NANOS_PER_USD:.4f}, cap ${cap}"
             )
     return None
+
+
+def _usd(nanos: int) -> str:
+    return f"{nanos / NANOS_PER_USD:.4f}"
 
 
 def _aware(value: datetime) -> datetime:

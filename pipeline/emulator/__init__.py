@@ -152,8 +152,12 @@ def serve(
     faults: FaultPlan | str | Path | None = None,
     image_scale: float = 1.0,
     data_dir: Path | None = None,
+    **options: Any,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; print one line "emulator listening on URL" first."""
+    """Serve until SIGINT or SIGTERM; print one line "emulator listening on URL" first.
+
+    ``options`` are passed on to ``Emulator`` (pending_seconds, enqueued_token_quota, ...).
+    """
     plan = FaultPlan.from_file(faults) if isinstance(faults, str | Path) else faults
     emu = Emulator(
         host=host,
@@ -163,6 +167,7 @@ def serve(
         faults=plan,
         image_scale=image_scale,
         data_dir=data_dir,
+        **options,
     ).start()
     stop = threading.Event()
 

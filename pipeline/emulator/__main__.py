@@ -18,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", type=Path, default=None, help="fault plan (.json or .toml)")
     p.add_argument("--image-scale", type=float, default=1.0, help="scale of image pixel sizes")
     p.add_argument("--data-dir", type=Path, default=None, help="where files live (temp dir)")
+    p.add_argument("--pending-seconds", type=float, default=60.0, help="emulator seconds")
+    p.add_argument("--running-seconds", type=float, default=120.0, help="emulator seconds")
+    p.add_argument("--enqueued-token-quota", type=int, default=2_000_000, help="per model")
+    p.add_argument("--max-live-batches", type=int, default=100)
     return p
 
 
@@ -32,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         faults=a.faults,
         image_scale=a.image_scale,
         data_dir=a.data_dir,
+        pending_seconds=a.pending_seconds,
+        running_seconds=a.running_seconds,
+        enqueued_token_quota=a.enqueued_token_quota,
+        max_live_batches=a.max_live_batches,
     )
 
 

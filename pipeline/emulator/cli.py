@@ -19,6 +19,10 @@ from pipeline.emulator import serve
 )
 @click.option("--image-scale", type=float, default=1.0, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--pending-seconds", type=float, default=60.0, show_default=True)
+@click.option("--running-seconds", type=float, default=120.0, show_default=True)
+@click.option("--enqueued-token-quota", type=int, default=2_000_000, show_default=True)
+@click.option("--max-live-batches", type=int, default=100, show_default=True)
 def serve_command(
     host: str,
     port: int,
@@ -27,6 +31,10 @@ def serve_command(
     faults: Path | None,
     image_scale: float,
     data_dir: Path | None,
+    pending_seconds: float,
+    running_seconds: float,
+    enqueued_token_quota: int,
+    max_live_batches: int,
 ) -> None:
     """Run the Gemini Batch API emulator until interrupted."""
     serve(
@@ -37,4 +45,8 @@ def serve_command(
         faults=faults,
         image_scale=image_scale,
         data_dir=data_dir,
+        pending_seconds=pending_seconds,
+        running_seconds=running_seconds,
+        enqueued_token_quota=enqueued_token_quota,
+        max_live_batches=max_live_batches,
     )

@@ -45,6 +45,12 @@ class BatchFault:
     display_name_contains: str | None = None
     next: int = 0
 
+    def __post_init__(self) -> None:
+        name = self.state.upper().removeprefix("BATCH_STATE_").removeprefix("JOB_STATE_")
+        if name not in ("FAILED", "EXPIRED", "CANCELLED"):
+            raise ValueError(f"batch fault state must be FAILED or EXPIRED, not {self.state!r}")
+        self.state = f"BATCH_STATE_{name}"
+
 
 @dataclass
 class LineFault:

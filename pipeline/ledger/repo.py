@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.errors import NotFoundError, StaleTransition
@@ -22,13 +22,13 @@ from pipeline.states import (
     check_batch_transition,
 )
 
-RUNS, BATCHES, ITEMS = Run.__table__, Batch.__table__, Item.__table__
-ATTEMPTS, REJECTS, EVENTS, LEASES = (
-    Attempt.__table__,
-    Reject.__table__,
-    Event.__table__,
-    Lease.__table__,
-)
+RUNS = cast(Table, Run.__table__)
+BATCHES = cast(Table, Batch.__table__)
+ITEMS = cast(Table, Item.__table__)
+ATTEMPTS = cast(Table, Attempt.__table__)
+REJECTS = cast(Table, Reject.__table__)
+EVENTS = cast(Table, Event.__table__)
+LEASES = cast(Table, Lease.__table__)
 
 
 @dataclass(frozen=True)

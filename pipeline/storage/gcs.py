@@ -185,7 +185,9 @@ class GcsStore:
             raise UsageError(f"{uri!r} is not a gs://bucket/object uri")
         try:
             return self._call(
-                lambda: self._client().bucket(bucket).blob(key).download_as_bytes(retry=None),
+                lambda: bytes(
+                    self._client().bucket(bucket).blob(key).download_as_bytes(retry=None)
+                ),
                 "read from",
                 NotFound,
                 bucket=bucket,

@@ -22,7 +22,7 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
     """Seconds to wait after failed try number `attempt` (0-based): half fixed, half jitter."""
-    ceiling = min(cap, base * (2**attempt))
+    ceiling = min(cap, base * 2.0**attempt)
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
