@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pipeline.catalog import Catalog
 from pipeline.context import Context
+from pipeline.errors import TransientApiError
 from pipeline.harvest import harvest_batch, settle_without_output
 from pipeline.ledger import repo
 from pipeline.log import get_logger
@@ -111,7 +112,11 @@ def run_until_done(
 ) -> None:
     """Tick until the run is finished or cancelled."""
     while True:
-        tick(ctx, catalog)
+        try:
+            tick(ctx, catalog)
+        except TransientApiError as exc:
+            # A blip in a 24-hour window is not the end of the run: the next tick resumes.
+            log.warning("tick_transient_error", run=run_id, error=str(exc)[:300])
         with ctx.engine.connect() as conn:
             run = repo.get_run(conn, run_id)
             counts = repo.item_counts(conn, run_id)
