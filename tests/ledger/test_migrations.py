@@ -54,12 +54,12 @@ def test_schema_has_tables_and_unique_constraints(engine: Engine) -> None:
     def uniques(table: str) -> dict[str | None, list[str]]:
         return {u["name"]: u["column_names"] for u in inspector.get_unique_constraints(table)}
 
-    assert uniques("items")["uq_items_run_id"] == ["run_id", "key"]
-    assert uniques("attempts")["uq_attempts_item_id"] == ["item_id", "batch_id"]
+    assert uniques("items")["uq_items_run_id_key"] == ["run_id", "key"]
+    assert uniques("attempts")["uq_attempts_item_id_batch_id"] == ["item_id", "batch_id"]
     batches = uniques("batches")
     assert batches["uq_batches_display_name"] == ["display_name"]
     assert batches["uq_batches_remote_name"] == ["remote_name"]
-    assert batches["uq_batches_run_id"] == ["run_id", "seq"]
+    assert batches["uq_batches_run_id_seq"] == ["run_id", "seq"]
 
 
 def test_head_revision_constant_matches_scripts() -> None:
