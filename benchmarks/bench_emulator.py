@@ -47,8 +47,21 @@ class RssSampler(threading.Thread):
 
 
 def start_emulator(data_dir: Path, scale: float) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "pipeline.emulator", "--port", "0", "--data-dir", str(data_dir),
-           "--image-scale", str(scale), "--speed", "1000", "--enqueued-token-quota", str(10**12)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.emulator",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--image-scale",
+        str(scale),
+        "--speed",
+        "1000",
+        "--enqueued-token-quota",
+        str(10**12),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().split()[-1]
@@ -57,9 +70,13 @@ def start_emulator(data_dir: Path, scale: float) -> tuple[subprocess.Popen[str],
 def write_input(path: Path, n: int) -> None:
     with path.open("w") as f:
         for i in range(n):
-            req = {"contents": [{"role": "user", "parts": [{"text": f"benchmark image {i}"}]}],
-                   "generationConfig": {"responseModalities": ["IMAGE"],
-                                        "imageConfig": {"aspectRatio": "1:1", "imageSize": "2K"}}}
+            req = {
+                "contents": [{"role": "user", "parts": [{"text": f"benchmark image {i}"}]}],
+                "generationConfig": {
+                    "responseModalities": ["IMAGE"],
+                    "imageConfig": {"aspectRatio": "1:1", "imageSize": "2K"},
+                },
+            }
             f.write(json.dumps({"key": f"img-{i:06d}", "request": req}) + "\n")
 
 
@@ -71,7 +88,9 @@ def run(n: int, scale: float, work: Path) -> dict[str, Any]:
         client = genai.Client(api_key="bench", http_options={"base_url": url})
         write_input(work / "in.jsonl", n)
         f = client.files.upload(file=str(work / "in.jsonl"), config={"mime_type": "jsonl"})
+        assert f.name
         job = client.batches.create(model=MODEL, src=f.name, config={"display_name": "bench"})
+        assert job.name
         time.sleep(0.3)  # 300 emulator seconds at speed 1000: past PENDING and RUNNING
         idle_kib = sampler.reset()
         t0 = time.perf_counter()
@@ -91,8 +110,12 @@ def run(n: int, scale: float, work: Path) -> dict[str, Any]:
         proc.terminate()
         proc.wait(timeout=30)
     return {
-        "images": n, "image_scale": scale, "model": MODEL, "image_size": "2K",
-        "results_file_bytes": size, "generate_seconds": round(generate_s, 2),
+        "images": n,
+        "image_scale": scale,
+        "model": MODEL,
+        "image_size": "2K",
+        "results_file_bytes": size,
+        "generate_seconds": round(generate_s, 2),
         "download_seconds": round(download_s, 2),
         "download_mb_per_s": round(size / 1e6 / download_s, 1),
         "emulator_rss_mib_before": round(max(idle_kib, 1) / 1024, 1),

@@ -169,6 +169,16 @@ def serve(
         data_dir=data_dir,
         **options,
     ).start()
+    try:
+        print(f"emulator listening on {emu.url}", flush=True)
+        _wait_for_signal()
+    finally:
+        emu.stop()
+        sys.stdout.flush()
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM, then restore the previous handlers."""
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -176,11 +186,8 @@ def serve(
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"emulator listening on {emu.url}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
-        emu.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sys.stdout.flush()

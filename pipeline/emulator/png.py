@@ -52,6 +52,8 @@ def _idat(seed: bytes, width: int, height: int) -> bytes:
     flat = (seed[:3] * (row_len // 3 + 1))[: row_len - noisy]
     fragment = _flat_fragment(flat)
     pool = _pool()
+    if noisy + 2 > len(pool):  # rows wider than the pool (image_scale far above 1)
+        pool = pool * (noisy // len(pool) + 2)
     span = len(pool) - noisy - 1
     start = int.from_bytes(seed[3:7], "big")
     step = int.from_bytes(seed[7:10], "big") | 1

@@ -121,7 +121,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._check_key()
             getattr(self, f"_on_{kind}")(*args)
         except ApiError as exc:
-            self._send_json(exc.code, exc.body())
+            # Without an upload status the SDK re-sends a failed chunk 3 times (7 s of sleeps).
+            chunk = self._entry["kind"] == "upload_chunk"
+            self._send_json(
+                exc.code, exc.body(), {"X-Goog-Upload-Status": "final"} if chunk else None
+            )
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # a bug: answer like the service's 500

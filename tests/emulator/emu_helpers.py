@@ -41,8 +41,13 @@ def upload(client: Any, path: Path) -> types.File:
     )
 
 
-def file_batch(client: Any, tmp: Path, rows: list[tuple[str, dict[str, Any]]], model: str = PRO,
-               name: str = "job") -> types.BatchJob:
+def file_batch(
+    client: Any,
+    tmp: Path,
+    rows: list[tuple[str, dict[str, Any]]],
+    model: str = PRO,
+    name: str = "job",
+) -> types.BatchJob:
     """Upload ``rows`` and create a file batch."""
     f = upload(client, write_jsonl(tmp / f"{name}.jsonl", rows))
     return client.batches.create(model=model, src=f.name, config={"display_name": name})

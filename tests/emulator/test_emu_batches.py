@@ -1,4 +1,4 @@
-"""Batches through the real SDK: create (file, inline), get, list, cancel, delete, states, limits."""
+"""Batches through the real SDK: create (file, inline), get, list, cancel, delete, limits."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_file_batch_states_and_operation_json(emu: Emulator, client: Any, tmp_pa
 
 def test_pending_batch_stats_and_no_done(emu: Emulator, client: Any, tmp_path: Path) -> None:
     job = file_batch(client, tmp_path, [("a", request("x"))])
-    status, op = _raw(emu, "/v1/" + job.name)
+    _, op = _raw(emu, "/v1/" + job.name)
     assert "done" not in op and "output" not in op["metadata"]
     assert op["metadata"]["batchStats"] == {"requestCount": "1", "pendingRequestCount": "1"}
 
@@ -63,12 +63,17 @@ def test_inline_batch(emu: Emulator, client: Any) -> None:
     src = [
         {
             "contents": [{"parts": [{"text": "A red apple"}], "role": "user"}],
-            "config": {"response_modalities": ["IMAGE"],
-                       "image_config": {"aspect_ratio": "16:9", "image_size": "2K"}},
+            "config": {
+                "response_modalities": ["IMAGE"],
+                "image_config": {"aspect_ratio": "16:9", "image_size": "2K"},
+            },
             "metadata": {"key": "apple"},
         },
-        {"contents": "A pear", "config": {"image_config": {"aspect_ratio": "7:7"}},
-         "metadata": {"key": "bad"}},
+        {
+            "contents": "A pear",
+            "config": {"image_config": {"aspect_ratio": "7:7"}},
+            "metadata": {"key": "bad"},
+        },
     ]
     job = client.batches.create(model=PRO, src=src, config={"display_name": "inline"})
     done = finish(emu, client, job.name)
@@ -83,8 +88,9 @@ def test_inline_batch(emu: Emulator, client: Any) -> None:
 
 
 def test_list_paging_cancel_delete(emu: Emulator, client: Any, tmp_path: Path) -> None:
-    names = [file_batch(client, tmp_path, [("a", request("p"))], name=f"j{i}").name
-             for i in range(5)]
+    names = [
+        file_batch(client, tmp_path, [("a", request("p"))], name=f"j{i}").name for i in range(5)
+    ]
     listed = list(client.batches.list(config={"page_size": 2}))
     assert sorted(j.name for j in listed) == sorted(names)
     assert len([e for e in emu.request_log if e["kind"] == "list"]) == 3
@@ -160,9 +166,7 @@ def test_api_key_checks(tmp_path: Path) -> None:
 
 
 def test_v1beta_path_and_unknown_batch(emu: Emulator, tmp_path: Path) -> None:
-    client = genai.Client(
-        api_key="k", http_options={"base_url": emu.url, "api_version": "v1beta"}
-    )
+    client = genai.Client(api_key="k", http_options={"base_url": emu.url, "api_version": "v1beta"})
     job = file_batch(client, tmp_path, [("a", request("x"))])
     done = finish(emu, client, job.name)
     assert results(client, done, tmp_path)[0]["key"] == "a"

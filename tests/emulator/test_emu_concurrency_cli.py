@@ -85,8 +85,12 @@ def test_sdk1_v1beta_in_subprocess(emu: Emulator, tmp_path: Path) -> None:
     env.pop("GOOGLE_GENAI_API_VERSION", None)
     proc = subprocess.Popen(
         [sys.executable, "-c", SDK1_SCRIPT, emu.url, str(src)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env, cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.stdout is not None and proc.stdin is not None
     first = proc.stdout.readline()
@@ -102,7 +106,9 @@ def test_sdk1_v1beta_in_subprocess(emu: Emulator, tmp_path: Path) -> None:
 def test_python_m_serve_prints_url_and_stops(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.emulator", "--port", "0", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert proc.stdout is not None
@@ -120,6 +126,13 @@ def test_python_m_serve_prints_url_and_stops(tmp_path: Path) -> None:
 def test_click_command_help() -> None:
     result = CliRunner().invoke(serve_command, ["--help"])
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--api-key", "--speed", "--faults", "--image-scale",
-                   "--data-dir"):
+    for option in (
+        "--host",
+        "--port",
+        "--api-key",
+        "--speed",
+        "--faults",
+        "--image-scale",
+        "--data-dir",
+    ):
         assert option in result.output

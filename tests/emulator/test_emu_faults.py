@@ -41,26 +41,35 @@ def test_get_error(emu: Emulator, client: Any, tmp_path: Path) -> None:
 
 def test_failed_and_expired_batches(emu: Emulator, client: Any, tmp_path: Path) -> None:
     emu.faults = FaultPlan.from_dict(
-        {"batch_faults": [{"state": "FAILED", "display_name_contains": "doomed"},
-                          {"state": "EXPIRED", "next": 1}]}
+        {
+            "batch_faults": [
+                {"state": "FAILED", "display_name_contains": "doomed"},
+                {"state": "EXPIRED", "next": 1},
+            ]
+        }
     )
     doomed = file_batch(client, tmp_path, ROWS[:1], name="doomed-1")
     expired = file_batch(client, tmp_path, ROWS[:1], name="plain-1")
     fine = file_batch(client, tmp_path, ROWS[:1], name="plain-2")
     emu.clock.advance(10_000)
-    got = {n: client.batches.get(name=j.name) for n, j in
-           (("d", doomed), ("e", expired), ("f", fine))}
+    got = {
+        n: client.batches.get(name=j.name) for n, j in (("d", doomed), ("e", expired), ("f", fine))
+    }
     assert got["d"].state.name == "JOB_STATE_FAILED" and got["d"].dest is None
     assert got["e"].state.name == "JOB_STATE_EXPIRED" and got["e"].dest is None
     assert got["f"].state.name == "JOB_STATE_SUCCEEDED"
 
 
 def test_line_errors_with_retry(emu: Emulator, client: Any, tmp_path: Path) -> None:
-    emu.faults = FaultPlan.from_dict({"line_faults": [
-        {"kind": "error", "code": 13, "keys": ["k0"], "times": 1},
-        {"kind": "error", "code": 3, "keys": ["k1"], "message": "bad prompt"},
-        {"kind": "error", "code": 503, "keys": ["k2"]},
-    ]})
+    emu.faults = FaultPlan.from_dict(
+        {
+            "line_faults": [
+                {"kind": "error", "code": 13, "keys": ["k0"], "times": 1},
+                {"kind": "error", "code": 3, "keys": ["k1"], "message": "bad prompt"},
+                {"kind": "error", "code": 503, "keys": ["k2"]},
+            ]
+        }
+    )
     job = file_batch(client, tmp_path, ROWS[:4])
     out = {r["key"]: r for r in results(client, finish(emu, client, job.name), tmp_path)}
     assert out["k0"]["error"]["code"] == 13
@@ -72,27 +81,41 @@ def test_line_errors_with_retry(emu: Emulator, client: Any, tmp_path: Path) -> N
 
 
 def test_safety_block_text_only(emu: Emulator, client: Any, tmp_path: Path) -> None:
-    emu.faults = FaultPlan.from_dict({"line_faults": [
-        {"kind": "finish", "reason": "IMAGE_SAFETY", "keys": ["k0"]},
-        {"kind": "finish", "reason": "PROHIBITED_CONTENT", "keys": ["k1"]},
-        {"kind": "block", "reason": "SAFETY", "keys": ["k2"]},
-        {"kind": "text_only", "keys": ["k3"]},
-    ]})
+    emu.faults = FaultPlan.from_dict(
+        {
+            "line_faults": [
+                {"kind": "finish", "reason": "IMAGE_SAFETY", "keys": ["k0"]},
+                {"kind": "finish", "reason": "PROHIBITED_CONTENT", "keys": ["k1"]},
+                {"kind": "block", "reason": "SAFETY", "keys": ["k2"]},
+                {"kind": "text_only", "keys": ["k3"]},
+            ]
+        }
+    )
     job = file_batch(client, tmp_path, ROWS[:4])
-    out = {r["key"]: r["response"] for r in results(client, finish(emu, client, job.name), tmp_path)}
+    out = {
+        r["key"]: r["response"] for r in results(client, finish(emu, client, job.name), tmp_path)
+    }
     assert out["k0"]["candidates"][0]["finishReason"] == "IMAGE_SAFETY"
     assert "content" not in out["k0"]["candidates"][0]
     assert out["k1"]["candidates"][0]["finishReason"] == "PROHIBITED_CONTENT"
-    assert out["k2"]["promptFeedback"] == {"blockReason": "SAFETY"} and "candidates" not in out["k2"]
+    assert (
+        out["k2"]["promptFeedback"] == {"blockReason": "SAFETY"} and "candidates" not in out["k2"]
+    )
     (cand,) = out["k3"]["candidates"]
-    assert cand["finishReason"] == "STOP" and [list(p) for p in cand["content"]["parts"]] == [["text"]]
+    assert cand["finishReason"] == "STOP" and [list(p) for p in cand["content"]["parts"]] == [
+        ["text"]
+    ]
 
 
 def test_safety_in_inline_batch_through_sdk_types(emu: Emulator, client: Any) -> None:
-    emu.faults = FaultPlan.from_dict({"line_faults": [
-        {"kind": "block", "reason": "PROHIBITED_CONTENT", "keys": ["a"]},
-        {"kind": "error", "code": 8, "keys": ["b"]},
-    ]})
+    emu.faults = FaultPlan.from_dict(
+        {
+            "line_faults": [
+                {"kind": "block", "reason": "PROHIBITED_CONTENT", "keys": ["a"]},
+                {"kind": "error", "code": 8, "keys": ["b"]},
+            ]
+        }
+    )
     src = [{"contents": "x", "metadata": {"key": k}} for k in ("a", "b")]
     done = finish(emu, client, client.batches.create(model=PRO, src=src).name)
     a, b = done.dest.inlined_responses
@@ -140,9 +163,12 @@ def test_slow_download(emu: Emulator, client: Any, tmp_path: Path) -> None:
 
 
 def test_plan_from_json_and_toml_files(tmp_path: Path) -> None:
-    data = {"seed": 1, "create_errors": [{"status": 429, "times": 2}],
-            "line_faults": [{"kind": "finish", "reason": "SAFETY", "rate": 0.1}],
-            "download": {"drop_after_bytes": 10, "drop_times": 2}}
+    data = {
+        "seed": 1,
+        "create_errors": [{"status": 429, "times": 2}],
+        "line_faults": [{"kind": "finish", "reason": "SAFETY", "rate": 0.1}],
+        "download": {"drop_after_bytes": 10, "drop_times": 2},
+    }
     (tmp_path / "p.json").write_text(json.dumps(data))
     (tmp_path / "p.toml").write_text(
         "seed = 1\nshuffle = false\n[[create_errors]]\nstatus = 429\ntimes = 2\n"

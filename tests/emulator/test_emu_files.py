@@ -50,7 +50,9 @@ def test_large_upload_in_chunks(emu: Emulator, client: Any, tmp_path: Path) -> N
 def test_list_paging(emu: Emulator, client: Any, tmp_path: Path) -> None:
     src = tmp_path / "x.jsonl"
     src.write_text("{}\n")
-    names = {client.files.upload(file=str(src), config={"mime_type": "jsonl"}).name for _ in range(5)}
+    names = {
+        client.files.upload(file=str(src), config={"mime_type": "jsonl"}).name for _ in range(5)
+    }
     listed = list(client.files.list(config={"page_size": 2}))
     assert {f.name for f in listed} == names
     pages = [e for e in emu.request_log if e["kind"] == "file_list"]
@@ -106,10 +108,30 @@ def test_chunk_with_wrong_offset_is_refused(emu: Emulator) -> None:
     )
     url = start.headers["X-Goog-Upload-URL"]
     assert url.startswith(emu.url + "/upload/v1beta/files?upload_id=")
-    bad = httpx2.post(url, content=b"abcd", headers={"X-Goog-Upload-Offset": "2",
-                                                     "X-Goog-Upload-Command": "upload, finalize"})
+    bad = httpx2.post(
+        url,
+        content=b"abcd",
+        headers={"X-Goog-Upload-Offset": "2", "X-Goog-Upload-Command": "upload, finalize"},
+    )
     assert bad.status_code == 400
-    good = httpx2.post(url, content=b"abcd", headers={"X-Goog-Upload-Offset": "0",
-                                                      "X-Goog-Upload-Command": "upload, finalize"})
+    good = httpx2.post(
+        url,
+        content=b"abcd",
+        headers={"X-Goog-Upload-Offset": "0", "X-Goog-Upload-Command": "upload, finalize"},
+    )
     assert good.status_code == 200 and good.headers["x-goog-upload-status"] == "final"
     assert good.json()["file"]["sizeBytes"] == "4"
+
+
+def test_limit_crossed_mid_upload_fails_fast(tmp_path: Path) -> None:
+    import io
+    import time
+
+    with Emulator(max_file_bytes=9 * 1024 * 1024) as emu:
+        client = genai.Client(api_key="k", http_options={"base_url": emu.url})
+        data = io.BytesIO(b"x" * (10 * 1024 * 1024))
+        start = time.perf_counter()
+        with pytest.raises(errors.APIError) as exc:
+            client.files.upload(file=data, config={"mime_type": "jsonl"})
+        assert exc.value.code == 400
+        assert time.perf_counter() - start < 1.0

@@ -39,7 +39,12 @@ def _decode(part: dict[str, Any]) -> Image.Image:
     ],
 )
 def test_png_size_per_model_ratio_size(
-    emu: Emulator, client: Any, tmp_path: Path, model: str, ratio: str, size: str,
+    emu: Emulator,
+    client: Any,
+    tmp_path: Path,
+    model: str,
+    ratio: str,
+    size: str,
     pixels: tuple[int, int],
 ) -> None:
     job = file_batch(client, tmp_path, [("k", request("a lighthouse", ratio, size))], model=model)
@@ -54,7 +59,9 @@ def test_usage_metadata(emu: Emulator, client: Any, tmp_path: Path) -> None:
     prompt = "a watercolor fox in the snow"  # 28 bytes -> 7 tokens
     rows = [("pro", request(prompt, "1:1", "4K")), ("pro2", request(prompt, "1:1", "2K"))]
     job = file_batch(client, tmp_path, rows)
-    out = {r["key"]: r["response"] for r in results(client, finish(emu, client, job.name), tmp_path)}
+    out = {
+        r["key"]: r["response"] for r in results(client, finish(emu, client, job.name), tmp_path)
+    }
     for key, image_tokens in (("pro", 2000), ("pro2", 1120)):
         u = out[key]["usageMetadata"]
         assert u["promptTokenCount"] == 7
