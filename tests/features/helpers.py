@@ -1,0 +1,106 @@
+"""Shared helpers for the feature tests: job specs on disk, a Context on the emulator, and
+ticking a run to its end with the emulator's clock pushed forward."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog import load_catalog
+from pipeline.config import Settings
+from pipeline.context import Context
+from pipeline.emulator import Emulator
+from pipeline.ledger import db, repo
+from pipeline.planning import load_spec
+from pipeline.submit import create_run
+from pipeline.tick import tick
+
+PRO = "gemini-3-pro-image-preview"
+FLASH = "gemini-3.1-flash-image-preview"
+KEY = "feature-test-key"
+
+
+def write_job(
+    folder: Path,
+    name: str,
+    rows: Sequence[dict[str, str]],
+    *,
+    model: str = PRO,
+    ratio: str = "1:1",
+    size: str = "1K",
+    budget: float | None = None,
+    per_batch: int = 1000,
+    out: str | None = None,
+    max_attempts: int = 3,
+) -> Path:
+    """A job spec and its CSV (columns key, prompt, and any per-row overrides)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = folder / f"{name}.csv"
+    with table.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    size_line = f'size = "{size}"\n' if size else ""
+    budget_line = f"budget_usd = {budget}\n" if budget is not None else ""
+    spec = folder / f"{name}.toml"
+    spec.write_text(
+        f'name = "{name}"\nmodel = "{model}"\n\n'
+        f'[input]\npath = "{table.name}"\nid_column = "key"\nprompt_column = "prompt"\n\n'
+        f'[image]\naspect_ratio = "{ratio}"\n{size_line}\n'
+        f'[output]\nuri = "{out or str(folder / "out" / "{run}")}"\n\n'
+        f"[limits]\nmax_attempts = {max_attempts}\n{budget_line}"
+        f"max_requests_per_batch = {per_batch}\n",
+        encoding="utf-8",
+    )
+    return spec
+
+
+def make_context(tmp: Path, emu: Emulator | None, **settings: Any) -> Context:
+    """A Context on a SQLite ledger in `tmp`, talking to `emu`."""
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp}/ledger.db",
+        "api_key": KEY,
+        "base_url": emu.url if emu is not None else None,
+        "state_dir": tmp / "state",
+        "worker_id": "feature-test",
+        "create_backoff_s": 0.01,
+    }
+    values.update(settings)
+    engine = db.make_engine(values["database_url"])
+    db.ensure_schema(engine)
+    return Context(settings=Settings(**values), engine=engine)
+
+
+def submit(ctx: Context, spec: Path, *, use_cache: bool = True, force: bool = True) -> str:
+    """Record a run of `spec` (no tick); returns its id."""
+    catalog = load_catalog()
+    run_id, _ = create_run(ctx, load_spec(spec, catalog), catalog, force=force, use_cache=use_cache)
+    return run_id
+
+
+def run_to_end(ctx: Context, emu: Emulator, run_id: str, max_ticks: int = 30) -> repo.RunRow:
+    """Tick (pushing the emulator's clock on) until the run is no longer active."""
+    catalog = load_catalog()
+    for _ in range(max_ticks):
+        tick(ctx, catalog)
+        with ctx.engine.connect() as conn:
+            run = repo.get_run(conn, run_id)
+        if run.state != "active":
+            return run
+        emu.clock.advance(10_000)
+    raise AssertionError(f"run {run_id} did not finish in {max_ticks} ticks")
+
+
+def report_json(ctx: Context, run_id: str) -> dict[str, Any]:
+    """The run's report as `report --format json` prints it."""
+    import io
+    import json
+
+    from pipeline.reporting import render_report
+
+    buf = io.StringIO()
+    render_report(ctx, run_id, "json", buf, None)
+    return dict(json.loads(buf.getvalue()))
