@@ -3,7 +3,11 @@ every test from the real environment (no key, no ledger, no state folder of the 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 pytest_plugins = ["tests.db_fixture", "tests.gcs_fixture"]
 
@@ -24,3 +28,11 @@ def _isolated_env(
         "GOOGLE_GENAI_USE_VERTEXAI",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """`main()` binds structlog to the stderr of its test; unbind it afterwards."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,8 @@ from pipeline.storage.base import (
     sha256_file,
     sha256_hex,
 )
+
+_HOST = socket.gethostname().replace(".", "-")
 
 # os.link fails with these where the file system has no hard links (some FUSE/SMB mounts).
 _NO_LINK_ERRNOS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
@@ -144,13 +147,16 @@ class LocalStore:
             raise self._storage_error(path, exc) from exc
 
     def _temp_path(self, final: Path) -> Path:
-        return final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        # Host and pid in the name let a later writer of the same object tell a dead
+        # writer's leftover (a process killed mid-write) from a live one's work in progress.
+        return final.with_name(f".{final.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
     def _write_temp(self, final: Path, data: bytes) -> Path:
         """Write `data` to a fresh temporary file beside `final`, fsynced; return its path."""
         tmp = self._temp_path(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_dead_temps(final)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 with os.fdopen(fd, "wb", closefd=False) as fh:
@@ -204,3 +210,21 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sweep_dead_temps(final: Path) -> None:
+    """Remove temporary files for `final` left by dead processes of this host."""
+    for leftover in final.parent.glob(f".{final.name}.{_HOST}.*.tmp"):
+        pid = leftover.name[len(final.name) + len(_HOST) + 3 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

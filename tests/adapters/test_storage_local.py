@@ -297,3 +297,24 @@ def test_write_csv_rejects(tmp_path: Path) -> None:
     ]
     assert write_csv([], tmp_path / "empty.csv", REJECTS_HEADER) == 0
     assert (tmp_path / "empty.csv").read_bytes() == b"row,key,reason\r\n"
+
+
+def test_put_once_sweeps_a_dead_writers_temp_file(tmp_path: Path) -> None:
+    """A temp file left by a process killed mid-write is removed by the next writer."""
+    import subprocess
+    import sys
+
+    from pipeline.storage.local import _HOST
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".k.png.{_HOST}.{dead.pid}.0123.tmp"
+    leftover.write_bytes(b"half")
+    live = tmp_path / f".k.png.{_HOST}.{os.getpid()}.4567.tmp"
+    live.write_bytes(b"in progress")
+
+    LocalStore(tmp_path).put_once("k.png", b"image", content_type="image/png", metadata={})
+
+    assert not leftover.exists()
+    assert live.exists()
+    assert (tmp_path / "k.png").read_bytes() == b"image"
