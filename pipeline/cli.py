@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from pipeline import __version__
+from pipeline import __version__, drill
 from pipeline.catalog import load_catalog
 from pipeline.config import Settings, load_settings
 from pipeline.context import Context
@@ -61,6 +61,7 @@ def cli(ctx: click.Context, log_format: str | None) -> None:
         settings = settings.with_overrides(log_format=log_format)
     register_secret(settings.api_key)
     configure_logging(settings.log_format)
+    drill.arm(settings.crash_at)
     ctx.ensure_object(dict)["settings"] = settings
 
 
@@ -194,6 +195,22 @@ def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None
     from pipeline.render import write_report
 
     write_report(_context(ctx), run_ref, fmt, out)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write atomically to this file (node_exporter textfile collector) instead of stdout.",
+)
+@click.pass_context
+def metrics(ctx: click.Context, out: Path | None) -> None:
+    """Ledger metrics in the Prometheus text format: items, batches, cost, errors, latency."""
+    from pipeline.metrics import write_metrics
+
+    text = write_metrics(_context(ctx), out)
+    if out is None:
+        click.echo(text, nl=False)
 
 
 @cli.command()

@@ -41,6 +41,8 @@ class Settings:
     create_backoff_s: float = 30.0
     """NANOBATCH_CREATE_BACKOFF_S: first wait after a batch create answered 429 or 5xx."""
     worker_id: str = ""
+    crash_at: str | None = None
+    """NANOBATCH_CRASH_AT: a crash drill, `name` or `name:N` (see pipeline.drill); tests only."""
 
     @property
     def spool_dir(self) -> Path:
@@ -66,6 +68,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         harvest_workers=_int(env, "NANOBATCH_HARVEST_WORKERS", 4),
         create_backoff_s=float(env.get("NANOBATCH_CREATE_BACKOFF_S") or 30.0),
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        crash_at=env.get("NANOBATCH_CRASH_AT") or None,
     )
 
 

