@@ -284,6 +284,10 @@ class Submitter:
         if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), CLAIM_TTL_S):
             return False
         try:
+            with ctx.engine.connect() as conn:
+                batch = repo.get_batch(conn, batch.id)  # as it is now that we hold it
+            if batch.state not in ("queued", "submitting"):
+                return False
             return self._create(batch, run)
         finally:
             repo.release_batch(ctx.engine, batch.id, owner)
