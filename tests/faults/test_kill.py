@@ -56,9 +56,9 @@ def test_kill_then_tick_is_exactly_once(drill: Drill, point: str, phase: str) ->
         "--poll-interval",
         "0.1",
         NANOBATCH_CRASH_AT=point,
-        # One harvest worker: the kill lands between two images, never mid-write of another
-        # (a kill mid-write leaves a hidden temporary file; see the report).
-        NANOBATCH_HARVEST_WORKERS="1",
+        # Four harvest workers: a kill can land mid-write of another image; the replay's
+        # writer of that object sweeps the dead process's temporary file.
+        NANOBATCH_HARVEST_WORKERS="4",
         timeout=90,
     )
     assert died.code == -9, f"{phase}: expected SIGKILL, got {died.code}\n{died.err[-3000:]}"
