@@ -68,6 +68,21 @@ def peak_rss() -> Iterator[RssSampler]:
         sampler.stop()
 
 
+_NODELAY_MAIN = (
+    "import sys; from benchmarks.common import emulator_nodelay; emulator_nodelay(); "
+    "from pipeline.emulator.__main__ import main; main(sys.argv[1:])"
+)
+
+
+def emulator_nodelay() -> None:
+    """TCP_NODELAY on the emulator's sockets (in this process). Without it every response
+    whose body follows its headers in a second small write waits ~40 ms for a delayed ACK
+    (Nagle), which the real service does not: that would time the loopback, not nanobatch."""
+    from pipeline.emulator.server import Handler
+
+    Handler.disable_nagle_algorithm = True
+
+
 @contextmanager
 def emulator(
     data_dir: Path,
@@ -77,12 +92,16 @@ def emulator(
     pending_seconds: float = 1.0,
     running_seconds: float = 1.0,
     max_live_batches: int = 100,
+    nodelay: bool = False,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`python -m pipeline.emulator` in a subprocess on a free port; yields (process, url)."""
+    """`python -m pipeline.emulator` in a subprocess on a free port; yields (process, url).
+    With `nodelay`, its sockets get TCP_NODELAY (see emulator_nodelay)."""
+    launch = ["-m", "pipeline.emulator"]
+    if nodelay:
+        launch = ["-c", _NODELAY_MAIN]
     cmd = [
         sys.executable,
-        "-m",
-        "pipeline.emulator",
+        *launch,
         "--port",
         "0",
         "--data-dir",
@@ -152,9 +171,14 @@ def write_prompts_csv(path: Path, n: int, prefix: str = "bench") -> None:
 
 
 def make_context(
-    database_url: str, state_dir: Path, base_url: str | None = None, workers: int = 4
+    database_url: str,
+    state_dir: Path,
+    base_url: str | None = None,
+    workers: int = 4,
+    **overrides: Any,
 ) -> Any:
-    """A Context on `database_url` (schema ensured) talking to `base_url`."""
+    """A Context on `database_url` (schema ensured) talking to `base_url`; `overrides` are
+    further Settings fields (e.g. max_live_batches)."""
     import uuid
 
     from pipeline.config import Settings
@@ -169,10 +193,151 @@ def make_context(
         state_dir=state_dir,
         harvest_workers=workers,
         worker_id=f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        **overrides,
     )
     engine = db.make_engine(database_url)
     db.ensure_schema(engine)
     return Context(settings=settings, engine=engine)
+
+
+class QueryCounter:
+    """Counts the SQL statements an engine runs (executemany counts once)."""
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.count = 0
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _count(*_: Any) -> None:
+            self.count += 1
+
+    def take(self) -> int:
+        """Statements since the last take."""
+        n, self.count = self.count, 0
+        return n
+
+
+def fill_finished_run(
+    engine: Any, run_id: str, n: int, *, model: str = "gemini-3.1-flash-image-preview"
+) -> float:
+    """A finished run of `n` succeeded items, each with one recorded attempt, in one batch,
+    written by raw executemany (no emulator): history, or a large run to report on.
+    Returns seconds taken."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, insert, select
+
+    from pipeline.ledger import repo
+
+    t0 = time.perf_counter()
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        repo.insert_run(
+            conn,
+            {
+                "id": run_id,
+                "identity": f"bench-{run_id}",
+                "job": run_id,
+                "state": "finished",
+                "model": model,
+                "spec_path": "bench.toml",
+                "spec_json": "{}",
+                "input_sha256": "0" * 64,
+                "output_uri": f"/tmp/{run_id}",
+                "run_date": now.strftime("%Y-%m-%d"),
+                "max_attempts": 3,
+                "max_enqueued_tokens": 10**11,
+                "max_requests_per_batch": max(n, 1),
+                "max_batch_bytes": 2 * 10**9,
+                "budget_nanos": None,
+                "created_at": now,
+                "finished_at": now,
+                "item_count": n,
+            },
+        )
+        batch_id = conn.execute(
+            insert(repo.BATCHES)
+            .values(
+                run_id=run_id,
+                seq=1,
+                model=model,
+                display_name=f"nb-{run_id}-00001",
+                state="harvested",
+                remote_name=f"batches/{run_id}",
+                item_count=n,
+                est_tokens=1290 * n,
+                est_nanos=19_500_000 * n,
+                created_at=now,
+                finished_at=now,
+            )
+            .returning(repo.BATCHES.c.id)
+        ).scalar_one()
+        first = conn.execute(select(func.coalesce(func.max(repo.ITEMS.c.id), 0))).scalar_one()
+        step = 20_000
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            items = [
+                {
+                    "id": first + 1 + i,
+                    "run_id": run_id,
+                    "key": f"{run_id}-{i:07d}",
+                    "row": i + 1,
+                    "prompt": f"benchmark image number {i} of {run_id}",
+                    "prompt_sha256": f"{i:064x}",
+                    "aspect_ratio": "1:1",
+                    "image_size": "1K",
+                    "model": model,
+                    "est_tokens": 1290,
+                    "state": "succeeded",
+                    "final": False,
+                    "tries": 1,
+                    "fallback_used": False,
+                    "cached": False,
+                    "batch_id": batch_id,
+                    "uri": f"/tmp/{run_id}/{run_id}-{i:07d}.png",
+                    "sha256": f"{i:064x}",
+                    "finished_at": now,
+                }
+                for i in range(start, stop)
+            ]
+            conn.execute(insert(repo.ITEMS), items)
+            attempts = [
+                {
+                    "item_id": first + 1 + i,
+                    "batch_id": batch_id,
+                    "model": model,
+                    "outcome": "succeeded",
+                    "input_tokens": 10,
+                    "output_image_tokens": 1290,
+                    "output_text_tokens": 0,
+                    "thinking_tokens": 0,
+                    "cost_nanos": 19_500_000,
+                    "standard_nanos": 39_000_000,
+                    "recorded_at": now,
+                }
+                for i in range(start, stop)
+            ]
+            conn.execute(insert(repo.ATTEMPTS), attempts)
+    return round(time.perf_counter() - t0, 2)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database nb_bench_<hex> at 127.0.0.1:5432, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"nb_bench_{uuid.uuid4().hex[:12]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def quiet_logs() -> None:

@@ -124,7 +124,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-expand-") as tmp:
         root = Path(tmp)
         write_tables(root, rows_n)
-        with common.emulator(root / "emu") as (_, url):
+        # Batches stay pending while the run is submitted: otherwise each create makes the
+        # emulator render every finished batch's images, which the timing would include.
+        with common.emulator(
+            root / "emu", speed=1.0, pending_seconds=86400, running_seconds=60, nodelay=True
+        ) as (_, url):
             for name in ("prompts.parquet", "prompts.csv"):
                 work = root / name.replace(".", "-")
                 work.mkdir()

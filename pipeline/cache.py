@@ -80,6 +80,7 @@ def _serve_one(ctx: Context, run: repo.RunRow, row: Any, candidates: list[Any]) 
         log.warning("cache_conflict", run=run.id, item=row.key, error=str(exc)[:200])
         return False
     detail = f"prompt cache: copied from {source.run_id}/{source.key}"
+    dest.sync()
     with ctx.engine.begin() as conn:
         moved = repo.mark_cached(conn, run.id, row.id, stored.uri, sha, ctx.now(), detail)
     if moved:

@@ -40,6 +40,8 @@ class Settings:
     """NANOBATCH_HARVEST_WORKERS: threads that decode and store images."""
     create_backoff_s: float = 30.0
     """NANOBATCH_CREATE_BACKOFF_S: first wait after a batch create answered 429 or 5xx."""
+    max_live_batches: int | None = None
+    """NANOBATCH_MAX_LIVE_BATCHES: live-batch cap (None: the service's 100); benchmarks only."""
     worker_id: str = ""
     crash_at: str | None = None
     """NANOBATCH_CRASH_AT: a crash drill, `name` or `name:N` (see pipeline.drill); tests only."""
@@ -67,6 +69,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notify_url=env.get("NANOBATCH_NOTIFY_URL") or None,
         harvest_workers=_int(env, "NANOBATCH_HARVEST_WORKERS", 4),
         create_backoff_s=float(env.get("NANOBATCH_CREATE_BACKOFF_S") or 30.0),
+        max_live_batches=_int(env, "NANOBATCH_MAX_LIVE_BATCHES", 0) or None,
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         crash_at=env.get("NANOBATCH_CRASH_AT") or None,
     )

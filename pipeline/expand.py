@@ -13,14 +13,17 @@ Memory: the only state kept across rows is a dict of seen key -> first row.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Final
 
 from pipeline.catalog import ModelInfo
 from pipeline.pricing import estimate_item_tokens
 from pipeline.spec import RATIO_COLUMN, SIZE_COLUMN, JobSpec, template_parts
+
+_json_str = encode_basestring
+"""json.dumps(s, ensure_ascii=False) of one str, without the encoder's set-up."""
 
 PROMPT_HASH_VERSION: Final = "v1"
 
@@ -177,21 +180,21 @@ def effective_size(info: ModelInfo, size: str) -> str:
 
 
 def request_line(key: str, prompt: str, aspect_ratio: str, image_size: str) -> bytes:
-    """One JSONL request line ending in b"\\n"; imageSize omitted when image_size is ""."""
-    image_config = {"aspectRatio": aspect_ratio}
-    if image_size:
-        image_config["imageSize"] = image_size
-    line = {
-        "key": key,
-        "request": {
-            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
-            "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image_config},
-        },
-    }
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    """One JSONL request line ending in b"\\n"; imageSize omitted when image_size is "".
+
+    The same bytes as json.dumps(..., ensure_ascii=False, separators=(",", ":")) of the nested
+    request, built from a template (only the four strings are encoded): it runs once per item
+    in plan, form_batches and upload."""
+    size = f',"imageSize":{_json_str(image_size)}' if image_size else ""
+    return (
+        f'{{"key":{_json_str(key)},"request":{{"contents":[{{"role":"user","parts":'
+        f'[{{"text":{_json_str(prompt)}}}]}}],"generationConfig":{{"responseModalities":'
+        f'["IMAGE"],"imageConfig":{{"aspectRatio":{_json_str(aspect_ratio)}{size}}}}}}}}}\n'
+    ).encode()
 
 
 def prompt_sha256(model: str, prompt: str, aspect_ratio: str, image_size: str) -> str:
     """Hex sha256 of the canonical request content, for the prompt cache (versioned "v1:")."""
-    body = json.dumps([model, prompt, aspect_ratio, image_size], ensure_ascii=False)
+    # json.dumps([...], ensure_ascii=False), string by string.
+    body = "[" + ", ".join(map(_json_str, (model, prompt, aspect_ratio, image_size))) + "]"
     return hashlib.sha256(f"{PROMPT_HASH_VERSION}:{body}".encode()).hexdigest()

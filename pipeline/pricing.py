@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from typing import Literal
 
 from pipeline.catalog import ModelInfo, Rates
@@ -55,4 +56,11 @@ def estimate_item_tokens(info: ModelInfo, size: str, prompt: str) -> int:
 
 def estimate_cost_nanos(info: ModelInfo, size: str, prompt: str, mode: Mode) -> int:
     """Estimated cost of one request at the model's batch or standard rates, in nano-dollars."""
-    return cost_nanos(info.rates(mode), estimate_item_usage(info, size, prompt))
+    usage = estimate_item_usage(info, size, prompt)
+    return _cost_cached(info.rates(mode), usage)
+
+
+@lru_cache(maxsize=4096)
+def _cost_cached(rates: Rates, usage: Usage) -> int:
+    """cost_nanos, memoised: estimates repeat (one per prompt length and size) over a table."""
+    return cost_nanos(rates, usage)

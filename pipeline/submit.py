@@ -426,8 +426,9 @@ def waiting_reason(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> str 
         until = _aware(batch.not_before)
         return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
     with ctx.engine.connect() as conn:
-        if repo.live_batch_count(conn) >= LIVE_BATCH_LIMIT:
-            return f"{LIVE_BATCH_LIMIT} batches are live (the service's limit)"
+        limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
+        if repo.live_batch_count(conn) >= limit:
+            return f"{limit} batches are live (the service's limit)"
         used = repo.live_tokens(conn, batch.model)
         if used and used + batch.est_tokens > run.max_enqueued_tokens:
             return (

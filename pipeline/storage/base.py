@@ -65,6 +65,10 @@ class ObjectStore(Protocol):
         """Atomically store (or replace) `name` with the file's bytes; return its uri."""
         ...
 
+    def sync(self) -> None:
+        """Make every object put so far durable. Call it before recording them anywhere."""
+        ...
+
     def uri_for(self, name: str) -> str:
         """The uri `name` has (or would have) in this store."""
         ...

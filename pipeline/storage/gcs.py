@@ -159,6 +159,9 @@ class GcsStore:
             f"{self.uri_for(name)} keeps appearing and vanishing; run the tick again"
         )
 
+    def sync(self) -> None:
+        """Nothing to do: an upload that returned is durable."""
+
     def put_file(self, name: str, path: Path, *, content_type: str) -> str:
         """Upload (or replace) `name` from a local file; GCS makes the swap atomic."""
         key = self._key(name)

@@ -1,17 +1,23 @@
 """LocalStore: an output folder on a local (or mounted) file system.
 
-Owns create-once writes to files: bytes go to a hidden temporary name in the target folder,
-are fsynced, and are hard-linked to the final name, which fails if the name exists, so an
-existing file is never replaced unless overwrite is asked for. Content types and object
+Owns create-once writes to files: bytes go to a hidden temporary name in the target folder
+and are hard-linked to the final name, which fails if the name exists, so an existing file
+is never replaced unless overwrite is asked for. Durability is batched: `sync()` (one
+syncfs of the folder's file system) makes every object written so far durable, and callers
+call it before they record those objects, so a recorded object is always on disk without
+paying one fsync per image. Content types and object
 metadata are not kept for local files: the manifest carries them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +55,13 @@ class LocalStore:
         self.root = path_from_uri(str(root))
         self.base_uri = str(self.root)
         self._fsync = fsync
+        self._swept: set[Path] = set()
+        self._sweep_lock = threading.Lock()
+
+    def sync(self) -> None:
+        """Flush the output folder's file system (syncfs), or everything (sync) elsewhere."""
+        if self._fsync and self.root.exists():
+            _syncfs(self.root)
 
     def __repr__(self) -> str:
         return f"LocalStore({self.base_uri!r})"
@@ -146,6 +159,15 @@ class LocalStore:
         except OSError as exc:
             raise self._storage_error(path, exc) from exc
 
+    def _sweep_once(self, folder: Path) -> None:
+        """Sweep a dead writer's leftovers once per folder and process (not per write: a
+        folder of 10,000 images must not be listed 10,000 times)."""
+        with self._sweep_lock:
+            if folder in self._swept:
+                return
+            self._swept.add(folder)
+        _sweep_dead_temps(folder)
+
     def _temp_path(self, final: Path) -> Path:
         # Host and pid in the name let a later writer of the same object tell a dead
         # writer's leftover (a process killed mid-write) from a live one's work in progress.
@@ -156,13 +178,11 @@ class LocalStore:
         tmp = self._temp_path(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            _sweep_dead_temps(final)
+            self._sweep_once(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 with os.fdopen(fd, "wb", closefd=False) as fh:
                     fh.write(data)
-                if self._fsync:
-                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -212,12 +232,35 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _sweep_dead_temps(final: Path) -> None:
-    """Remove temporary files for `final` left by dead processes of this host."""
-    for leftover in final.parent.glob(f".{final.name}.{_HOST}.*.tmp"):
-        pid = leftover.name[len(final.name) + len(_HOST) + 3 :].split(".", 1)[0]
+def _sweep_dead_temps(folder: Path) -> None:
+    """Remove temporary files left in `folder` by dead processes of this host."""
+    marker = f".{_HOST}."
+    for leftover in folder.glob(f".*{marker}*.tmp"):
+        pid = leftover.name.rsplit(marker, 1)[-1].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             leftover.unlink(missing_ok=True)
+
+
+def _syncfs(path: Path) -> None:
+    """syncfs(2) on the file system holding `path`; os.sync() where libc has none."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.syncfs  # noqa: B018 - probe: not every libc has it
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _alive(pid: int) -> bool:
