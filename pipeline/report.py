@@ -101,10 +101,17 @@ def rows_and_summary(
 
 
 def table_line(row: Mapping[str, Any]) -> str:
-    """One line of the text table."""
-    cost = f"${row['cost_usd']:.4f}"
+    """One line of the text table: enough tokens to check the cost by hand."""
+    cost = f"${row['cost_usd']:.6f}"
     where = row["uri"] or (row["error"] or "")
-    return f"{row['key'][:32]:<32} {row['status']:<10} {row['attempts']:>3} {cost:>10}  {where}"
+    return (
+        f"{row['key'][:28]:<28} {row['status']:<10} {row['attempts']:>3} "
+        f"{row['input_tokens']:>6} {row['output_image_tokens']:>6} {row['output_text_tokens']:>6} "
+        f"{row['thinking_tokens']:>6} {cost:>10}  {where}"
+    )
 
 
-TABLE_HEADER = f"{'key':<32} {'status':<10} {'try':>3} {'cost':>10}  uri / error"
+TABLE_HEADER = (
+    f"{'key':<28} {'status':<10} {'try':>3} {'input':>6} {'image':>6} {'text':>6} "
+    f"{'think':>6} {'cost':>10}  uri / error"
+)

@@ -17,6 +17,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from pipeline import manifest, report
+from pipeline.catalog import load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
 from pipeline.ledger import repo
@@ -89,6 +90,19 @@ def _write_table(
         stream.write(
             f"{s['cached']} served from the prompt cache, saving ${s['saved_by_cache_usd']:.4f}\n"
         )
+    stream.write(_rates_note(run))
+
+
+def _rates_note(run: repo.RunRow) -> str:
+    """The batch rates the costs above were computed at, so a reader can check them."""
+    catalog = load_catalog()
+    lines = ["batch price per 1M tokens (image = IMAGE output, text and thinking at one rate):"]
+    for name in dict.fromkeys(m for m in (run.model, run.fallback_model) if m):
+        r = catalog.get(name).batch
+        lines.append(
+            f"  {name}: input ${r.input}, image ${r.image_output}, text/thinking ${r.text_output}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 REPORT_SCHEMA = pa.schema(

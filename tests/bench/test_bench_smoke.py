@@ -17,8 +17,8 @@ KEYS = {
     "expand": {"inputs", "goal_ratio"},
     "report": {"formats", "items"},
     "gcs": {"sizes"},
-    "tick": {"status"},
-    "workers": {"status"},
+    "tick": {"ticks", "idle_api_calls", "idle_sql", "finish_api_calls", "run_state"},
+    "workers": {"runs", "speedup"},
 }
 
 
@@ -37,3 +37,7 @@ def test_bench_quick(name: str) -> None:
     data = json.loads((RESULTS / f"{name}.json").read_text())
     assert KEYS[name] <= data.keys()
     assert data["quick"] is True
+    if name == "tick":
+        assert data["run_state"] == "finished"
+    if name == "workers":
+        pytest.importorskip("psycopg")
