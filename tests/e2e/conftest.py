@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from e2e_checks import API_KEY
 from google import genai
 
 from pipeline.emulator import Emulator
 
-API_KEY = "e2e-secret-key-7f3a9c1d5b"
 """A distinctive key, so a leak is easy to find in any output."""
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -144,3 +144,6 @@ def final_image(line: dict[str, Any]) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+API_KEY = "e2e-secret-key-7f3a9c1d5b"

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import API_KEY
-from e2e_checks import check_report_shape, check_status_shape
+from e2e_checks import API_KEY, check_report_shape, check_status_shape
 
 
 def test_status_json_and_job_name(e2e: Any) -> None:
