@@ -153,6 +153,7 @@ class Attempt(Base):
             "outcome",
         ),
         Index("ix_attempts_batch", "batch_id"),
+        Index("ix_attempts_recorded_at", "recorded_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
