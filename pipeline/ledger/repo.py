@@ -590,23 +590,42 @@ def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
 
 
 def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[dict[str, Any]]:
-    """Every item of a run with its attempt sums, in id order, streamed in chunks."""
-    last = 0
-    while True:
-        items = list(
-            conn.execute(
-                select(ITEMS)
-                .where(ITEMS.c.run_id == run_id, ITEMS.c.id > last)
-                .order_by(ITEMS.c.id)
-                .limit(chunk)
+    """Every item of a run with its attempt sums, in id order: one grouped join, streamed."""
+    counted = and_(
+        ATTEMPTS.c.item_id == ITEMS.c.id,
+        ATTEMPTS.c.outcome.is_not(None),
+        ATTEMPTS.c.outcome != "not_sent",
+    )
+    sums = [
+        func.count(ATTEMPTS.c.id),
+        *(
+            func.coalesce(func.sum(column), 0)
+            for column in (
+                ATTEMPTS.c.input_tokens,
+                ATTEMPTS.c.output_image_tokens,
+                ATTEMPTS.c.output_text_tokens,
+                ATTEMPTS.c.thinking_tokens,
+                ATTEMPTS.c.cost_nanos,
+                ATTEMPTS.c.standard_nanos,
             )
+        ),
+        func.max(ATTEMPTS.c.model),
+    ]
+    query = (
+        select(ITEMS, *(s.label(f"sum_{i}") for i, s in enumerate(sums)))
+        .select_from(ITEMS.outerjoin(ATTEMPTS, counted))
+        .where(ITEMS.c.run_id == run_id)
+        .group_by(*ITEMS.c)
+        .order_by(ITEMS.c.id)
+    )
+    width = len(ITEMS.c)
+    for row in conn.execution_options(yield_per=chunk).execute(query):
+        values = tuple(row)[width:]
+        entry = dict(
+            zip(_EMPTY_SUMS, [int(v or 0) for v in values[:-1]] + [values[-1]], strict=True)
         )
-        if not items:
-            return
-        last = items[-1].id
-        sums = _attempt_sums(conn, [it.id for it in items])
-        for it in items:
-            yield {"item": it, **sums.get(it.id, _EMPTY_SUMS)}
+        entry["item"] = row
+        yield entry
 
 
 _EMPTY_SUMS: dict[str, Any] = {
@@ -619,29 +638,6 @@ _EMPTY_SUMS: dict[str, Any] = {
     "standard_nanos": 0,
     "served_by": None,
 }
-
-
-def _attempt_sums(conn: Connection, ids: list[int]) -> dict[int, dict[str, Any]]:
-    counted = and_(ATTEMPTS.c.outcome.is_not(None), ATTEMPTS.c.outcome != "not_sent")
-    rows = conn.execute(
-        select(
-            ATTEMPTS.c.item_id,
-            func.count(),
-            func.sum(ATTEMPTS.c.input_tokens),
-            func.sum(ATTEMPTS.c.output_image_tokens),
-            func.sum(ATTEMPTS.c.output_text_tokens),
-            func.sum(ATTEMPTS.c.thinking_tokens),
-            func.sum(ATTEMPTS.c.cost_nanos),
-            func.sum(ATTEMPTS.c.standard_nanos),
-            func.max(ATTEMPTS.c.model),
-        )
-        .where(ATTEMPTS.c.item_id.in_(ids), counted)
-        .group_by(ATTEMPTS.c.item_id)
-    )
-    out = {}
-    for r in rows:
-        out[r[0]] = dict(zip(_EMPTY_SUMS, [int(v or 0) for v in r[1:8]] + [r[8]], strict=True))
-    return out
 
 
 def rejects_of_run(conn: Connection, run_id: str) -> Iterator[Any]:
