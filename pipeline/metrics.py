@@ -17,14 +17,14 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pipeline.context import Context
 from pipeline.ledger import repo
 from pipeline.states import BatchState
-from pipeline.values import NANOS_PER_USD, nanos_to_usd
+from pipeline.values import NANOS_PER_USD, as_utc, nanos_to_usd
 
 ITEM_STATES = ("queued", "in_batch", "succeeded", "failed", "failed_final", "cancelled")
 QUANTILES = (0.5, 0.99)
@@ -76,10 +76,6 @@ def reason_class(outcome: str, reason: str | None) -> str | None:
 # ── collecting ───────────────────────────────────────────────────────────────
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile of sorted values; NaN when there are none."""
     if not values:
@@ -93,11 +89,11 @@ def _durations(rows: Iterable[Any]) -> tuple[list[float], list[float]]:
     turnaround: list[float] = []
     wait: list[float] = []
     for row in rows:
-        created = _aware(row.created_at)
+        created = as_utc(row.created_at)
         if row.submitted_at is not None:
-            wait.append(max(0.0, (_aware(row.submitted_at) - created).total_seconds()))
+            wait.append(max(0.0, (as_utc(row.submitted_at) - created).total_seconds()))
         if row.finished_at is not None:
-            turnaround.append(max(0.0, (_aware(row.finished_at) - created).total_seconds()))
+            turnaround.append(max(0.0, (as_utc(row.finished_at) - created).total_seconds()))
     return sorted(turnaround), sorted(wait)
 
 

@@ -22,7 +22,7 @@ from pipeline.context import Context
 from pipeline.drill import crashpoint
 from pipeline.ledger import repo
 from pipeline.metrics import run_metrics
-from pipeline.values import NANOS_PER_USD, nanos_to_usd
+from pipeline.values import NANOS_PER_USD, as_utc, nanos_to_usd
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 
@@ -188,7 +188,7 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "metrics": metrics,
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
-        "age_s": round((ctx.now() - _aware(run.created_at)).total_seconds(), 1),
+        "age_s": round((ctx.now() - as_utc(run.created_at)).total_seconds(), 1),
     }
 
 
@@ -209,10 +209,4 @@ def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return _aware(value).isoformat() if value else None
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value).isoformat() if value else None

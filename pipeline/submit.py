@@ -13,7 +13,7 @@ import json
 import random
 import tempfile
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from pipeline.log import get_logger
 from pipeline.manifest import write_csv
 from pipeline.spec import JobSpec, resolve_output_uri
 from pipeline.states import BatchState
-from pipeline.values import NANOS_PER_USD
+from pipeline.values import NANOS_PER_USD, as_utc
 
 log = get_logger()
 INSERT_CHUNK = 5000
@@ -272,7 +272,7 @@ class Submitter:
 
     def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
         now = self.ctx.now()
-        if batch.not_before is not None and _aware(batch.not_before) > now:
+        if batch.not_before is not None and as_utc(batch.not_before) > now:
             return "backoff"
         if batch.state == "submitting":
             return None
@@ -422,8 +422,8 @@ class Submitter:
 def waiting_reason(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
     """Why a queued batch cannot be created now, or None when it can."""
     now = ctx.now()
-    if batch.not_before is not None and _aware(batch.not_before) > now:
-        until = _aware(batch.not_before)
+    if batch.not_before is not None and as_utc(batch.not_before) > now:
+        until = as_utc(batch.not_before)
         return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
     with ctx.engine.connect() as conn:
         limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
@@ -463,7 +463,3 @@ def _budget_reason(
 
 def _usd(nanos: int) -> str:
     return f"{nanos / NANOS_PER_USD:.4f}"
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -8,6 +8,7 @@ token, so sums are exact. Floats appear only when a report is rendered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 NANOS_PER_USD = 1_000_000_000
@@ -41,3 +42,8 @@ def nanos_to_decimal_str(nanos: int) -> str:
     value = (Decimal(nanos) / NANOS_PER_USD).normalize()
     text = format(value, "f")
     return text
+
+
+def as_utc(value: datetime) -> datetime:
+    """A ledger timestamp as an aware UTC datetime (SQLite hands them back naive)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
