@@ -3,6 +3,7 @@ Context on a given ledger, child processes that report JSON, and result files/ta
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -381,6 +382,17 @@ def child_main(fn: Any) -> bool:
         print(json.dumps(result), flush=True)
         return True
     return False
+
+
+def script_main(child: Any, add_args: Any, run: Any, doc: str | None) -> None:
+    """`python -m benchmarks.<name>`: a measured child when called with `--child JSON`,
+    otherwise the benchmark on its own with its options."""
+    if child_main(child):
+        return
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true")
+    add_args(parser)
+    run(parser.parse_args())
 
 
 def ratio(value: float, floor: float) -> float:

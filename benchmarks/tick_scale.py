@@ -147,8 +147,5 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-if __name__ == "__main__" and not common.child_main(_child):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    add_args(parser)
-    run(parser.parse_args())
+if __name__ == "__main__":
+    common.script_main(_child, add_args, run, __doc__)
