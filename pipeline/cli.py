@@ -6,11 +6,9 @@ call one shell function and render. PipelineError becomes an exit code in one pl
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -19,7 +17,7 @@ from pipeline.catalog import load_catalog
 from pipeline.config import Settings, load_settings
 from pipeline.context import Context
 from pipeline.errors import PipelineError
-from pipeline.ledger import db, repo
+from pipeline.ledger import db
 from pipeline.log import configure_logging, mask_text, register_secret
 
 EMULATOR_KEY = "nanobatch-emulator-key"
@@ -280,10 +278,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {mask_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(0)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, default=str)
-
-
-__all__ = ["cli", "main", "repo"]

@@ -43,7 +43,6 @@ class RemoteBatch:
 
 class BatchBackend(Protocol):
     def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile: ...
-    def file_alive(self, name: str) -> bool: ...
     def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch: ...
     def get_batch(self, name: str) -> RemoteBatch: ...
     def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]: ...
@@ -67,16 +66,6 @@ class GeminiBackend:
         config = types.UploadFileConfig(mime_type="jsonl", display_name=display_name[:120])
         file = self._call(lambda: self._client.files.upload(file=str(path), config=config))
         return RemoteFile(name=file.name or "", expires_at=file.expiration_time)
-
-    def file_alive(self, name: str) -> bool:
-        """True when the uploaded file still exists (files expire after 48 h)."""
-        try:
-            file = self._call(lambda: self._client.files.get(name=name))
-        except ApiError as exc:
-            if exc.code in (403, 404):
-                return False
-            raise
-        return str(file.state or "").endswith("ACTIVE") or file.state is None
 
     def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch:
         config = types.CreateBatchJobConfig(display_name=display_name)

@@ -224,9 +224,9 @@ class _Harvest:
                 sha256=sha,
             )
         except ObjectConflict as exc:
-            return _replace(base, outcome="final", reason=str(exc), safety=False)
+            return dataclasses.replace(base, outcome="final", reason=str(exc), safety=False)
         crashpoint("harvest.stored")
-        return _replace(base, uri=stored.uri, sha256=sha)
+        return dataclasses.replace(base, uri=stored.uri, sha256=sha)
 
     def _metadata(self, rec: Record, row: Any) -> dict[str, str]:
         prior = self.prior.get(rec.item_id, {})
@@ -309,12 +309,6 @@ def _ordered(
             yield inflight.popleft().result()
     while inflight:
         yield inflight.popleft().result()
-
-
-def _replace(rec: Record, **changes: Any) -> Record:
-    from dataclasses import replace
-
-    return replace(rec, **changes)
 
 
 def _empty(row: Any, outcome: policy.Outcome, reason: str) -> Record:

@@ -113,7 +113,7 @@ def retry_run(ctx: Context, run_ref: str, *, include_final: bool) -> int:
     now = ctx.now()
     with ctx.engine.begin() as conn:
         run = repo.get_run(conn, run_ref)
-        n = repo.requeue_items(conn, run.id, include_final=include_final, now=now, extra_tries=0)
+        n = repo.requeue_items(conn, run.id, include_final=include_final, now=now)
         if n and run.state != "active":
             repo.set_run_state(conn, run.id, run.state, "active", now)
     log.info("run_retry", run=run.id, requeued=n)

@@ -271,12 +271,11 @@ class Submitter:
         return created
 
     def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
-        now = self.ctx.now()
-        if batch.not_before is not None and as_utc(batch.not_before) > now:
-            return "backoff"
-        if batch.state == "submitting":
-            return None
-        return waiting_reason(self.ctx, batch, run)
+        """A `submitting` batch already counts as live: only its backoff can hold it."""
+        if batch.state != "submitting":
+            return waiting_reason(self.ctx, batch, run)
+        backing_off = batch.not_before is not None and as_utc(batch.not_before) > self.ctx.now()
+        return "backoff" if backing_off else None
 
     def _submit_one(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx

@@ -270,9 +270,7 @@ def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str
     return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
 
 
-def requeue_items(
-    conn: Connection, run_id: str, *, include_final: bool, now: datetime, extra_tries: int
-) -> int:
+def requeue_items(conn: Connection, run_id: str, *, include_final: bool, now: datetime) -> int:
     """`retry`: failed (and with include_final, failed for good) items back to queued."""
     cond = [ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["failed", "cancelled"])]
     if not include_final:
