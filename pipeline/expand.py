@@ -1,25 +1,27 @@
 """Rows to requests: validate each input row into an Item or a Reject, and build request lines.
 
-Pure. Owns the row shape the core consumes (Row, UNDECODABLE; pipeline.inputs produces and
+Pure. Owns the table shape the core consumes (Block, UNDECODABLE; pipeline.inputs produces and
 re-exports them). Rules (CONTRACT.md section 2): a key belongs to the first row that has it,
 valid or not, and later rows with it are rejected as duplicates; a blank key, a blank prompt,
 an empty or missing template value, text that does not decode and a bad per-row aspect ratio
 or image size are rejected with a short reason naming the column. An empty per-row
 `aspect_ratio` / `image_size` cell means the spec's value; per-row values are stripped of
 surrounding spaces. For a model that takes no size, image_size is "" and is not sent.
-Memory: the only state kept across rows is a dict of seen key -> first row.
+Rows come in column blocks (one per pyarrow record batch), so no object is built per row
+before it is judged. Memory: the only state kept across blocks is a dict of seen key -> first
+row.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Final
 
 from pipeline.catalog import ModelInfo
-from pipeline.pricing import estimate_item_tokens
+from pipeline.pricing import Estimate, Estimator
 from pipeline.spec import RATIO_COLUMN, SIZE_COLUMN, JobSpec, template_parts
 
 _json_str = encode_basestring
@@ -52,11 +54,14 @@ Cell = str | None | _Undecodable
 
 
 @dataclass(frozen=True)
-class Row:
-    number: int
-    """1-based data row, header not counted (CSV and Parquet alike)."""
-    values: Mapping[str, Cell]
-    """Only the requested columns: str, None (null or missing) or UNDECODABLE."""
+class Block:
+    """Consecutive rows of the table, column by column (what pyarrow reads at once)."""
+
+    first_row: int
+    """1-based number of the block's first data row, header not counted (CSV and Parquet)."""
+    size: int
+    columns: Mapping[str, Sequence[Cell]]
+    """Only the requested columns present in the table: str, None (null) or UNDECODABLE."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,12 @@ class Item:
     aspect_ratio: str
     image_size: str
     """"" when the model takes no size."""
-    est_tokens: int
-    """Enqueued-token estimate (prompt + image tokens + thinking allowance)."""
+    estimate: Estimate
+    """Enqueued tokens (prompt + image tokens + thinking allowance) and estimated cost."""
+
+    @property
+    def est_tokens(self) -> int:
+        return self.estimate.tokens
 
 
 @dataclass(frozen=True)
@@ -86,87 +95,107 @@ class _Bad(Exception):
     """One row cannot become a request; the message is the reason."""
 
 
-def _text(values: Mapping[str, Cell], column: str, encoding: str, what: str) -> str:
-    """The cell as text; _Bad for an undecodable one; "" for empty or missing."""
-    value = values.get(column)
-    if value is UNDECODABLE:
-        raise _Bad(f"{what} in column '{column}' does not decode as {encoding}")
-    return value if isinstance(value, str) else ""
+class _Rules:
+    """The row rules of one spec, applied a block at a time. State across blocks: the seen
+    keys (key -> first row), the only memory that grows with the table."""
+
+    def __init__(self, spec: JobSpec, info: ModelInfo, has_ratio: bool, has_size: bool) -> None:
+        self.spec, self.info = spec, info
+        self.enc = spec.input.encoding
+        self.parts: _Parts = () if spec.input.prompt is None else template_parts(spec.input.prompt)
+        self.has_ratio, self.has_size = has_ratio, has_size and bool(info.sizes)
+        self.size = spec.image.size if info.sizes else ""
+        self.estimate = Estimator(info)
+        self.seen: dict[str, int] = {}
+
+    def block(self, block: Block) -> Iterator[Item | Reject]:
+        id_column = self.spec.input.id_column
+        keys = self._column(block, id_column)
+        for i in range(block.size):
+            number = block.first_row + i
+            cell = keys[i]
+            if cell is UNDECODABLE:
+                yield Reject(
+                    number, "", f"key in column '{id_column}' does not decode as {self.enc}"
+                )
+                continue
+            key = cell if isinstance(cell, str) else ""
+            if not key.strip():
+                yield Reject(number, key, f"empty key in column '{id_column}'")
+                continue
+            first = self.seen.setdefault(key, number)
+            if first != number:
+                yield Reject(number, key, f"duplicate key, first seen in row {first}")
+                continue
+            try:
+                yield self._item(block, i, number, key)
+            except _Bad as bad:
+                yield Reject(number, key, str(bad))
+
+    @staticmethod
+    def _column(block: Block, column: str) -> Sequence[Cell]:
+        found = block.columns.get(column)
+        return found if found is not None else [None] * block.size
+
+    def _text(self, block: Block, column: str, i: int, what: str) -> str:
+        """The cell as text; _Bad for an undecodable one; "" for empty or missing."""
+        column_cells = block.columns.get(column)
+        value = column_cells[i] if column_cells is not None else None
+        if value is UNDECODABLE:
+            raise _Bad(f"{what} in column '{column}' does not decode as {self.enc}")
+        return value if isinstance(value, str) else ""
+
+    def _item(self, block: Block, i: int, number: int, key: str) -> Item:
+        prompt = self._render(block, i)
+        ratio = self.spec.image.aspect_ratio
+        if self.has_ratio:
+            ratio = self._override(block, i, RATIO_COLUMN, ratio, self.info.aspect_ratios)
+        size = self.size
+        if self.has_size:
+            size = self._override(block, i, SIZE_COLUMN, size, self.info.sizes)
+        return Item(number, key, prompt, ratio, size, self.estimate(size, prompt))
+
+    def _render(self, block: Block, i: int) -> str:
+        column = self.spec.input.prompt_column
+        if column is not None:
+            prompt = self._text(block, column, i, "prompt")
+        else:
+            pieces: list[str] = []
+            for literal, name in self.parts:
+                pieces.append(literal)
+                if name is not None:
+                    value = self._text(block, name, i, "template value")
+                    if not value.strip():
+                        raise _Bad(f"empty value in column '{name}' for the prompt template")
+                    pieces.append(value)
+            prompt = "".join(pieces)
+        if not prompt.strip():
+            raise _Bad("empty prompt")
+        return prompt
+
+    def _override(
+        self, block: Block, i: int, column: str, default: str, valid: tuple[str, ...]
+    ) -> str:
+        value = self._text(block, column, i, column).strip()
+        if not value:
+            return default
+        if value not in valid:
+            raise _Bad(f"{column} '{value}' is not valid; valid: {', '.join(valid)}")
+        return value
 
 
-def _render(spec: JobSpec, parts: _Parts, row: Row) -> str:
-    enc = spec.input.encoding
-    if spec.input.prompt_column is not None:
-        prompt = _text(row.values, spec.input.prompt_column, enc, "prompt")
-    else:
-        pieces: list[str] = []
-        for literal, column in parts:
-            pieces.append(literal)
-            if column is not None:
-                value = _text(row.values, column, enc, "template value")
-                if not value.strip():
-                    raise _Bad(f"empty value in column '{column}' for the prompt template")
-                pieces.append(value)
-        prompt = "".join(pieces)
-    if not prompt.strip():
-        raise _Bad("empty prompt")
-    return prompt
-
-
-def _override(row: Row, column: str, default: str, valid: tuple[str, ...], enc: str) -> str:
-    value = _text(row.values, column, enc, column).strip()
-    if not value:
-        return default
-    if value not in valid:
-        raise _Bad(f"{column} '{value}' is not valid; valid: {', '.join(valid)}")
-    return value
-
-
-def _item(
-    spec: JobSpec, info: ModelInfo, parts: _Parts, row: Row, key: str, flags: tuple[bool, bool]
-) -> Item:
-    has_ratio, has_size = flags
-    enc = spec.input.encoding
-    prompt = _render(spec, parts, row)
-    ratio = spec.image.aspect_ratio
-    if has_ratio:
-        ratio = _override(row, RATIO_COLUMN, ratio, info.aspect_ratios, enc)
-    size = spec.image.size if info.sizes else ""
-    if has_size and info.sizes:
-        size = _override(row, SIZE_COLUMN, size, info.sizes, enc)
-    return Item(row.number, key, prompt, ratio, size, estimate_item_tokens(info, size, prompt))
-
-
-def expand_rows(
+def expand_blocks(
     spec: JobSpec,
     info: ModelInfo,
-    rows: Iterable[Row],
+    blocks: Iterable[Block],
     *,
     has_ratio_column: bool,
     has_size_column: bool,
 ) -> Iterator[Item | Reject]:
     """Each row, in order, as an Item to send or a Reject with its reason."""
-    parts: _Parts = () if spec.input.prompt is None else template_parts(spec.input.prompt)
-    flags = (has_ratio_column, has_size_column)
-    id_column, enc = spec.input.id_column, spec.input.encoding
-    seen: dict[str, int] = {}
-    for row in rows:
-        try:
-            key = _text(row.values, id_column, enc, "key")
-        except _Bad as bad:
-            yield Reject(row.number, "", str(bad))
-            continue
-        if not key.strip():
-            yield Reject(row.number, key, f"empty key in column '{id_column}'")
-            continue
-        first = seen.setdefault(key, row.number)
-        if first != row.number:
-            yield Reject(row.number, key, f"duplicate key, first seen in row {first}")
-            continue
-        try:
-            yield _item(spec, info, parts, row, key, flags)
-        except _Bad as bad:
-            yield Reject(row.number, key, str(bad))
+    rules = _Rules(spec, info, has_ratio_column, has_size_column)
+    for block in blocks:
+        yield from rules.block(block)
 
 
 def effective_size(info: ModelInfo, size: str) -> str:

@@ -1,16 +1,18 @@
 """The input table adapter: stream rows of .csv, .csv.gz and .parquet files with pyarrow.
 
 Rows come in record batches, never the whole table in memory. CSV cells are read as raw
-bytes and decoded here, cell by cell, so one undecodable cell spoils one row (its value is
+bytes and decoded here (a whole UTF-8 column checked at once by pyarrow, else cell by cell),
+so one undecodable cell spoils one row (its value is
 UNDECODABLE) and the rest go on. Encodings that are not ASCII-compatible (utf-16, utf-32)
 are transcoded by pyarrow instead; there a bad byte fails the whole file. CSV empty cells
 are "" (the core decides what empty means); Parquet nulls are None; non-text Parquet values
-become text (ints without ".0", booleans "true"/"false"). Row and UNDECODABLE are defined by
+become text (ints without ".0", booleans "true"/"false"). Block and UNDECODABLE are defined by
 the pure core (pipeline.expand), which consumes them, and re-exported here.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -25,15 +27,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.expand import UNDECODABLE, Cell, Row
+from pipeline.expand import UNDECODABLE, Block, Cell
 
 __all__ = [
     "EXTENSIONS",
     "UNDECODABLE",
-    "Row",
+    "Block",
     "check_columns",
     "file_sha256",
-    "read_rows",
+    "read_blocks",
     "table_columns",
 ]
 
@@ -130,6 +132,18 @@ def _decode(cells: list[bytes | None], encoding: str) -> list[Cell]:
     return out
 
 
+def _decode_column(array: pa.Array, encoding: str) -> list[Cell]:
+    """A raw-bytes column as text cells. UTF-8 is checked by pyarrow for the whole column at
+    once; only a column with a bad cell in it is decoded cell by cell (to find which)."""
+    if codecs.lookup(encoding).name == "utf-8":
+        text = pa.large_string() if pa.types.is_large_binary(array.type) else pa.string()
+        try:
+            return array.cast(text).to_pylist()  # type: ignore[no-any-return]
+        except pa.ArrowInvalid:
+            pass
+    return _decode(array.to_pylist(), encoding)
+
+
 def _csv_reader(
     path: Path, kind: str, encoding: str, wanted: list[str]
 ) -> tuple[pacsv.CSVStreamingReader, str | None]:
@@ -148,22 +162,23 @@ def _csv_reader(
     return pacsv.open_csv(source, read_options, parse, convert), ("utf-8" if transcode else None)
 
 
-def _read_csv(path: Path, kind: str, columns: Sequence[str], encoding: str) -> Iterator[Row]:
+def _read_csv(path: Path, kind: str, columns: Sequence[str], encoding: str) -> Iterator[Block]:
     """pyarrow sees the header as data row 0 (generated names f0, f1, ...) and it is skipped."""
     header = _csv_header(path, kind, encoding)
     index = {name: header.index(name) for name in columns if name in header}
     wanted = sorted({f"f{i}" for i in index.values()}) or ["f0"]
     reader, cell_encoding = _csv_reader(path, kind, encoding, wanted)
-    number = -1
+    first_row = 0
     for batch in reader:
+        if first_row == 0:
+            batch, first_row = batch.slice(1), 1
         cols = {
-            name: _decode(batch.column(f"f{i}").to_pylist(), cell_encoding or encoding)
+            name: _decode_column(batch.column(f"f{i}"), cell_encoding or encoding)
             for name, i in index.items()
         }
-        for r in range(batch.num_rows):
-            number += 1
-            if number:
-                yield Row(number, {c: cols[c][r] if c in cols else None for c in columns})
+        if batch.num_rows:
+            yield Block(first_row, batch.num_rows, cols)
+        first_row += batch.num_rows
 
 
 def _to_cells(array: pa.ChunkedArray | pa.Array, encoding: str) -> list[Cell]:
@@ -172,7 +187,7 @@ def _to_cells(array: pa.ChunkedArray | pa.Array, encoding: str) -> list[Cell]:
         array = array.cast(kind.value_type)  # type: ignore[union-attr]
         kind = array.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return _decode(array.to_pylist(), encoding)
+        return _decode_column(array, encoding)
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         try:
             array = pc.cast(array, pa.string())
@@ -183,23 +198,22 @@ def _to_cells(array: pa.ChunkedArray | pa.Array, encoding: str) -> list[Cell]:
 
 def _read_parquet(
     path: Path, columns: Sequence[str], encoding: str, batch_rows: int
-) -> Iterator[Row]:
+) -> Iterator[Block]:
     parquet = _parquet(path)
     present = [c for c in dict.fromkeys(columns) if c in parquet.schema_arrow.names]
-    number = 0
+    first_row = 1
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=present):
         cols = {name: _to_cells(batch.column(name), encoding) for name in present}
-        for r in range(batch.num_rows):
-            number += 1
-            yield Row(number, {c: cols[c][r] if c in cols else None for c in columns})
+        yield Block(first_row, batch.num_rows, cols)
+        first_row += batch.num_rows
 
 
-def read_rows(
+def read_blocks(
     path: Path, columns: Sequence[str], encoding: str = "utf-8", batch_rows: int = 65536
-) -> Iterator[Row]:
-    """Stream the table's rows, only `columns` (absent ones read as None), batch by batch.
+) -> Iterator[Block]:
+    """Stream the table in blocks of rows holding only `columns` (absent ones are left out).
 
-    Parquet batches hold `batch_rows` rows; CSV batches are pyarrow blocks of about 1 MB.
+    Parquet blocks hold `batch_rows` rows; CSV blocks are pyarrow's, about 1 MB of text.
     """
     kind = _kind(path)
     try:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import expand, inputs, pricing, shard
+from pipeline import expand, inputs, shard
 from pipeline.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.errors import SpecError
 from pipeline.spec import JobSpec, parse_spec, required_columns
@@ -35,11 +35,11 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Item | expand.R
         spec.input.path, required_columns(spec), OVERRIDE_COLUMNS, spec.input.encoding
     )
     columns = [*required_columns(spec), *sorted(present)]
-    rows = inputs.read_rows(spec.input.path, list(dict.fromkeys(columns)), spec.input.encoding)
-    return expand.expand_rows(
+    blocks = inputs.read_blocks(spec.input.path, list(dict.fromkeys(columns)), spec.input.encoding)
+    return expand.expand_blocks(
         spec,
         info,
-        rows,
+        blocks,
         has_ratio_column="aspect_ratio" in present,
         has_size_column="image_size" in present,
     )
@@ -65,6 +65,7 @@ class Plan:
     quota_windows: int = 0
     max_enqueued_tokens: int = 0
     by_size: dict[str, SizeLine] = field(default_factory=dict)
+    """By image size ("" for a model without sizes)."""
     rejects: list[expand.Reject] = field(default_factory=list)
 
     def asdict(self) -> dict[str, object]:
@@ -79,7 +80,7 @@ class Plan:
                 "standard_usd": round(nanos_to_usd(self.standard_nanos), 6),
                 "tokens": self.est_tokens,
                 "by_size": {
-                    size: {
+                    f"{self.model} {size or '-'}": {
                         "items": line.items,
                         "batch_usd": round(nanos_to_usd(line.batch_nanos), 6),
                         "standard_usd": round(nanos_to_usd(line.standard_nanos), 6),
@@ -98,34 +99,29 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
     plan = Plan(
         job=spec.name, model=spec.model, max_enqueued_tokens=spec.limits.max_enqueued_tokens
     )
-    entries = _costed_items(spec, info, plan, keep_rejects)
-    limits = shard.limits_for(spec)
-    for _ in shard.pack(entries, size=lambda e: e[1], tokens=lambda e: e[2], limits=limits):
-        plan.batches += 1
-    plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
-    return plan
-
-
-def _costed_items(
-    spec: JobSpec, info: ModelInfo, plan: Plan, keep_rejects: int
-) -> Iterator[tuple[expand.Item, int, int]]:
+    packer = shard.Packer(shard.limits_for(spec))
     for entry in expansion(spec, info):
         if isinstance(entry, expand.Reject):
             plan.rejected += 1
             if len(plan.rejects) < keep_rejects:
                 plan.rejects.append(entry)
             continue
-        plan.items += 1
-        plan.est_tokens += entry.est_tokens
-        line = plan.by_size.setdefault(f"{spec.model} {entry.image_size or '-'}", SizeLine())
-        batch = pricing.estimate_cost_nanos(info, entry.image_size, entry.prompt, "batch")
-        standard = pricing.estimate_cost_nanos(info, entry.image_size, entry.prompt, "standard")
-        line.items += 1
-        line.batch_nanos += batch
-        line.standard_nanos += standard
-        plan.batch_nanos += batch
-        plan.standard_nanos += standard
-        size = len(
-            expand.request_line(entry.key, entry.prompt, entry.aspect_ratio, entry.image_size)
-        )
-        yield entry, size, entry.est_tokens
+        _count_item(plan, spec.model, entry)
+        line = expand.request_line(entry.key, entry.prompt, entry.aspect_ratio, entry.image_size)
+        plan.batches += packer.add(len(line), entry.est_tokens)
+    plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
+    return plan
+
+
+def _count_item(plan: Plan, model: str, item: expand.Item) -> None:
+    batch, standard = item.estimate.batch_nanos, item.estimate.standard_nanos
+    line = plan.by_size.get(item.image_size)
+    if line is None:
+        line = plan.by_size[item.image_size] = SizeLine()
+    plan.items += 1
+    plan.est_tokens += item.est_tokens
+    line.items += 1
+    line.batch_nanos += batch
+    line.standard_nanos += standard
+    plan.batch_nanos += batch
+    plan.standard_nanos += standard

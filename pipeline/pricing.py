@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pipeline.catalog import ModelInfo, Rates
 from pipeline.values import Usage
@@ -35,7 +35,15 @@ def cost_nanos(rates: Rates, usage: Usage) -> int:
 
 def estimate_prompt_tokens(prompt: str) -> int:
     """Rough prompt token count: ceil(UTF-8 bytes / 4), at least 1."""
-    return max(1, math.ceil(len(prompt.encode("utf-8")) / 4))
+    return _tokens_of_bytes(_utf8_len(prompt))
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _tokens_of_bytes(n_bytes: int) -> int:
+    return max(1, math.ceil(n_bytes / 4))
 
 
 def estimate_item_usage(info: ModelInfo, size: str, prompt: str) -> Usage:
@@ -64,3 +72,42 @@ def estimate_cost_nanos(info: ModelInfo, size: str, prompt: str, mode: Mode) -> 
 def _cost_cached(rates: Rates, usage: Usage) -> int:
     """cost_nanos, memoised: estimates repeat (one per prompt length and size) over a table."""
     return cost_nanos(rates, usage)
+
+
+class Estimate(NamedTuple):
+    """One request's estimate: enqueued tokens and cost at batch and standard rates."""
+
+    tokens: int
+    batch_nanos: int
+    standard_nanos: int
+
+
+class Estimator:
+    """Estimates of one model's requests, memoised by (size, prompt UTF-8 length), the only
+    inputs they depend on: a table of a million prompts has a few hundred distinct pairs."""
+
+    MEMO_LIMIT = 65_536
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+        self._memo: dict[tuple[str, int], Estimate] = {}
+
+    def __call__(self, size: str, prompt: str) -> Estimate:
+        key = (size, _utf8_len(prompt))
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self._memo.clear()
+            found = self._memo[key] = self._estimate(size, key[1])
+        return found
+
+    def _estimate(self, size: str, prompt_bytes: int) -> Estimate:
+        info = self.info
+        usage = Usage(
+            input=_tokens_of_bytes(prompt_bytes),
+            output_image=info.tokens_for(size),
+            output_text=0,
+            thinking=info.thinking_allowance,
+        )
+        tokens = usage.input + usage.output_image + usage.output_text + usage.thinking
+        return Estimate(tokens, cost_nanos(info.batch, usage), cost_nanos(info.standard, usage))

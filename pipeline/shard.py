@@ -52,6 +52,35 @@ def _check_single(n_bytes: int, n_tokens: int, limits: ShardLimits) -> None:
         )
 
 
+class Packer:
+    """Greedy packing one entry at a time, in input order: `add` says whether the entry opens
+    a new batch. The one packing rule, shared by `pack` and by recording a run."""
+
+    def __init__(self, limits: ShardLimits) -> None:
+        if limits.max_requests < 1:
+            raise SpecError("limits.max_requests_per_batch must be at least 1")
+        self.limits = limits
+        self.count = self.n_bytes = self.n_tokens = 0
+
+    def add(self, n_bytes: int, n_tokens: int) -> bool:
+        """Count one entry in; True when it starts a new batch (always for the first).
+        SpecError for an entry that alone exceeds a limit (naming it and how to raise it)."""
+        limits = self.limits
+        _check_single(n_bytes, n_tokens, limits)
+        new = (
+            self.count == 0
+            or self.count >= limits.max_requests
+            or self.n_bytes + n_bytes > limits.max_bytes
+            or self.n_tokens + n_tokens > limits.max_tokens
+        )
+        if new:
+            self.count = self.n_bytes = self.n_tokens = 0
+        self.count += 1
+        self.n_bytes += n_bytes
+        self.n_tokens += n_tokens
+        return new
+
+
 def pack(
     entries: Iterable[T],
     *,
@@ -59,26 +88,14 @@ def pack(
     tokens: Callable[[T], int],
     limits: ShardLimits,
 ) -> Iterator[list[T]]:
-    """Greedy shards in input order, each within every limit; SpecError for an entry that
-    alone exceeds a limit (naming the limit and how to raise it)."""
-    if limits.max_requests < 1:
-        raise SpecError("limits.max_requests_per_batch must be at least 1")
+    """Greedy shards in input order, each within every limit (see Packer)."""
+    packer = Packer(limits)
     batch: list[T] = []
-    n_bytes = n_tokens = 0
     for entry in entries:
-        e_bytes, e_tokens = size(entry), tokens(entry)
-        _check_single(e_bytes, e_tokens, limits)
-        full = (
-            len(batch) >= limits.max_requests
-            or n_bytes + e_bytes > limits.max_bytes
-            or n_tokens + e_tokens > limits.max_tokens
-        )
-        if batch and full:
+        if packer.add(size(entry), tokens(entry)) and batch:
             yield batch
-            batch, n_bytes, n_tokens = [], 0, 0
+            batch = []
         batch.append(entry)
-        n_bytes += e_bytes
-        n_tokens += e_tokens
     if batch:
         yield batch
 

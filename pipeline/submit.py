@@ -1,5 +1,6 @@
-"""Submitting exactly once: record a run and its items, form batches from queued items, and
-create them on the service within quota, budget and backoff.
+"""Submitting exactly once: record a run (its items already packed into batches, see
+`intake`), form batches from items queued later (retries, cache misses), and create them on
+the service within quota, budget and backoff.
 
 Batch create is not idempotent, so the intent (state `submitting`, a unique display name)
 is committed before the call; a batch found in `submitting` later is reconciled by display
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import expand, inputs, pricing, shard
+from pipeline import expand, inputs, intake, pricing, shard
 from pipeline.catalog import Catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
@@ -32,7 +33,6 @@ from pipeline.states import BatchState
 from pipeline.values import NANOS_PER_USD, as_utc
 
 log = get_logger()
-INSERT_CHUNK = 5000
 BACKOFF_MAX_S = 1800.0
 LIVE_BATCH_LIMIT = 100
 #: A dead holder's claim on a batch delays other ticks by at most this (CONTRACT section 6).
@@ -100,8 +100,10 @@ def _record_run(
                 conn,
                 _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
             )
-            counts = _insert_expansion(conn, run_id, spec, info, expansion(spec, info), now)
-            repo.update_run_counts(conn, run_id, *counts)
+            done = intake.record_expansion(
+                conn, run_id, spec, expansion(spec, info), now, use_cache=use_cache
+            )
+            repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
             write_csv(
                 (
                     {"row": r.row, "key": r.key, "reason": r.reason}
@@ -112,7 +114,9 @@ def _record_run(
             )
             # Written before the commit: a crash leaves no run, and a rerun rewrites the same file.
             ctx.store(output_uri).put_file("rejects.csv", rejects_csv, content_type="text/csv")
-    log.info("run_created", run=run_id, items=counts[0], rejected=counts[1])
+    log.info(
+        "run_created", run=run_id, items=done.items, rejected=done.rejects, batches=done.batches
+    )
 
 
 def _run_values(
@@ -147,54 +151,6 @@ def _run_values(
         "overwrite": spec.output.overwrite,
         "use_cache": use_cache,
         "created_at": now,
-    }
-
-
-def _insert_expansion(
-    conn: Any, run_id: str, spec: JobSpec, info: Any, entries: Any, now: datetime
-) -> tuple[int, int, int]:
-    items: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
-    n_items = n_rejects = est = 0
-    for entry in entries:
-        if isinstance(entry, expand.Reject):
-            rejects.append(
-                {"run_id": run_id, "row": entry.row, "key": entry.key, "reason": entry.reason}
-            )
-            n_rejects += 1
-        else:
-            items.append(_item_values(run_id, spec.model, entry))
-            est += pricing.estimate_cost_nanos(info, entry.image_size, entry.prompt, "batch")
-            n_items += 1
-        if len(items) >= INSERT_CHUNK:
-            repo.insert_items(conn, items)
-            items = []
-        if len(rejects) >= INSERT_CHUNK:
-            repo.insert_rejects(conn, rejects)
-            rejects = []
-    repo.insert_items(conn, items)
-    repo.insert_rejects(conn, rejects)
-    return n_items, n_rejects, est
-
-
-def _item_values(run_id: str, model: str, item: expand.Item) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "key": item.key,
-        "row": item.row,
-        "prompt": item.prompt,
-        "prompt_sha256": expand.prompt_sha256(
-            model, item.prompt, item.aspect_ratio, item.image_size
-        ),
-        "aspect_ratio": item.aspect_ratio,
-        "image_size": item.image_size,
-        "model": model,
-        "est_tokens": item.est_tokens,
-        "state": "queued",
-        "final": False,
-        "tries": 0,
-        "fallback_used": False,
-        "cached": False,
     }
 
 

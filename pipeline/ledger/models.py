@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -116,7 +117,13 @@ class Item(Base):
         CheckConstraint("state <> 'succeeded' OR uri IS NOT NULL", "succeeded_has_uri"),
         Index("ix_items_run_state", "run_id", "state"),
         Index("ix_items_batch", "batch_id"),
-        Index("ix_items_prompt_sha256", "prompt_sha256", "state"),
+        # Partial: the prompt cache looks up stored images only (migration 0003).
+        Index(
+            "ix_items_cache",
+            "prompt_sha256",
+            sqlite_where=text("state = 'succeeded'"),
+            postgresql_where=text("state = 'succeeded'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -8,9 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.errors import NotFoundError, StaleTransition
@@ -22,6 +33,7 @@ from pipeline.states import (
     check_batch_transition,
 )
 
+T = TypeVar("T")
 RUNS = cast(Table, Run.__table__)
 BATCHES = cast(Table, Batch.__table__)
 ITEMS = cast(Table, Item.__table__)
@@ -102,15 +114,14 @@ def insert_run(conn: Connection, values: dict[str, Any]) -> None:
     )
 
 
-def insert_items(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Many item rows at once, through the driver's executemany (a million rows at submit:
-    SQLAlchemy's per-row parameter processing cost more than the database's work)."""
+def insert_item_rows(conn: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    """Many item rows (tuples in `columns` order) through the driver's executemany: at a
+    million rows SQLAlchemy's per-row parameter processing cost more than the database."""
     if not rows:
         return
-    columns = list(rows[0])
     marks = ", ".join(_placeholder(conn) for _ in columns)
     sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({marks})"
-    conn.exec_driver_sql(sql, [tuple(r[c] for c in columns) for r in rows])
+    conn.exec_driver_sql(sql, rows)
 
 
 def _placeholder(conn: Connection) -> str:
@@ -330,13 +341,36 @@ def item_events(
         conn.execute(insert(EVENTS), rows)
 
 
+def cached_hashes(conn: Connection, hashes: Iterable[str], exclude_run: str) -> set[str]:
+    """Which of these content hashes another run has a stored image for (prompt cache)."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(hashes)), 500):
+        found.update(
+            conn.execute(
+                select(ITEMS.c.prompt_sha256).where(
+                    ITEMS.c.prompt_sha256.in_(list(chunk)),
+                    _succeeded(),
+                    ITEMS.c.run_id != exclude_run,
+                    ITEMS.c.uri.is_not(None),
+                )
+            ).scalars()
+        )
+    return found
+
+
+def _succeeded() -> Any:
+    """`state = 'succeeded'` as a literal, not a bound parameter: only then can SQLite use the
+    partial index on prompt_sha256 (ix_items_cache, WHERE state = 'succeeded')."""
+    return ITEMS.c.state == literal_column("'succeeded'")
+
+
 def find_cached(conn: Connection, prompt_sha256: str, exclude_run: str) -> Any | None:
     """A succeeded, stored item of another run with the same content hash (prompt cache)."""
     return conn.execute(
         select(ITEMS.c.uri, ITEMS.c.sha256, ITEMS.c.model)
         .where(
             ITEMS.c.prompt_sha256 == prompt_sha256,
-            ITEMS.c.state == "succeeded",
+            _succeeded(),
             ITEMS.c.run_id != exclude_run,
             ITEMS.c.uri.is_not(None),
         )
@@ -345,6 +379,61 @@ def find_cached(conn: Connection, prompt_sha256: str, exclude_run: str) -> Any |
 
 
 # ── batches ──────────────────────────────────────────────────────────────────
+
+
+def open_batch(conn: Connection, run_id: str, model: str, now: datetime) -> int:
+    """A new, empty queued batch of the run (next seq); `close_batch` fills in its totals."""
+    seq = (
+        conn.execute(
+            select(func.coalesce(func.max(BATCHES.c.seq), 0)).where(BATCHES.c.run_id == run_id)
+        ).scalar_one()
+        + 1
+    )
+    return cast(
+        int,
+        conn.execute(
+            insert(BATCHES)
+            .values(
+                run_id=run_id,
+                seq=seq,
+                model=model,
+                display_name=f"nb-{run_id}-{seq:05d}",
+                state=BatchState.QUEUED.value,
+                item_count=0,
+                est_tokens=0,
+                est_nanos=0,
+                create_tries=0,
+                created_at=now,
+            )
+            .returning(BATCHES.c.id)
+        ).scalar_one(),
+    )
+
+
+def close_batch(
+    conn: Connection,
+    run_id: str,
+    batch_id: int,
+    item_count: int,
+    est_tokens: int,
+    est_nanos: int,
+    now: datetime,
+) -> None:
+    """The batch's totals, and an attempt row for each of its items (now `in_batch`)."""
+    conn.execute(
+        update(BATCHES)
+        .where(BATCHES.c.id == batch_id)
+        .values(item_count=item_count, est_tokens=est_tokens, est_nanos=est_nanos)
+    )
+    conn.execute(
+        insert(ATTEMPTS).from_select(
+            ["item_id", "batch_id", "model"],
+            select(ITEMS.c.id, BATCHES.c.id, BATCHES.c.model)
+            .join(BATCHES, BATCHES.c.id == ITEMS.c.batch_id)
+            .where(ITEMS.c.batch_id == batch_id, ITEMS.c.state == "in_batch"),
+        )
+    )
+    _event(conn, run_id, batch_id, None, None, "queued", f"{item_count} items", now)
 
 
 def create_batch(
@@ -357,28 +446,7 @@ def create_batch(
     now: datetime,
 ) -> int:
     """A queued batch of these queued items: batch row, attempt rows, items in_batch."""
-    seq = (
-        conn.execute(
-            select(func.coalesce(func.max(BATCHES.c.seq), 0)).where(BATCHES.c.run_id == run.id)
-        ).scalar_one()
-        + 1
-    )
-    batch_id = conn.execute(
-        insert(BATCHES)
-        .values(
-            run_id=run.id,
-            seq=seq,
-            model=model,
-            display_name=f"nb-{run.id}-{seq:05d}",
-            state=BatchState.QUEUED.value,
-            item_count=len(items),
-            est_tokens=est_tokens,
-            est_nanos=est_nanos,
-            create_tries=0,
-            created_at=now,
-        )
-        .returning(BATCHES.c.id)
-    ).scalar_one()
+    batch_id = open_batch(conn, run.id, model, now)
     # `items` are consecutive queued items of this run and model in id order, so one ranged,
     # guarded UPDATE moves exactly them; any other count means another writer got in between
     # and the transaction is rolled back.
@@ -395,15 +463,7 @@ def create_batch(
     ).rowcount
     if moved != len(items):
         raise StaleTransition(f"items of run {run.id} were taken by another tick")
-    conn.execute(
-        insert(ATTEMPTS).from_select(
-            ["item_id", "batch_id", "model"],
-            select(ITEMS.c.id, BATCHES.c.id, BATCHES.c.model)
-            .join(BATCHES, BATCHES.c.id == ITEMS.c.batch_id)
-            .where(ITEMS.c.batch_id == batch_id, ITEMS.c.state == "in_batch"),
-        )
-    )
-    _event(conn, run.id, batch_id, None, None, "queued", f"{len(items)} items", now)
+    close_batch(conn, run.id, batch_id, len(items), est_tokens, est_nanos, now)
     return batch_id
 
 
@@ -672,7 +732,7 @@ def _event(
     )
 
 
-def _chunks(values: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+def _chunks(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
 
@@ -699,7 +759,7 @@ def cache_sources(
         )
         .where(
             ITEMS.c.prompt_sha256.in_(list(hashes)),
-            ITEMS.c.state == "succeeded",
+            _succeeded(),
             ITEMS.c.run_id != exclude_run,
             ITEMS.c.uri.is_not(None),
         )

@@ -8,14 +8,15 @@ from typing import Any
 from pipeline.catalog import load_catalog
 from pipeline.expand import (
     UNDECODABLE,
+    Block,
     Item,
     Reject,
-    Row,
     effective_size,
-    expand_rows,
+    expand_blocks,
     prompt_sha256,
     request_line,
 )
+from pipeline.pricing import estimate_cost_nanos
 from pipeline.spec import JobSpec, parse_spec
 
 CAT = load_catalog()
@@ -31,15 +32,48 @@ def _spec(
     return parse_spec(text, Path("/jobs/a.toml"), CAT)
 
 
+def _blocks(rows: Sequence[dict[str, Any]], per_block: int) -> list[Block]:
+    """The rows as blocks of `per_block`, as the input adapter makes them (a column missing
+    from a row is None)."""
+    names = sorted({name for row in rows for name in row})
+    return [
+        Block(
+            start + 1,
+            len(part),
+            {name: [row.get(name) for row in part] for name in names},
+        )
+        for start in range(0, len(rows), per_block)
+        for part in [rows[start : start + per_block]]
+    ]
+
+
 def _run(spec: JobSpec, rows: Sequence[Any], ratio: bool = False, size: bool = False) -> list:
+    """Expanded in blocks of 2 rows (rules hold across blocks) and in one block: the same."""
     info = CAT.get(spec.model)
-    source = [Row(i, values) for i, values in enumerate(rows, start=1)]
-    return list(expand_rows(spec, info, source, has_ratio_column=ratio, has_size_column=size))
+    outs = [
+        list(
+            expand_blocks(
+                spec, info, _blocks(rows, n), has_ratio_column=ratio, has_size_column=size
+            )
+        )
+        for n in (2, max(1, len(rows)))
+    ]
+    assert outs[0] == outs[1]
+    return outs[0]
+
+
+def _fields(item: Item) -> tuple[object, ...]:
+    return (item.row, item.key, item.prompt, item.aspect_ratio, item.image_size, item.est_tokens)
 
 
 def test_template_items() -> None:
     out = _run(_spec(), [{"id": "k1", "title": "a mug", "bg": "oak"}])
-    assert out == [Item(1, "k1", "Photo of a mug on oak", "3:2", "1K", 6 + 1120 + 200)]
+    assert [_fields(i) for i in out] == [(1, "k1", "Photo of a mug on oak", "3:2", "1K", 1326)]
+    assert out[0].est_tokens == 6 + 1120 + 200
+    pro = CAT.get("gemini-3-pro-image-preview")
+    prompt = "Photo of a mug on oak"
+    assert out[0].estimate.batch_nanos == estimate_cost_nanos(pro, "1K", prompt, "batch")
+    assert out[0].estimate.standard_nanos == estimate_cost_nanos(pro, "1K", prompt, "standard")
 
 
 def test_rejects_and_duplicates() -> None:
@@ -95,7 +129,7 @@ def test_per_row_ratio_and_size() -> None:
 def test_model_without_sizes() -> None:
     spec = _spec('prompt_column = "p"', model="gemini-2.5-flash-image")
     out = _run(spec, [{"id": "a", "p": "x", "image_size": "4K"}], size=True)
-    assert out == [Item(1, "a", "x", "3:2", "", 1 + 1290)]
+    assert [_fields(i) for i in out] == [(1, "a", "x", "3:2", "", 1 + 1290)]
 
 
 def test_request_line_shape_and_determinism() -> None:

@@ -1,0 +1,163 @@
+"""Recording a new run's table in the ledger in one streaming pass: each item row is written
+once, already packed into its batch (state `in_batch`, with its attempt row), so a
+million-row table is read, checked and recorded without a second pass over the items.
+
+Items whose content another run already stored stay `queued`: the tick serves them from the
+prompt cache or, on a miss, forms them into batches then (`submit.form_batches`, which also
+packs retried items). Everything happens in the caller's transaction: a crash records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline import expand, shard
+from pipeline.ledger import repo
+from pipeline.spec import JobSpec
+
+CHUNK = 5000
+"""Rows per executemany, and per prompt-cache lookup."""
+
+ITEM_COLUMNS = (
+    "run_id",
+    "key",
+    "row",
+    "prompt",
+    "prompt_sha256",
+    "aspect_ratio",
+    "image_size",
+    "model",
+    "est_tokens",
+    "state",
+    "final",
+    "tries",
+    "fallback_used",
+    "cached",
+    "batch_id",
+)
+
+
+@dataclass
+class Recorded:
+    items: int = 0
+    rejects: int = 0
+    batches: int = 0
+    est_nanos: int = 0
+    """Batch-price estimate of every item."""
+
+
+class _OpenBatch:
+    """The batch being filled: its id and running totals."""
+
+    def __init__(self, batch_id: int) -> None:
+        self.id = batch_id
+        self.items = self.tokens = self.nanos = 0
+
+
+class _Recorder:
+    def __init__(self, conn: Any, run_id: str, spec: JobSpec, now: datetime, use_cache: bool):
+        self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
+        self.use_cache = use_cache
+        self.packer = shard.Packer(shard.limits_for(spec))
+        self.batch: _OpenBatch | None = None
+        self.rows: list[tuple[Any, ...]] = []
+        self.done = Recorded()
+
+    def items(self, chunk: list[expand.Item]) -> None:
+        """Record a chunk of items: cached content stays queued, the rest is packed."""
+        model = self.model
+        hashes = [
+            expand.prompt_sha256(model, i.prompt, i.aspect_ratio, i.image_size) for i in chunk
+        ]
+        hits = repo.cached_hashes(self.conn, hashes, self.run_id) if self.use_cache else set()
+        for item, sha in zip(chunk, hashes, strict=True):
+            self.done.items += 1
+            self.done.est_nanos += item.estimate.batch_nanos
+            if sha in hits:
+                self.rows.append(self._row(item, sha, "queued", None))
+                continue
+            line = expand.request_line(item.key, item.prompt, item.aspect_ratio, item.image_size)
+            if self.packer.add(len(line), item.est_tokens):
+                self._open_batch()
+            batch = self.batch
+            assert batch is not None  # the first item always opens one
+            batch.items += 1
+            batch.tokens += item.est_tokens
+            batch.nanos += item.estimate.batch_nanos
+            self.rows.append(self._row(item, sha, "in_batch", batch.id))
+        self._flush()
+
+    def _row(self, item: expand.Item, sha: str, state: str, batch: int | None) -> tuple[Any, ...]:
+        return (
+            self.run_id,
+            item.key,
+            item.row,
+            item.prompt,
+            sha,
+            item.aspect_ratio,
+            item.image_size,
+            self.model,
+            item.est_tokens,
+            state,
+            False,
+            0,
+            False,
+            False,
+            batch,
+        )
+
+    def _flush(self) -> None:
+        repo.insert_item_rows(self.conn, ITEM_COLUMNS, self.rows)
+        self.rows = []
+
+    def _open_batch(self) -> None:
+        self.close()
+        self.batch = _OpenBatch(repo.open_batch(self.conn, self.run_id, self.model, self.now))
+        self.done.batches += 1
+
+    def close(self) -> None:
+        """Close the batch being filled (its items are written first: its attempts need them)."""
+        batch, self.batch = self.batch, None
+        if batch is None:
+            return
+        self._flush()
+        repo.close_batch(
+            self.conn, self.run_id, batch.id, batch.items, batch.tokens, batch.nanos, self.now
+        )
+
+
+def record_expansion(
+    conn: Any,
+    run_id: str,
+    spec: JobSpec,
+    entries: Iterable[expand.Item | expand.Reject],
+    now: datetime,
+    *,
+    use_cache: bool,
+) -> Recorded:
+    """Write the run's items (packed into queued batches) and rejects; return the counts."""
+    recorder = _Recorder(conn, run_id, spec, now, use_cache)
+    items: list[expand.Item] = []
+    rejects: list[dict[str, Any]] = []
+    for entry in entries:
+        if isinstance(entry, expand.Reject):
+            rejects.append(
+                {"run_id": run_id, "row": entry.row, "key": entry.key, "reason": entry.reason}
+            )
+            if len(rejects) >= CHUNK:
+                recorder.done.rejects += len(rejects)
+                repo.insert_rejects(conn, rejects)
+                rejects = []
+            continue
+        items.append(entry)
+        if len(items) >= CHUNK:
+            recorder.items(items)
+            items = []
+    recorder.items(items)
+    recorder.close()
+    recorder.done.rejects += len(rejects)
+    repo.insert_rejects(conn, rejects)
+    return recorder.done
