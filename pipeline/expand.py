@@ -9,13 +9,13 @@ or image size are rejected with a short reason naming the column. An empty per-r
 surrounding spaces. For a model that takes no size, image_size is "" and is not sent.
 Rows come in column blocks (one per pyarrow record batch), so no object is built per row
 before it is judged. Memory: the only state kept across blocks is a dict of seen key -> first
-row.
+row, limited to the keys that repeat when the caller knows them (`repeated_keys`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Final
@@ -97,9 +97,17 @@ class _Bad(Exception):
 
 class _Rules:
     """The row rules of one spec, applied a block at a time. State across blocks: the seen
-    keys (key -> first row), the only memory that grows with the table."""
+    keys (key -> first row), the only memory that grows with the table; given the hashes of
+    the keys that repeat, only those are kept."""
 
-    def __init__(self, spec: JobSpec, info: ModelInfo, has_ratio: bool, has_size: bool) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        info: ModelInfo,
+        has_ratio: bool,
+        has_size: bool,
+        repeated: Container[int] | None,
+    ) -> None:
         self.spec, self.info = spec, info
         self.enc = spec.input.encoding
         self.parts: _Parts = () if spec.input.prompt is None else template_parts(spec.input.prompt)
@@ -107,6 +115,7 @@ class _Rules:
         self.size = spec.image.size if info.sizes else ""
         self.estimate = Estimator(info)
         self.seen: dict[str, int] = {}
+        self.repeated = repeated
 
     def block(self, block: Block) -> Iterator[Item | Reject]:
         id_column = self.spec.input.id_column
@@ -123,7 +132,12 @@ class _Rules:
             if not key.strip():
                 yield Reject(number, key, f"empty key in column '{id_column}'")
                 continue
-            first = self.seen.setdefault(key, number)
+            repeated = self.repeated
+            first = (
+                number
+                if repeated is not None and hash(key) not in repeated
+                else self.seen.setdefault(key, number)
+            )
             if first != number:
                 yield Reject(number, key, f"duplicate key, first seen in row {first}")
                 continue
@@ -191,9 +205,13 @@ def expand_blocks(
     *,
     has_ratio_column: bool,
     has_size_column: bool,
+    repeated_keys: Container[int] | None = None,
 ) -> Iterator[Item | Reject]:
-    """Each row, in order, as an Item to send or a Reject with its reason."""
-    rules = _Rules(spec, info, has_ratio_column, has_size_column)
+    """Each row, in order, as an Item to send or a Reject with its reason.
+
+    `repeated_keys`, when given, holds hash() of every key that occurs more than once in the
+    table (a superset is fine): only those keys are remembered to find duplicates."""
+    rules = _Rules(spec, info, has_ratio_column, has_size_column, repeated_keys)
     for block in blocks:
         yield from rules.block(block)
 

@@ -12,6 +12,7 @@ the pure core (pipeline.expand), which consumes them, and re-exported here.
 
 from __future__ import annotations
 
+import array
 import codecs
 import csv
 import gzip
@@ -36,6 +37,7 @@ __all__ = [
     "check_columns",
     "file_sha256",
     "read_blocks",
+    "repeated_key_hashes",
     "table_columns",
 ]
 
@@ -223,6 +225,24 @@ def read_blocks(
             yield from _read_csv(path, kind, columns, encoding)
     except (OSError, EOFError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read the table: {exc}") from exc
+
+
+def repeated_key_hashes(path: Path, column: str, encoding: str = "utf-8") -> frozenset[int]:
+    """hash() of every text cell of `column` that occurs more than once in the table (this
+    process's hash; a collision only adds a key that is then checked exactly).
+
+    A pre-pass over the key column alone, so the row pass need not remember every key it has
+    seen to find duplicates: 8 bytes a row here, where a dict of a million keys held 124 MB."""
+    hashes = array.array("q")
+    for block in read_blocks(path, [column], encoding):
+        cells = block.columns.get(column, ())
+        hashes.extend(hash(cell) for cell in cells if isinstance(cell, str))
+    if not hashes:
+        return frozenset()
+    values = pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)])
+    counts = pc.value_counts(values)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    return frozenset(repeated.to_pylist())
 
 
 def file_sha256(path: Path) -> str:

@@ -35,11 +35,14 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Item | expand.R
         spec.input.path, required_columns(spec), OVERRIDE_COLUMNS, spec.input.encoding
     )
     columns = [*required_columns(spec), *sorted(present)]
-    blocks = inputs.read_blocks(spec.input.path, list(dict.fromkeys(columns)), spec.input.encoding)
+    path, encoding = spec.input.path, spec.input.encoding
+    repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding)
+    blocks = inputs.read_blocks(path, list(dict.fromkeys(columns)), encoding)
     return expand.expand_blocks(
         spec,
         info,
         blocks,
+        repeated_keys=repeated,
         has_ratio_column="aspect_ratio" in present,
         has_size_column="image_size" in present,
     )

@@ -211,6 +211,7 @@ class Submitter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._remote_by_display: dict[str, RemoteBatch] | None = None
+        self.spend = SpendBook(ctx)
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
         created = 0
@@ -229,7 +230,7 @@ class Submitter:
     def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
         """A `submitting` batch already counts as live: only its backoff can hold it."""
         if batch.state != "submitting":
-            return waiting_reason(self.ctx, batch, run)
+            return waiting_reason(self.ctx, batch, run, self.spend)
         backing_off = batch.not_before is not None and as_utc(batch.not_before) > self.ctx.now()
         return "backoff" if backing_off else None
 
@@ -266,6 +267,7 @@ class Submitter:
                     "create intent",
                     create_tries=batch.create_tries + 1,
                 )
+            self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
             remote = ctx.backend.create_batch(batch.model, file_name, batch.display_name)
@@ -287,10 +289,8 @@ class Submitter:
         spool.mkdir(parents=True, exist_ok=True)
         path = spool / f"{batch.display_name}.input.jsonl"
         with ctx.engine.connect() as conn, path.open("wb") as out:
-            for row in repo.batch_request_rows(conn, batch.id):
-                out.write(
-                    expand.request_line(row.key, row.prompt, row.aspect_ratio, row.image_size)
-                )
+            for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
+                out.write(expand.request_line(key, prompt, ratio, size))
         remote = ctx.backend.upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
@@ -374,7 +374,46 @@ class Submitter:
         return self._remote_by_display.get(display_name)
 
 
-def waiting_reason(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
+class SpendBook:
+    """Spent + reserved nano-dollars per run and for the day, for one submission pass.
+
+    Summing recorded costs reads every attempt of a run (or of the day), so a pass over a
+    hundred queued batches of a million-item run must not do it per batch. Each sum is read at
+    most once per REFRESH_S and moved by the reservations this pass makes itself: the
+    scheduler lease keeps other ticks from creating batches meanwhile, and their harvests only
+    turn reservations into recorded costs."""
+
+    REFRESH_S = 10.0
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._sums: dict[str, tuple[datetime, int, int]] = {}
+
+    def run(self, conn: Any, run_id: str) -> tuple[int, int]:
+        return self._read(f"run:{run_id}", lambda: repo.run_spend(conn, run_id))
+
+    def day(self, conn: Any, day_start: datetime) -> tuple[int, int]:
+        return self._read(f"day:{day_start:%Y-%m-%d}", lambda: repo.day_spend(conn, day_start))
+
+    def reserved(self, run_id: str, nanos: int) -> None:
+        """This pass created a batch estimated at `nanos`: count it until the next read."""
+        for name in (f"run:{run_id}", *(n for n in self._sums if n.startswith("day:"))):
+            if name in self._sums:
+                at, spent, held = self._sums[name]
+                self._sums[name] = (at, spent, held + nanos)
+
+    def _read(self, name: str, read: Any) -> tuple[int, int]:
+        now = self.ctx.now()
+        found = self._sums.get(name)
+        if found is None or (now - found[0]).total_seconds() > self.REFRESH_S:
+            spent, held = read()
+            found = self._sums[name] = (now, spent, held)
+        return found[1], found[2]
+
+
+def waiting_reason(
+    ctx: Context, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook | None = None
+) -> str | None:
     """Why a queued batch cannot be created now, or None when it can."""
     now = ctx.now()
     if batch.not_before is not None and as_utc(batch.not_before) > now:
@@ -390,14 +429,15 @@ def waiting_reason(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> str 
                 f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "
                 f"{batch.model} in live batches"
             )
-        return _budget_reason(ctx, conn, batch, run, now)
+        return _budget_reason(ctx, conn, batch, run, spend or SpendBook(ctx))
 
 
 def _budget_reason(
-    ctx: Context, conn: Any, batch: repo.BatchRow, run: repo.RunRow, now: datetime
+    ctx: Context, conn: Any, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook
 ) -> str | None:
+    now = ctx.now()
     if run.budget_nanos is not None:
-        spent, reserved = repo.run_spend(conn, run.id)
+        spent, reserved = spend.run(conn, run.id)
         if spent + reserved + batch.est_nanos > run.budget_nanos:
             return (
                 f"run budget: spent ${_usd(spent)}, reserved ${_usd(reserved)}, "
@@ -406,7 +446,7 @@ def _budget_reason(
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        spent, reserved = repo.day_spend(conn, day)
+        spent, reserved = spend.day(conn, day)
         cap_nanos = int(cap * NANOS_PER_USD)
         if spent + reserved + batch.est_nanos > cap_nanos:
             return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import string
@@ -74,8 +75,9 @@ def pick(d: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+@functools.lru_cache(maxsize=1024)
 def snake(name: str) -> str:
-    """camelCase to snake_case."""
+    """camelCase to snake_case (memoised: `pick` asks it for every field of every line)."""
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
 
 

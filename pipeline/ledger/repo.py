@@ -228,15 +228,25 @@ def queued_items(conn: Connection, run_id: str, after_id: int, limit: int) -> li
     )
 
 
-def batch_request_rows(conn: Connection, batch_id: int) -> Iterator[Any]:
-    """(key, prompt, aspect_ratio, image_size) of a batch's items in id order: the JSONL."""
-    result = conn.execution_options(yield_per=5000).execute(
-        select(ITEMS.c.key, ITEMS.c.prompt, ITEMS.c.aspect_ratio, ITEMS.c.image_size)
-        .join(ATTEMPTS, ATTEMPTS.c.item_id == ITEMS.c.id)
-        .where(ATTEMPTS.c.batch_id == batch_id)
-        .order_by(ITEMS.c.id)
+def batch_request_rows(
+    conn: Connection, batch_id: int, chunk: int = 5000
+) -> Iterator[tuple[str, str, str, str]]:
+    """(key, prompt, aspect_ratio, image_size) of a batch's items in id order: the JSONL.
+
+    Raw rows fetched a chunk at a time (streamed on PostgreSQL): a batch can hold 100,000
+    items and SQLAlchemy's per-row result processing cost more than the query."""
+    mark = _placeholder(conn)
+    result = conn.execution_options(stream_results=True).exec_driver_sql(
+        "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size FROM attempts "
+        f"JOIN items ON items.id = attempts.item_id WHERE attempts.batch_id = {mark} "
+        "ORDER BY items.id",
+        (batch_id,),
     )
-    yield from result
+    try:
+        while rows := result.cursor.fetchmany(chunk):
+            yield from rows
+    finally:
+        result.close()
 
 
 def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
@@ -342,19 +352,18 @@ def item_events(
 
 
 def cached_hashes(conn: Connection, hashes: Iterable[str], exclude_run: str) -> set[str]:
-    """Which of these content hashes another run has a stored image for (prompt cache)."""
+    """Which of these content hashes another run has a stored image for (prompt cache).
+
+    Raw SQL with a literal state (so SQLite can use the partial index ix_items_cache), in
+    chunks of 1,000: recording a run asks this for every item."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(hashes)), 500):
-        found.update(
-            conn.execute(
-                select(ITEMS.c.prompt_sha256).where(
-                    ITEMS.c.prompt_sha256.in_(list(chunk)),
-                    _succeeded(),
-                    ITEMS.c.run_id != exclude_run,
-                    ITEMS.c.uri.is_not(None),
-                )
-            ).scalars()
+    mark = _placeholder(conn)
+    for chunk in _chunks(sorted(set(hashes)), 1000):
+        sql = (
+            "SELECT prompt_sha256 FROM items WHERE state = 'succeeded' AND prompt_sha256 IN "
+            f"({', '.join([mark] * len(chunk))}) AND run_id <> {mark} AND uri IS NOT NULL"
         )
+        found.update(row[0] for row in conn.exec_driver_sql(sql, (*chunk, exclude_run)))
     return found
 
 

@@ -123,3 +123,22 @@ def test_budget_holds_under_concurrent_ticks(tmp_path: Path, emu: Emulator) -> N
     assert _created_nanos(ctx, capped) + _created_nanos(ctx, other) >= 4 * one  # work did go
     names = [b["displayName"] for b in emu.batches()]
     assert len(names) == len(set(names))
+
+
+def test_one_pass_sums_recorded_costs_once(tmp_path: Path, emu: Emulator) -> None:
+    """Summing a run's recorded costs reads all its attempts: a pass creating many batches
+    does it once and counts its own reservations (here all 12 fit the budget)."""
+    from sqlalchemy import event
+
+    ctx = make_context(tmp_path, emu)
+    run_id = submit(ctx, write_job(tmp_path, "many", _rows(12), per_batch=1, budget=1000.0))
+    cost_sums: list[str] = []
+
+    @event.listens_for(ctx.engine, "before_cursor_execute")
+    def _spy(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "sum(attempts.cost_nanos)" in statement:
+            cost_sums.append(statement)
+
+    tick(ctx, load_catalog())
+    assert _created_nanos(ctx, run_id) == 12 * _one_estimate()
+    assert len(cost_sums) == 1

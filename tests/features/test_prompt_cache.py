@@ -104,6 +104,41 @@ def test_no_cache_sends_everything(tmp_path: Path, emu: Emulator) -> None:
     assert all(not r["cached"] and r["attempts"] == 1 for r in report["items"])
 
 
+def test_only_misses_are_packed_when_the_run_is_recorded(tmp_path: Path, emu: Emulator) -> None:
+    """Recording a run packs items straight into batches, except those another run has an
+    image for: they wait, queued, for the tick to serve them from the cache."""
+    from sqlalchemy import text
+
+    from pipeline.catalog import load_catalog
+    from pipeline.planning import load_spec
+    from pipeline.submit import create_run
+
+    ctx, _ = _first_run(tmp_path, emu)
+    rows = [*ROWS, {"key": "c", "prompt": "a blue plum"}]
+    catalog = load_catalog()
+    run_id, _ = create_run(
+        ctx, load_spec(write_job(tmp_path / "two", "two", rows), catalog), catalog
+    )
+    with ctx.engine.connect() as conn:
+        states = dict(
+            conn.execute(
+                text("SELECT key, state FROM items WHERE run_id = :r"), {"r": run_id}
+            ).all()
+        )
+        (batch,) = repo.batches_of_run(conn, run_id)
+        plan = conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT prompt_sha256 FROM items WHERE state = 'succeeded' "
+            "AND prompt_sha256 IN (?) AND run_id <> ? AND uri IS NOT NULL",
+            ("x", run_id),
+        ).all()
+    assert states == {"a": "queued", "b": "queued", "c": "in_batch"}
+    assert (batch.state, batch.item_count) == ("queued", 1)
+    assert any("ix_items_cache" in str(row) for row in plan)  # the partial index is used
+    run_to_end(ctx, emu, run_id)
+    items = _items(report_json(ctx, run_id))
+    assert [items[k]["cached"] for k in "abc"] == [True, True, False]
+
+
 def test_missing_earlier_object_is_a_miss(tmp_path: Path, emu: Emulator) -> None:
     """When the earlier image is gone from storage, the item is sent as usual."""
     ctx, first = _first_run(tmp_path, emu)

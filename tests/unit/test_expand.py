@@ -48,17 +48,25 @@ def _blocks(rows: Sequence[dict[str, Any]], per_block: int) -> list[Block]:
 
 
 def _run(spec: JobSpec, rows: Sequence[Any], ratio: bool = False, size: bool = False) -> list:
-    """Expanded in blocks of 2 rows (rules hold across blocks) and in one block: the same."""
+    """Expanded in blocks of 2 rows and in one block, remembering every key and only the
+    repeated ones (as `planning` does): the same results every way."""
     info = CAT.get(spec.model)
+    keys = [row.get("id") for row in rows if isinstance(row.get("id"), str)]
+    repeated = {hash(k) for k in keys if keys.count(k) > 1}
     outs = [
         list(
             expand_blocks(
-                spec, info, _blocks(rows, n), has_ratio_column=ratio, has_size_column=size
+                spec,
+                info,
+                _blocks(rows, n),
+                has_ratio_column=ratio,
+                has_size_column=size,
+                repeated_keys=known,
             )
         )
-        for n in (2, max(1, len(rows)))
+        for n, known in ((2, None), (max(1, len(rows)), None), (2, repeated))
     ]
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
     return outs[0]
 
 

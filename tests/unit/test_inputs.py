@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.inputs import UNDECODABLE, check_columns, file_sha256, read_blocks, table_columns
+from pipeline.inputs import (
+    UNDECODABLE,
+    check_columns,
+    file_sha256,
+    read_blocks,
+    repeated_key_hashes,
+    table_columns,
+)
 
 CSV = b'sku,title,"multi\nline"\nA1,"Red, mug",x\nA2,,"q""z\nw"\n\nA3,Blue,\n'
 
@@ -146,3 +153,13 @@ def test_file_sha256(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes(CSV)
     assert file_sha256(path) == hashlib.sha256(CSV).hexdigest()
+
+
+def test_repeated_key_hashes(tmp_path: Path) -> None:
+    """hash() of each key cell occurring more than once; blank and undecodable cells aside."""
+    path = tmp_path / "keys.csv"
+    path.write_bytes(b"id,p\na,1\nb,2\na,3\n,4\n,5\n\xff,6\n\xff,7\nc,8\nb,9\n")
+    assert repeated_key_hashes(path, "id") == {hash("a"), hash("b"), hash("")}
+    parquet = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"id": ["x", None, "y", None, "z"]}), parquet)
+    assert repeated_key_hashes(parquet, "id") == frozenset()
