@@ -60,7 +60,8 @@ class _OpenBatch:
 class _Recorder:
     def __init__(self, conn: Any, run_id: str, spec: JobSpec, now: datetime, use_cache: bool):
         self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
-        self.use_cache = use_cache
+        # A ledger with no stored image of another run cannot serve this one from the cache.
+        self.use_cache = use_cache and repo.any_stored_image(conn, run_id)
         self.packer = shard.Packer(shard.limits_for(spec))
         self.batch: _OpenBatch | None = None
         self.rows: list[tuple[Any, ...]] = []

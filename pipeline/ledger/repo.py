@@ -233,8 +233,8 @@ def batch_request_rows(
 ) -> Iterator[tuple[str, str, str, str]]:
     """(key, prompt, aspect_ratio, image_size) of a batch's items in id order: the JSONL.
 
-    Raw rows fetched a chunk at a time (streamed on PostgreSQL): a batch can hold 100,000
-    items and SQLAlchemy's per-row result processing cost more than the query."""
+    Plain SQL fetched a chunk at a time (streamed on PostgreSQL): a batch can hold 100,000
+    items, and compiling and processing an ORM-level select per row cost more than the query."""
     mark = _placeholder(conn)
     result = conn.execution_options(stream_results=True).exec_driver_sql(
         "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size FROM attempts "
@@ -242,9 +242,11 @@ def batch_request_rows(
         "ORDER BY items.id",
         (batch_id,),
     )
+    # Through the result, not its DBAPI cursor: with stream_results SQLAlchemy has already
+    # buffered the first rows of a PostgreSQL server-side cursor.
     try:
-        while rows := result.cursor.fetchmany(chunk):
-            yield from rows
+        while rows := result.fetchmany(chunk):
+            yield from rows  # type: ignore[misc]
     finally:
         result.close()
 
@@ -349,6 +351,16 @@ def item_events(
     ]
     if rows:
         conn.execute(insert(EVENTS), rows)
+
+
+def any_stored_image(conn: Connection, exclude_run: str) -> bool:
+    """Whether another run has any stored image (else the prompt cache cannot hit)."""
+    found = conn.exec_driver_sql(
+        "SELECT 1 FROM items WHERE state = 'succeeded' AND run_id <> "
+        f"{_placeholder(conn)} AND uri IS NOT NULL LIMIT 1",
+        (exclude_run,),
+    ).first()
+    return found is not None
 
 
 def cached_hashes(conn: Connection, hashes: Iterable[str], exclude_run: str) -> set[str]:
