@@ -10,6 +10,10 @@ request line per row, raw executemany of the item rows into SQLite. `submit` als
 the service to accept each batch (the emulator reads every line to count its tokens): that
 wait is reported apart (`create_wait_s`), and `own_s` is submit without it.
 
+A second reference, `ledger`: the floor's loop, but inserting nanobatch's item rows into the
+real ledger schema (15 columns, a unique key, indexes). It shows what of submit's time the
+database's own work on those rows takes.
+
     python -m benchmarks expand [--quick] [--rows 1000000]
 """
 
@@ -93,7 +97,39 @@ def _floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-PHASES = {"plan": _plan, "submit": _submit, "floor": _floor}
+def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """Like the floor, but executemany of nanobatch's item rows into the real ledger schema
+    (its columns, constraints and indexes): what recording the items alone costs."""
+    import pyarrow.parquet as pq
+    from pyarrow import csv as pacsv
+
+    from pipeline.intake import ITEM_COLUMNS
+    from pipeline.ledger import db, repo
+
+    engine = db.make_engine(f"sqlite:///{work / 'ledger.db'}")
+    db.ensure_schema(engine)
+    path = work / args["input"]
+    if path.suffix == ".parquet":
+        batches = pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["id", "prompt"])
+    else:
+        batches = pacsv.open_csv(path)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys = OFF")  # no run row: only the items
+        row = 0
+        for batch in batches:
+            keys = batch.column("id").to_pylist()
+            prompts = batch.column("prompt").to_pylist()
+            rows = []
+            for key, prompt in zip(keys, prompts, strict=True):
+                row += 1
+                batch_id = 1 + row // 10_000
+                item = ("r", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300, "in_batch")
+                rows.append((*item, False, 0, False, False, batch_id))
+            repo.insert_item_rows(conn, ITEM_COLUMNS, rows)
+    return {}
+
+
+PHASES = {"plan": _plan, "submit": _submit, "floor": _floor, "ledger": _ledger_floor}
 
 
 def floor_loop(path: Path, db_path: Path) -> None:
@@ -147,7 +183,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def _measure(root: Path, name: str, rows_n: int, per_batch: int, url: str) -> dict[str, Any]:
     """plan, submit and the floor on one table, each in a fresh process and folder."""
     out: dict[str, Any] = {"input": name.split(".")[-1], "rows": rows_n}
-    for phase in ("floor", "plan", "submit"):
+    for phase in ("floor", "ledger", "plan", "submit"):
         work = root / f"{name.replace('.', '-')}-{phase}"
         work.mkdir()
         (work / name).symlink_to(root / name)
@@ -160,6 +196,7 @@ def _measure(root: Path, name: str, rows_n: int, per_batch: int, url: str) -> di
     out["ratio_plan"] = common.ratio(floor, out["plan_s"])
     out["ratio_submit"] = common.ratio(floor, out["submit_s"])
     out["ratio_submit_own"] = common.ratio(floor, out["submit_own_s"])
+    out["ledger_vs_floor"] = common.ratio(floor, out["ledger_s"])
     return out
 
 
