@@ -24,6 +24,7 @@ import json
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,28 +101,16 @@ def _floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     """Like the floor, but executemany of nanobatch's item rows into the real ledger schema
     (its columns, constraints and indexes): what recording the items alone costs."""
-    import pyarrow.parquet as pq
-    from pyarrow import csv as pacsv
-
     from pipeline.intake import ITEM_COLUMNS
     from pipeline.ledger import db, repo
 
     engine = db.make_engine(f"sqlite:///{work / 'ledger.db'}")
     db.ensure_schema(engine)
-    path = work / args["input"]
-    if path.suffix == ".parquet":
-        batches = pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["id", "prompt"])
-    else:
-        batches = pacsv.open_csv(path)
     with engine.begin() as conn:
         conn.exec_driver_sql("PRAGMA foreign_keys = OFF")  # no run row: only the items
-        row = 0
-        for batch in batches:
-            keys = batch.column("id").to_pylist()
-            prompts = batch.column("prompt").to_pylist()
+        for first, keys, prompts in _table_chunks(work / args["input"]):
             rows = []
-            for key, prompt in zip(keys, prompts, strict=True):
-                row += 1
+            for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
                 batch_id = 1 + row // 10_000
                 item = ("r", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300, "in_batch")
                 rows.append((*item, False, 0, False, False, batch_id))
@@ -132,13 +121,11 @@ def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 PHASES = {"plan": _plan, "submit": _submit, "floor": _floor, "ledger": _ledger_floor}
 
 
-def floor_loop(path: Path, db_path: Path) -> None:
-    """pyarrow reads the table in batches; a JSON request line per row; executemany."""
+def _table_chunks(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(first row number, ids, prompts), a pyarrow record batch at a time."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    conn = sqlite3.connect(db_path)
-    conn.execute("CREATE TABLE items (run_id, key, row, prompt, line)")
     if path.suffix == ".parquet":
         batches = pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["id", "prompt"])
     else:
@@ -147,9 +134,17 @@ def floor_loop(path: Path, db_path: Path) -> None:
     for batch in batches:
         keys = batch.column("id").to_pylist()
         prompts = batch.column("prompt").to_pylist()
+        yield row + 1, keys, prompts
+        row += len(keys)
+
+
+def floor_loop(path: Path, db_path: Path) -> None:
+    """pyarrow reads the table in batches; a JSON request line per row; executemany."""
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE items (run_id, key, row, prompt, line)")
+    for first, keys, prompts in _table_chunks(path):
         params = []
-        for key, prompt in zip(keys, prompts, strict=True):
-            row += 1
+        for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
             line = json.dumps(
                 {"key": key, "request": {"contents": [{"parts": [{"text": prompt}]}]}}
             )

@@ -48,8 +48,12 @@ def _tokens_of_bytes(n_bytes: int) -> int:
 
 def estimate_item_usage(info: ModelInfo, size: str, prompt: str) -> Usage:
     """Expected usage of one request: prompt estimate, image tokens for `size`, thinking."""
+    return _usage_of(info, size, _utf8_len(prompt))
+
+
+def _usage_of(info: ModelInfo, size: str, prompt_bytes: int) -> Usage:
     return Usage(
-        input=estimate_prompt_tokens(prompt),
+        input=_tokens_of_bytes(prompt_bytes),
         output_image=info.tokens_for(size),
         output_text=0,
         thinking=info.thinking_allowance,
@@ -58,7 +62,10 @@ def estimate_item_usage(info: ModelInfo, size: str, prompt: str) -> Usage:
 
 def estimate_item_tokens(info: ModelInfo, size: str, prompt: str) -> int:
     """Enqueued-token estimate of one request (prompt + image tokens + thinking allowance)."""
-    usage = estimate_item_usage(info, size, prompt)
+    return _enqueued(estimate_item_usage(info, size, prompt))
+
+
+def _enqueued(usage: Usage) -> int:
     return usage.input + usage.output_image + usage.output_text + usage.thinking
 
 
@@ -103,11 +110,7 @@ class Estimator:
 
     def _estimate(self, size: str, prompt_bytes: int) -> Estimate:
         info = self.info
-        usage = Usage(
-            input=_tokens_of_bytes(prompt_bytes),
-            output_image=info.tokens_for(size),
-            output_text=0,
-            thinking=info.thinking_allowance,
+        usage = _usage_of(info, size, prompt_bytes)
+        return Estimate(
+            _enqueued(usage), cost_nanos(info.batch, usage), cost_nanos(info.standard, usage)
         )
-        tokens = usage.input + usage.output_image + usage.output_text + usage.thinking
-        return Estimate(tokens, cost_nanos(info.batch, usage), cost_nanos(info.standard, usage))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -402,7 +403,7 @@ class SpendBook:
                 at, spent, held = self._sums[name]
                 self._sums[name] = (at, spent, held + nanos)
 
-    def _read(self, name: str, read: Any) -> tuple[int, int]:
+    def _read(self, name: str, read: Callable[[], tuple[int, int]]) -> tuple[int, int]:
         now = self.ctx.now()
         found = self._sums.get(name)
         if found is None or (now - found[0]).total_seconds() > self.REFRESH_S:

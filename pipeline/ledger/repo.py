@@ -355,10 +355,10 @@ def item_events(
 
 def any_stored_image(conn: Connection, exclude_run: str) -> bool:
     """Whether another run has any stored image (else the prompt cache cannot hit)."""
-    found = conn.exec_driver_sql(
-        "SELECT 1 FROM items WHERE state = 'succeeded' AND run_id <> "
-        f"{_placeholder(conn)} AND uri IS NOT NULL LIMIT 1",
-        (exclude_run,),
+    found = conn.execute(
+        select(ITEMS.c.id)
+        .where(_succeeded(), ITEMS.c.run_id != exclude_run, ITEMS.c.uri.is_not(None))
+        .limit(1)
     ).first()
     return found is not None
 
