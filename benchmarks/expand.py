@@ -101,7 +101,6 @@ def _floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     """Like the floor, but executemany of nanobatch's item rows into the real ledger schema
     (its columns, constraints and indexes): what recording the items alone costs."""
-    from pipeline.intake import ITEM_COLUMNS
     from pipeline.ledger import db, repo
 
     engine = db.make_engine(f"sqlite:///{work / 'ledger.db'}")
@@ -111,10 +110,8 @@ def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
         for first, keys, prompts in _table_chunks(work / args["input"]):
             rows = []
             for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
-                batch_id = 1 + row // 10_000
-                item = ("r", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300, "in_batch")
-                rows.append((*item, False, 0, False, False, batch_id))
-            repo.insert_item_rows(conn, ITEM_COLUMNS, rows)
+                rows.append(("r", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300))
+            repo.insert_items(conn, rows, state="in_batch", batch_id=1 + first // 10_000)
     return {}
 
 

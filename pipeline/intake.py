@@ -21,24 +21,6 @@ from pipeline.spec import JobSpec
 CHUNK = 5000
 """Rows per executemany, and per prompt-cache lookup."""
 
-ITEM_COLUMNS = (
-    "run_id",
-    "key",
-    "row",
-    "prompt",
-    "prompt_sha256",
-    "aspect_ratio",
-    "image_size",
-    "model",
-    "est_tokens",
-    "state",
-    "final",
-    "tries",
-    "fallback_used",
-    "cached",
-    "batch_id",
-)
-
 
 @dataclass
 class Recorded:
@@ -65,6 +47,9 @@ class _Recorder:
         self.packer = shard.Packer(shard.limits_for(spec))
         self.batch: _OpenBatch | None = None
         self.rows: list[tuple[Any, ...]] = []
+        """Rows of the batch being filled, not yet written."""
+        self.queued: list[tuple[Any, ...]] = []
+        """Rows of cache hits, not yet written."""
         self.done = Recorded()
 
     def items(self, chunk: list[expand.Item]) -> None:
@@ -78,7 +63,7 @@ class _Recorder:
             self.done.items += 1
             self.done.est_nanos += item.estimate.batch_nanos
             if sha in hits:
-                self.rows.append(self._row(item, sha, "queued", None))
+                self.queued.append(self._row(item, sha))
                 continue
             line = expand.request_line(item.key, item.prompt, item.aspect_ratio, item.image_size)
             if self.packer.add(len(line), item.est_tokens):
@@ -88,10 +73,12 @@ class _Recorder:
             batch.items += 1
             batch.tokens += item.est_tokens
             batch.nanos += item.estimate.batch_nanos
-            self.rows.append(self._row(item, sha, "in_batch", batch.id))
+            self.rows.append(self._row(item, sha))
         self._flush()
 
-    def _row(self, item: expand.Item, sha: str, state: str, batch: int | None) -> tuple[Any, ...]:
+    def _row(self, item: expand.Item, sha: str) -> tuple[Any, ...]:
+        """The item's row in repo.ITEM_ROW order (its state and batch are the same for a
+        whole write)."""
         return (
             self.run_id,
             item.key,
@@ -102,17 +89,15 @@ class _Recorder:
             item.image_size,
             self.model,
             item.est_tokens,
-            state,
-            False,
-            0,
-            False,
-            False,
-            batch,
         )
 
     def _flush(self) -> None:
-        repo.insert_item_rows(self.conn, ITEM_COLUMNS, self.rows)
-        self.rows = []
+        if self.rows:
+            assert self.batch is not None  # rows are only added to an open batch
+            repo.insert_items(self.conn, self.rows, state="in_batch", batch_id=self.batch.id)
+            self.rows = []
+        repo.insert_items(self.conn, self.queued, state="queued", batch_id=None)
+        self.queued = []
 
     def _open_batch(self) -> None:
         self.close()
@@ -121,10 +106,10 @@ class _Recorder:
 
     def close(self) -> None:
         """Close the batch being filled (its items are written first: its attempts need them)."""
-        batch, self.batch = self.batch, None
-        if batch is None:
+        if self.batch is None:
             return
         self._flush()
+        batch, self.batch = self.batch, None
         repo.close_batch(
             self.conn, self.run_id, batch.id, batch.items, batch.tokens, batch.nanos, self.now
         )

@@ -114,13 +114,36 @@ def insert_run(conn: Connection, values: dict[str, Any]) -> None:
     )
 
 
-def insert_item_rows(conn: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-    """Many item rows (tuples in `columns` order) through the driver's executemany: at a
-    million rows SQLAlchemy's per-row parameter processing cost more than the database."""
+ITEM_ROW = (
+    "run_id",
+    "key",
+    "row",
+    "prompt",
+    "prompt_sha256",
+    "aspect_ratio",
+    "image_size",
+    "model",
+    "est_tokens",
+)
+"""The columns of a new item row as `insert_items` takes it; the rest start the same for all."""
+
+
+def insert_items(
+    conn: Connection, rows: list[tuple[Any, ...]], *, state: str, batch_id: int | None
+) -> None:
+    """New item rows (tuples in ITEM_ROW order), all in one state and batch, through the
+    driver's executemany: at a million rows SQLAlchemy's per-row parameter processing cost
+    more than the database. The shared values are SQL literals, checked here, so each row
+    binds only its own nine."""
     if not rows:
         return
-    marks = ", ".join(_placeholder(conn) for _ in columns)
-    sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({marks})"
+    state_sql = f"'{ItemState(state).value}'"
+    batch_sql = "NULL" if batch_id is None else str(int(batch_id))
+    marks = ", ".join(_placeholder(conn) for _ in ITEM_ROW)
+    sql = (
+        f"INSERT INTO items ({', '.join(ITEM_ROW)}, state, final, tries, fallback_used, cached, "
+        f"batch_id) VALUES ({marks}, {state_sql}, false, 0, false, false, {batch_sql})"
+    )
     conn.exec_driver_sql(sql, rows)
 
 

@@ -14,6 +14,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from pipeline.ledger import db
 
@@ -60,6 +61,34 @@ def test_schema_has_tables_and_unique_constraints(engine: Engine) -> None:
     assert batches["uq_batches_display_name"] == ["display_name"]
     assert batches["uq_batches_remote_name"] == ["remote_name"]
     assert batches["uq_batches_run_id_seq"] == ["run_id", "seq"]
+
+
+ITEM_INSERT = (
+    "INSERT INTO items (run_id, key, row, prompt, prompt_sha256, aspect_ratio, image_size, "
+    "model, est_tokens, state, final, tries, fallback_used, cached) "
+    "VALUES ('r', 'k', 1, 'p', 'h', '1:1', '1K', 'm', 1, 'queued', false, 0, false, false)"
+)
+
+
+def test_0004_stops_building_a_btree_per_item_row(sqlite_url: str) -> None:
+    """Before 0004 SQLite checked `state IN (...)` through a temporary B-tree for every item
+    row written; after it, the state check is plain comparisons, and still refuses a bad state."""
+    engine = db.make_engine(sqlite_url)
+
+    def opcodes() -> set[str]:
+        with engine.connect() as conn:
+            return {row[1] for row in conn.exec_driver_sql(f"EXPLAIN {ITEM_INSERT}")}
+
+    _alembic(engine, "upgrade", "0003_items_cache_index")
+    assert "OpenEphemeral" in opcodes()
+    _alembic(engine, "upgrade", "head")
+    assert "OpenEphemeral" not in opcodes()
+    with engine.begin() as conn, pytest.raises(IntegrityError, match="ck_items_state"):
+        conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        conn.exec_driver_sql(ITEM_INSERT.replace("'queued'", "'lost'"))
+    _alembic(engine, "downgrade", "0003_items_cache_index")
+    assert "OpenEphemeral" in opcodes()
+    engine.dispose()
 
 
 def test_head_revision_constant_matches_scripts() -> None:
