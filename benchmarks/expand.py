@@ -3,7 +3,8 @@ each in a fresh process with its peak RSS sampled:
 
 - `plan`: read, check and price every row, count the batches (no ledger, no network);
 - `submit`: the same command's work (`shell.submit_spec`: record the run, its items packed
-  into batches, then one tick: write each batch's JSONL, upload it, create the batch).
+  into batches and the batches' JSONL files written, then one tick: upload each file, create
+  each batch).
 
 The floor, in its own process on the same file: pyarrow reads the table in batches, one JSON
 request line per row, raw executemany of the item rows into SQLite. `submit` also waits for
@@ -11,8 +12,9 @@ the service to accept each batch (the emulator reads every line to count its tok
 wait is reported apart (`create_wait_s`), and `own_s` is submit without it.
 
 A second reference, `ledger`: the floor's loop, but inserting nanobatch's item rows into the
-real ledger schema (15 columns, a unique key, indexes). It shows what of submit's time the
-database's own work on those rows takes.
+real ledger schema (its columns, constraints, unique key and indexes). It shows what of
+submit's time the database's own work on those rows takes. Peak memory counts the measured
+process and any children it starts.
 
     python -m benchmarks expand [--quick] [--rows 1000000]
 """

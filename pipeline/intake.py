@@ -5,6 +5,11 @@ million-row table is read, checked and recorded without a second pass over the i
 Items whose content another run already stored stay `queued`: the tick serves them from the
 prompt cache or, on a miss, forms them into batches then (`submit.form_batches`, which also
 packs retried items). Everything happens in the caller's transaction: a crash records nothing.
+
+The first batches' JSONL files are written to the spool folder as they are packed, from the
+lines measured for packing (`shardfile`), so the first tick uploads them without reading the
+rows back. Later batches wait, possibly for hours, for quota: their files are built when they
+are submitted, which keeps the spool folder to a bounded size.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from pipeline import expand, shard
+from pipeline import expand, shard, shardfile
 from pipeline.ledger import repo
 from pipeline.spec import JobSpec
 
 CHUNK = 5000
 """Rows per executemany, and per prompt-cache lookup."""
+WRITTEN_BATCHES = 100
+"""Batches whose files are written while the run is recorded: the service's live-batch limit,
+so at most what one tick can submit."""
 
 
 @dataclass
@@ -32,22 +41,38 @@ class Recorded:
 
 
 class _OpenBatch:
-    """The batch being filled: its id and running totals."""
+    """The batch being filled: its id, running totals and, for the first ones, its file."""
 
-    def __init__(self, batch_id: int) -> None:
-        self.id = batch_id
+    def __init__(self, opened: repo.OpenedBatch, spool: Path | None) -> None:
+        self.id = opened.id
         self.items = self.tokens = self.nanos = 0
+        self.file = None
+        if spool is not None and opened.seq <= WRITTEN_BATCHES:
+            self.file = shardfile.ShardWriter(spool, opened.display_name)
 
 
 class _Recorder:
-    def __init__(self, conn: Any, run_id: str, spec: JobSpec, now: datetime, use_cache: bool):
+    def __init__(
+        self,
+        conn: Any,
+        run_id: str,
+        spec: JobSpec,
+        now: datetime,
+        use_cache: bool,
+        spool: Path | None,
+    ):
         self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
+        self.spool = spool
+        self.written: list[shardfile.ShardWriter] = []
+        """Files written so far: removed again if the run is not recorded."""
         # A ledger with no stored image of another run cannot serve this one from the cache.
         self.use_cache = use_cache and repo.any_stored_image(conn, run_id)
         self.packer = shard.Packer(shard.limits_for(spec))
         self.batch: _OpenBatch | None = None
         self.rows: list[tuple[Any, ...]] = []
         """Rows of the batch being filled, not yet written."""
+        self.lines: list[bytes] = []
+        """Their request lines, for the batch's file."""
         self.queued: list[tuple[Any, ...]] = []
         """Rows of cache hits, not yet written."""
         self.done = Recorded()
@@ -74,6 +99,7 @@ class _Recorder:
             batch.tokens += item.est_tokens
             batch.nanos += item.estimate.batch_nanos
             self.rows.append(self._row(item, sha))
+            self.lines.append(line)
         self._flush()
 
     def _row(self, item: expand.Item, sha: str) -> tuple[Any, ...]:
@@ -93,15 +119,21 @@ class _Recorder:
 
     def _flush(self) -> None:
         if self.rows:
-            assert self.batch is not None  # rows are only added to an open batch
-            repo.insert_items(self.conn, self.rows, state="in_batch", batch_id=self.batch.id)
-            self.rows = []
+            batch = self.batch
+            assert batch is not None  # rows are only added to an open batch
+            repo.insert_items(self.conn, self.rows, state="in_batch", batch_id=batch.id)
+            if batch.file is not None:
+                batch.file.write(b"".join(self.lines))
+            self.rows, self.lines = [], []
         repo.insert_items(self.conn, self.queued, state="queued", batch_id=None)
         self.queued = []
 
     def _open_batch(self) -> None:
         self.close()
-        self.batch = _OpenBatch(repo.open_batch(self.conn, self.run_id, self.model, self.now))
+        opened = repo.open_batch(self.conn, self.run_id, self.model, self.now)
+        self.batch = _OpenBatch(opened, self.spool)
+        if self.batch.file is not None:
+            self.written.append(self.batch.file)
         self.done.batches += 1
 
     def close(self) -> None:
@@ -110,9 +142,14 @@ class _Recorder:
             return
         self._flush()
         batch, self.batch = self.batch, None
+        sha = batch.file.finish() if batch.file is not None else None
         repo.close_batch(
-            self.conn, self.run_id, batch.id, batch.items, batch.tokens, batch.nanos, self.now
+            self.conn, self.run_id, batch.id, batch.items, batch.tokens, batch.nanos, self.now, sha
         )
+
+    def discard_files(self) -> None:
+        for file in self.written:
+            file.discard()
 
 
 def record_expansion(
@@ -123,9 +160,22 @@ def record_expansion(
     now: datetime,
     *,
     use_cache: bool,
+    spool: Path | None = None,
 ) -> Recorded:
-    """Write the run's items (packed into queued batches) and rejects; return the counts."""
-    recorder = _Recorder(conn, run_id, spec, now, use_cache)
+    """Write the run's items (packed into queued batches) and rejects; return the counts.
+    With `spool`, the first batches' files are written there too (removed again on error)."""
+    recorder = _Recorder(conn, run_id, spec, now, use_cache, spool)
+    try:
+        _record(recorder, conn, run_id, entries)
+    except BaseException:
+        recorder.discard_files()
+        raise
+    return recorder.done
+
+
+def _record(
+    recorder: _Recorder, conn: Any, run_id: str, entries: Iterable[expand.Item | expand.Reject]
+) -> None:
     items: list[expand.Item] = []
     rejects: list[dict[str, Any]] = []
     for entry in entries:
@@ -146,4 +196,3 @@ def record_expansion(
     recorder.close()
     recorder.done.rejects += len(rejects)
     repo.insert_rejects(conn, rejects)
-    return recorder.done

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import expand, inputs, intake, pricing, shard
+from pipeline import expand, inputs, intake, pricing, shard, shardfile
 from pipeline.catalog import Catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
@@ -102,7 +102,13 @@ def _record_run(
                 _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
             )
             done = intake.record_expansion(
-                conn, run_id, spec, expansion(spec, info), now, use_cache=use_cache
+                conn,
+                run_id,
+                spec,
+                expansion(spec, info),
+                now,
+                use_cache=use_cache,
+                spool=ctx.settings.spool_dir,
             )
             repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
             write_csv(
@@ -287,11 +293,9 @@ class Submitter:
     def _upload(self, batch: repo.BatchRow) -> str:
         ctx = self.ctx
         spool = ctx.settings.spool_dir
-        spool.mkdir(parents=True, exist_ok=True)
-        path = spool / f"{batch.display_name}.input.jsonl"
-        with ctx.engine.connect() as conn, path.open("wb") as out:
-            for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
-                out.write(expand.request_line(key, prompt, ratio, size))
+        path = shardfile.written(spool, batch.display_name, batch.shard_sha256)
+        if path is None:  # not written when the run was recorded, or changed since
+            path = self._build_file(batch, spool)
         remote = ctx.backend.upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
@@ -299,6 +303,15 @@ class Submitter:
         path.unlink(missing_ok=True)
         log.info("batch_uploaded", run=batch.run_id, batch=batch.display_name, file=remote.name)
         return remote.name
+
+    def _build_file(self, batch: repo.BatchRow, spool: Path) -> Path:
+        """The batch's JSONL, built from its rows in the ledger."""
+        spool.mkdir(parents=True, exist_ok=True)
+        path = shardfile.path_for(spool, batch.display_name)
+        with self.ctx.engine.connect() as conn, path.open("wb") as out:
+            for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
+                out.write(expand.request_line(key, prompt, ratio, size))
+        return path
 
     def _adopt(self, batch: repo.BatchRow, remote: RemoteBatch, how: str) -> None:
         ctx = self.ctx

@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from pipeline import shardfile
 from pipeline.cache import serve_from_cache
 from pipeline.catalog import Catalog
 from pipeline.context import Context
@@ -32,6 +34,9 @@ log = get_logger()
 SCHEDULER_LEASE = "scheduler"
 LEASE_TTL_S = 60.0
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL_BATCH_STATES)
+ORPHAN_REQUESTS_S = 3600.0
+"""A batch request file with no batch in the ledger is left this long: the `submit` that
+wrote it may still be recording its run."""
 
 
 @dataclass
@@ -72,18 +77,36 @@ def _renew_scheduler(ctx: Context, owner: str) -> bool:
 
 
 def _sweep_spool(ctx: Context) -> None:
-    """Delete results spools of batches already harvested: a process killed after the
-    harvest commit but before its cleanup leaves one behind (the file can be large)."""
+    """Delete spool files nothing will read again: results spools of batches already
+    harvested (a process killed after the harvest commit but before its cleanup leaves one
+    behind, and they can be large), and batch request files that were uploaded, or whose run
+    was never recorded (a killed `submit`) an hour after they were written."""
     spool = ctx.settings.spool_dir
-    found = {p.name.removesuffix(".results.jsonl"): p for p in spool.glob("*.results.jsonl")}
-    if not found:
+    results = {p.name.removesuffix(".results.jsonl"): p for p in spool.glob("*.results.jsonl")}
+    requests = {
+        p.name.removesuffix(shardfile.SUFFIX): p for p in spool.glob(f"*{shardfile.SUFFIX}")
+    }
+    if not results and not requests:
         return
     with ctx.engine.connect() as conn:
-        states = repo.batch_states_by_display(conn, list(found))
-    for name, state in states.items():
-        if state in TERMINAL_STATES:
-            found[name].unlink(missing_ok=True)
-            log.info("spool_swept", batch=name)
+        states = repo.batch_states_by_display(conn, [*results, *requests])
+    stale = [p for name, p in results.items() if states.get(name) in TERMINAL_STATES]
+    waiting = (BatchState.QUEUED.value, BatchState.SUBMITTING.value)
+    for name, path in requests.items():
+        state = states.get(name)
+        orphan = state is None and _older_than(path, ORPHAN_REQUESTS_S)
+        if orphan or (state is not None and state not in waiting):
+            stale.append(path)
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("spool_swept", file=path.name)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _active_runs(ctx: Context) -> dict[str, repo.RunRow]:

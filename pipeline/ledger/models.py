@@ -95,6 +95,8 @@ class Batch(Base):
     remote_name: Mapped[str | None] = mapped_column(String(300), unique=True)
     remote_state: Mapped[str | None] = mapped_column(String(50))
     file_name: Mapped[str | None] = mapped_column(String(300))
+    shard_sha256: Mapped[str | None] = mapped_column(String(64))
+    """sha256 of the JSONL file recording the run wrote for this batch (`shardfile`)."""
     file_uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     output_file: Mapped[str | None] = mapped_column(String(300))
     item_count: Mapped[int] = mapped_column(Integer)

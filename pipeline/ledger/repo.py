@@ -78,6 +78,7 @@ class BatchRow:
     remote_name: str | None
     remote_state: str | None
     file_name: str | None
+    shard_sha256: str | None
     file_uploaded_at: datetime | None
     output_file: str | None
     item_count: int
@@ -425,7 +426,14 @@ def find_cached(conn: Connection, prompt_sha256: str, exclude_run: str) -> Any |
 # ── batches ──────────────────────────────────────────────────────────────────
 
 
-def open_batch(conn: Connection, run_id: str, model: str, now: datetime) -> int:
+@dataclass(frozen=True)
+class OpenedBatch:
+    id: int
+    seq: int
+    display_name: str
+
+
+def open_batch(conn: Connection, run_id: str, model: str, now: datetime) -> OpenedBatch:
     """A new, empty queued batch of the run (next seq); `close_batch` fills in its totals."""
     seq = (
         conn.execute(
@@ -433,7 +441,8 @@ def open_batch(conn: Connection, run_id: str, model: str, now: datetime) -> int:
         ).scalar_one()
         + 1
     )
-    return cast(
+    display_name = f"nb-{run_id}-{seq:05d}"
+    batch_id = cast(
         int,
         conn.execute(
             insert(BATCHES)
@@ -441,7 +450,7 @@ def open_batch(conn: Connection, run_id: str, model: str, now: datetime) -> int:
                 run_id=run_id,
                 seq=seq,
                 model=model,
-                display_name=f"nb-{run_id}-{seq:05d}",
+                display_name=display_name,
                 state=BatchState.QUEUED.value,
                 item_count=0,
                 est_tokens=0,
@@ -452,6 +461,7 @@ def open_batch(conn: Connection, run_id: str, model: str, now: datetime) -> int:
             .returning(BATCHES.c.id)
         ).scalar_one(),
     )
+    return OpenedBatch(batch_id, seq, display_name)
 
 
 def close_batch(
@@ -462,12 +472,19 @@ def close_batch(
     est_tokens: int,
     est_nanos: int,
     now: datetime,
+    shard_sha256: str | None = None,
 ) -> None:
-    """The batch's totals, and an attempt row for each of its items (now `in_batch`)."""
+    """The batch's totals (and its written file's sha256), and an attempt row for each of
+    its items (now `in_batch`)."""
     conn.execute(
         update(BATCHES)
         .where(BATCHES.c.id == batch_id)
-        .values(item_count=item_count, est_tokens=est_tokens, est_nanos=est_nanos)
+        .values(
+            item_count=item_count,
+            est_tokens=est_tokens,
+            est_nanos=est_nanos,
+            shard_sha256=shard_sha256,
+        )
     )
     conn.execute(
         insert(ATTEMPTS).from_select(
@@ -490,7 +507,7 @@ def create_batch(
     now: datetime,
 ) -> int:
     """A queued batch of these queued items: batch row, attempt rows, items in_batch."""
-    batch_id = open_batch(conn, run.id, model, now)
+    batch_id = open_batch(conn, run.id, model, now).id
     # `items` are consecutive queued items of this run and model in id order, so one ranged,
     # guarded UPDATE moves exactly them; any other count means another writer got in between
     # and the transaction is rolled back.
