@@ -46,7 +46,7 @@ class _OpenBatch:
     def __init__(self, opened: repo.OpenedBatch, spool: Path | None) -> None:
         self.id = opened.id
         self.items = self.tokens = self.nanos = 0
-        self.file = None
+        self.file: shardfile.ShardWriter | None = None
         if spool is not None and opened.seq <= WRITTEN_BATCHES:
             self.file = shardfile.ShardWriter(spool, opened.display_name)
 
