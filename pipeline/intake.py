@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import expand, shard, shardfile
+from pipeline.drill import crashpoint
 from pipeline.ledger import repo
 from pipeline.spec import JobSpec
 
@@ -143,6 +144,7 @@ class _Recorder:
         self._flush()
         batch, self.batch = self.batch, None
         sha = batch.file.finish() if batch.file is not None else None
+        crashpoint("record.batch_closed")
         repo.close_batch(
             self.conn, self.run_id, batch.id, batch.items, batch.tokens, batch.nanos, self.now, sha
         )

@@ -67,3 +67,18 @@ def test_kill_then_tick_is_exactly_once(drill: Drill, point: str, phase: str) ->
     drill.tick_until_done(run, advance=0.0 if phase == "report" else 600.0)
     check_exactly_once(drill, run, N)
     assert len(drill.emu.batches()) == N // PER_BATCH
+
+
+@pytest.mark.slow
+def test_kill_while_recording_then_submit_again_is_exactly_once(drill: Drill) -> None:
+    """Killed while recording the run, after a batch's request file was written: nothing is
+    recorded, and submitting again records the run once, rewrites its files and finishes."""
+    drill.write_spec(N, per_batch=PER_BATCH)
+    died = drill.sub("run", str(drill.spec), NANOBATCH_CRASH_AT="record.batch_closed:2")
+    assert died.code == -9, f"expected SIGKILL, got {died.code}\n{died.err[-3000:]}"
+    assert drill.query("SELECT count(*) FROM runs") == [(0,)]
+    assert list((drill.tmp / "state" / "spool").glob("*.input.jsonl"))  # left by the dead run
+    run = drill.submit()
+    drill.tick_until_done(run)
+    check_exactly_once(drill, run, N)
+    assert len(drill.emu.batches()) == N // PER_BATCH
