@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.context import Context
 from pipeline.ledger import repo
 from pipeline.states import BatchState
-from pipeline.values import NANOS_PER_USD, as_utc, nanos_to_usd
+from pipeline.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 
 ITEM_STATES = ("queued", "in_batch", "succeeded", "failed", "failed_final", "cancelled")
 QUANTILES = (0.5, 0.99)
@@ -196,8 +196,7 @@ def render(ctx: Context) -> str:
         _costs(out, repo.cost_by_model(conn))
         _error_metrics(out, *_errors(repo.attempt_reasons(conn)))
         turnaround, wait = _durations(repo.batch_times(conn, since=now - WINDOW))
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        spent, reserved = repo.day_spend(conn, day)
+        spent, reserved = repo.day_spend(conn, day_start(now))
     out.summary(
         "nanobatch_batch_turnaround_seconds",
         "Batch created in the ledger to finished on the service, last 24 hours.",
@@ -215,7 +214,7 @@ def render(ctx: Context) -> str:
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
         out.family("nanobatch_daily_budget_usd", "gauge", "NANOBATCH_DAILY_BUDGET_USD.")
-        out.sample("nanobatch_daily_budget_usd", int(cap * NANOS_PER_USD) / NANOS_PER_USD)
+        out.sample("nanobatch_daily_budget_usd", nanos_to_usd(usd_to_nanos(cap)))
     out.family("nanobatch_metrics_generated_seconds", "gauge", "When these metrics were made.")
     out.sample("nanobatch_metrics_generated_seconds", round(now.timestamp(), 3))
     return out.text()

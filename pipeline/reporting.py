@@ -22,7 +22,7 @@ from pipeline.context import Context
 from pipeline.drill import crashpoint
 from pipeline.ledger import repo
 from pipeline.metrics import run_metrics
-from pipeline.values import NANOS_PER_USD, as_utc, nanos_to_usd
+from pipeline.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 
@@ -197,9 +197,8 @@ def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:
     cap = ctx.settings.daily_budget_usd
     if cap is None:
         return None
-    day = ctx.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    spent, reserved = repo.day_spend(conn, day)
-    cap_nanos = int(cap * NANOS_PER_USD)
+    spent, reserved = repo.day_spend(conn, day_start(ctx.now()))
+    cap_nanos = usd_to_nanos(cap)
     return {
         "cap_usd": float(cap),
         "spent_usd": nanos_to_usd(spent),

@@ -31,7 +31,7 @@ from pipeline.log import get_logger
 from pipeline.manifest import write_csv
 from pipeline.spec import JobSpec, resolve_output_uri
 from pipeline.states import BatchState
-from pipeline.values import NANOS_PER_USD, as_utc
+from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
 
 log = get_logger()
 BACKOFF_MAX_S = 1800.0
@@ -154,7 +154,7 @@ def _run_values(
         "max_enqueued_tokens": limits.max_tokens,
         "max_requests_per_batch": limits.max_requests,
         "max_batch_bytes": limits.max_bytes,
-        "budget_nanos": int(budget * NANOS_PER_USD) if budget is not None else None,
+        "budget_nanos": usd_to_nanos(budget) if budget is not None else None,
         "overwrite": spec.output.overwrite,
         "use_cache": use_cache,
         "created_at": now,
@@ -459,9 +459,8 @@ def _budget_reason(
             )
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        spent, reserved = spend.day(conn, day)
-        cap_nanos = int(cap * NANOS_PER_USD)
+        spent, reserved = spend.day(conn, day_start(now))
+        cap_nanos = usd_to_nanos(cap)
         if spent + reserved + batch.est_nanos > cap_nanos:
             return (
                 f"daily budget: spent ${spent / NANOS_PER_USD:.4f} today, reserved "

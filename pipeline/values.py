@@ -32,6 +32,11 @@ class Usage:
         )
 
 
+def usd_to_nanos(usd: Decimal) -> int:
+    """A configured dollar amount (a budget or cap) as nano-dollars, rounded down."""
+    return int(usd * NANOS_PER_USD)
+
+
 def nanos_to_usd(nanos: int) -> float:
     """Render nano-dollars as a float of USD (for reports only)."""
     return nanos / NANOS_PER_USD
@@ -47,3 +52,9 @@ def nanos_to_decimal_str(nanos: int) -> str:
 def as_utc(value: datetime) -> datetime:
     """A ledger timestamp as an aware UTC datetime (SQLite hands them back naive)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def day_start(now: datetime) -> datetime:
+    """Midnight at the start of `now`'s day: the day the daily budget counts (UTC for an
+    aware UTC `now`, as `Context.now()` gives)."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
