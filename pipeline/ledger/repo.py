@@ -379,11 +379,7 @@ def item_events(
 
 def any_stored_image(conn: Connection, exclude_run: str) -> bool:
     """Whether another run has any stored image (else the prompt cache cannot hit)."""
-    found = conn.execute(
-        select(ITEMS.c.id)
-        .where(_succeeded(), ITEMS.c.run_id != exclude_run, ITEMS.c.uri.is_not(None))
-        .limit(1)
-    ).first()
+    found = conn.execute(select(ITEMS.c.id).where(*_stored_elsewhere(exclude_run)).limit(1)).first()
     return found is not None
 
 
@@ -403,24 +399,16 @@ def cached_hashes(conn: Connection, hashes: Iterable[str], exclude_run: str) -> 
     return found
 
 
-def _succeeded() -> Any:
-    """`state = 'succeeded'` as a literal, not a bound parameter: only then can SQLite use the
-    partial index on prompt_sha256 (ix_items_cache, WHERE state = 'succeeded')."""
-    return ITEMS.c.state == literal_column("'succeeded'")
-
-
-def find_cached(conn: Connection, prompt_sha256: str, exclude_run: str) -> Any | None:
-    """A succeeded, stored item of another run with the same content hash (prompt cache)."""
-    return conn.execute(
-        select(ITEMS.c.uri, ITEMS.c.sha256, ITEMS.c.model)
-        .where(
-            ITEMS.c.prompt_sha256 == prompt_sha256,
-            _succeeded(),
-            ITEMS.c.run_id != exclude_run,
-            ITEMS.c.uri.is_not(None),
-        )
-        .limit(1)
-    ).first()
+def _stored_elsewhere(exclude_run: str) -> tuple[Any, ...]:
+    """Items the prompt cache can serve from: succeeded, stored, of another run. The state is
+    a literal, not a bound parameter: only then can SQLite use the partial index on
+    prompt_sha256 (ix_items_cache, WHERE state = 'succeeded'); `cached_hashes` spells the
+    same conditions in raw SQL."""
+    return (
+        ITEMS.c.state == literal_column("'succeeded'"),
+        ITEMS.c.run_id != exclude_run,
+        ITEMS.c.uri.is_not(None),
+    )
 
 
 # ── batches ──────────────────────────────────────────────────────────────────
@@ -818,12 +806,7 @@ def cache_sources(
             ITEMS.c.uri,
             ITEMS.c.sha256,
         )
-        .where(
-            ITEMS.c.prompt_sha256.in_(list(hashes)),
-            _succeeded(),
-            ITEMS.c.run_id != exclude_run,
-            ITEMS.c.uri.is_not(None),
-        )
+        .where(ITEMS.c.prompt_sha256.in_(list(hashes)), *_stored_elsewhere(exclude_run))
         .order_by(ITEMS.c.prompt_sha256, ITEMS.c.cached, ITEMS.c.id)
     )
     for row in rows:
