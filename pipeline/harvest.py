@@ -59,22 +59,20 @@ class Record:
 
 
 def harvest_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog: Catalog) -> bool:
-    """Harvest one `done` batch. False when another tick holds it.
+    """Harvest one `done` batch. False when another tick holds it or harvested it already.
 
     Side effects: a spool file under the state folder (deleted at the end), one object per
     succeeded item in the run's output store, attempt and item rows, the batch `harvested`.
     """
     owner = ctx.settings.worker_id
-    if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S):
-        return False
-    try:
-        spool = _Spool(ctx, batch)
-        _Harvest(ctx, batch, run, catalog).consume(spool.lines())
+    with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
+        if held is None:
+            return False
+        spool = _Spool(ctx, held)
+        _Harvest(ctx, held, run, catalog).consume(spool.lines())
         crashpoint("harvest.harvested")
         spool.path.unlink(missing_ok=True)
         return True
-    finally:
-        repo.release_batch(ctx.engine, batch.id, owner)
 
 
 class _Spool:

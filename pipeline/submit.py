@@ -243,17 +243,12 @@ class Submitter:
 
     def _submit_one(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx
+        waiting = ("queued", "submitting")
         owner = ctx.settings.worker_id
-        if not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), CLAIM_TTL_S):
-            return False
-        try:
-            with ctx.engine.connect() as conn:
-                batch = repo.get_batch(conn, batch.id)  # as it is now that we hold it
-            if batch.state not in ("queued", "submitting"):
-                return False
-            return self._create(batch, run)
-        finally:
-            repo.release_batch(ctx.engine, batch.id, owner)
+        with repo.holding_batch(
+            ctx.engine, batch.id, owner, ctx.now(), CLAIM_TTL_S, waiting
+        ) as held:
+            return held is not None and self._create(held, run)
 
     def _create(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx

@@ -124,20 +124,11 @@ def _harvest_done(ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog) 
         done = repo.batches_in(conn, ["done"])
     harvested = 0
     touched: set[str] = set()
-    owner = ctx.settings.worker_id
     for batch in done:
         run = runs.get(batch.run_id)
-        if run is None or not repo.claim_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S):
-            continue
-        try:
-            # Claimed: re-read, so a batch another tick harvested meanwhile is not redone.
-            with ctx.engine.connect() as conn:
-                batch = repo.get_batch(conn, batch.id)
-            if batch.state == "done" and harvest_batch(ctx, batch, run, catalog):
-                harvested += 1
-                touched.add(run.id)
-        finally:
-            repo.release_batch(ctx.engine, batch.id, owner)
+        if run is not None and harvest_batch(ctx, batch, run, catalog):
+            harvested += 1
+            touched.add(run.id)
     for run_id in touched:
         write_run_manifest(ctx, runs[run_id])
     return harvested

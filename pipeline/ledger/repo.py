@@ -6,6 +6,7 @@ the event row in the same transaction. Zero rows matched means someone else move
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -682,6 +683,23 @@ def claim_batch(engine: Engine, batch_id: int, owner: str, now: datetime, ttl: f
             .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
         )
     return result.rowcount == 1
+
+
+@contextmanager
+def holding_batch(
+    engine: Engine, batch_id: int, owner: str, now: datetime, ttl: float, states: Sequence[str]
+) -> Iterator[BatchRow | None]:
+    """The batch as it is once `owner` holds its lease, or None when another holds it or it
+    has left `states` meanwhile (another tick got there first); the lease is released after."""
+    if not claim_batch(engine, batch_id, owner, now, ttl):
+        yield None
+        return
+    try:
+        with engine.connect() as conn:
+            batch = get_batch(conn, batch_id)
+        yield batch if batch.state in states else None
+    finally:
+        release_batch(engine, batch_id, owner)
 
 
 def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
