@@ -1,6 +1,8 @@
 """Recording a new run's table in the ledger in one streaming pass: each item row is written
 once, already packed into its batch (state `in_batch`, with its attempt row), so a
 million-row table is read, checked and recorded without a second pass over the items.
+Items come column by column (`expand.Items`, a block at a time) and are hashed, packed and
+written a slice at a time, with no object per row.
 
 Items whose content another run already stored stay `queued`: the tick serves them from the
 prompt cache or, on a miss, forms them into batches then (`submit.form_batches`, which also
@@ -14,6 +16,7 @@ are submitted, which keeps the spool folder to a bounded size.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,64 +73,72 @@ class _Recorder:
         self.use_cache = use_cache and repo.any_stored_image(conn, run_id)
         self.packer = shard.Packer(shard.limits_for(spec))
         self.batch: _OpenBatch | None = None
-        self.rows: list[tuple[Any, ...]] = []
-        """Rows of the batch being filled, not yet written."""
-        self.lines: list[bytes] = []
-        """Their request lines, for the batch's file."""
-        self.queued: list[tuple[Any, ...]] = []
-        """Rows of cache hits, not yet written."""
         self.done = Recorded()
 
-    def items(self, chunk: list[expand.Item]) -> None:
-        """Record a chunk of items: cached content stays queued, the rest is packed."""
-        model = self.model
-        hashes = [
-            expand.prompt_sha256(model, i.prompt, i.aspect_ratio, i.image_size) for i in chunk
-        ]
+    def items(self, items: expand.Items) -> None:
+        """Record a slice of items: cached content stays queued, the rest is packed."""
+        hashes = expand.prompt_hashes(self.model, items)
+        self.done.items += len(items)
+        self.done.est_nanos += sum(e.batch_nanos for e in items.estimates)
         hits = repo.cached_hashes(self.conn, hashes, self.run_id) if self.use_cache else set()
-        for item, sha in zip(chunk, hashes, strict=True):
-            self.done.items += 1
-            self.done.est_nanos += item.estimate.batch_nanos
-            if sha in hits:
-                self.queued.append(self._row(item, sha))
-                continue
-            line = expand.request_line(item.key, item.prompt, item.aspect_ratio, item.image_size)
-            if self.packer.add(len(line), item.est_tokens):
-                self._open_batch()
-            batch = self.batch
-            assert batch is not None  # the first item always opens one
-            batch.items += 1
-            batch.tokens += item.est_tokens
-            batch.nanos += item.estimate.batch_nanos
-            self.rows.append(self._row(item, sha))
-            self.lines.append(line)
-        self._flush()
+        if hits:
+            cached = [i for i, sha in enumerate(hashes) if sha in hits]
+            self._write(items.pick(cached), [hashes[i] for i in cached], "queued", None)
+            rest = [i for i, sha in enumerate(hashes) if sha not in hits]
+            items, hashes = items.pick(rest), [hashes[i] for i in rest]
+        if len(items):
+            self._pack(items, hashes)
 
-    def _row(self, item: expand.Item, sha: str) -> tuple[Any, ...]:
-        """The item's row in repo.ITEM_ROW order (its state and batch are the same for a
-        whole write)."""
-        return (
-            self.run_id,
-            item.key,
-            item.row,
-            item.prompt,
-            sha,
-            item.aspect_ratio,
-            item.image_size,
-            self.model,
-            item.est_tokens,
+    def _pack(self, items: expand.Items, hashes: list[str]) -> None:
+        """Split the items where the packer opens a batch; each run of them goes to its batch
+        (the first run to the batch already open, if it does not start a new one)."""
+        lines = expand.request_lines(items)
+        starts = self.packer.starts(list(map(len, lines)), items.tokens())
+        bounds = [*starts, len(items)]
+        if bounds[0] > 0:
+            self._add(items.slice(0, bounds[0]), hashes[: bounds[0]], lines[: bounds[0]])
+        for start, stop in itertools.pairwise(bounds):
+            self._open_batch()
+            self._add(items.slice(start, stop), hashes[start:stop], lines[start:stop])
+
+    def _add(self, items: expand.Items, hashes: list[str], lines: list[bytes]) -> None:
+        batch = self.batch
+        assert batch is not None  # the first item always opens one
+        tokens = items.tokens()
+        batch.items += len(items)
+        batch.tokens += sum(tokens)
+        batch.nanos += sum(e.batch_nanos for e in items.estimates)
+        self._write(items, hashes, "in_batch", batch.id, tokens)
+        if batch.file is not None:
+            batch.file.write(b"".join(lines))
+
+    def _write(
+        self,
+        items: expand.Items,
+        hashes: list[str],
+        state: str,
+        batch_id: int | None,
+        tokens: list[int] | None = None,
+    ) -> None:
+        """Insert the items' rows (repo.ITEM_ROW order), all in `state` and `batch_id`."""
+        if not len(items):
+            return
+        rows = list(
+            # strict=False: repeat() is endless; the zip ends with the item columns.
+            zip(
+                itertools.repeat(self.run_id),
+                items.keys,
+                items.rows,
+                items.prompts,
+                hashes,
+                items.ratios,
+                items.sizes,
+                itertools.repeat(self.model),
+                items.tokens() if tokens is None else tokens,
+                strict=False,
+            )
         )
-
-    def _flush(self) -> None:
-        if self.rows:
-            batch = self.batch
-            assert batch is not None  # rows are only added to an open batch
-            repo.insert_items(self.conn, self.rows, state="in_batch", batch_id=batch.id)
-            if batch.file is not None:
-                batch.file.write(b"".join(self.lines))
-            self.rows, self.lines = [], []
-        repo.insert_items(self.conn, self.queued, state="queued", batch_id=None)
-        self.queued = []
+        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id)
 
     def _open_batch(self) -> None:
         self.close()
@@ -138,10 +149,10 @@ class _Recorder:
         self.done.batches += 1
 
     def close(self) -> None:
-        """Close the batch being filled (its items are written first: its attempts need them)."""
+        """Close the batch being filled (its items are already written: its attempts need
+        them)."""
         if self.batch is None:
             return
-        self._flush()
         batch, self.batch = self.batch, None
         sha = batch.file.finish() if batch.file is not None else None
         crashpoint("record.batch_closed")
@@ -158,7 +169,7 @@ def record_expansion(
     conn: Any,
     run_id: str,
     spec: JobSpec,
-    entries: Iterable[expand.Item | expand.Reject],
+    blocks: Iterable[expand.Expanded],
     now: datetime,
     *,
     use_cache: bool,
@@ -168,33 +179,26 @@ def record_expansion(
     With `spool`, the first batches' files are written there too (removed again on error)."""
     recorder = _Recorder(conn, run_id, spec, now, use_cache, spool)
     try:
-        _record(recorder, conn, run_id, entries)
+        _record(recorder, conn, run_id, blocks)
     except BaseException:
         recorder.discard_files()
         raise
     return recorder.done
 
 
-def _record(
-    recorder: _Recorder, conn: Any, run_id: str, entries: Iterable[expand.Item | expand.Reject]
-) -> None:
-    items: list[expand.Item] = []
-    rejects: list[dict[str, Any]] = []
-    for entry in entries:
-        if isinstance(entry, expand.Reject):
-            rejects.append(
-                {"run_id": run_id, "row": entry.row, "key": entry.key, "reason": entry.reason}
+def _record(recorder: _Recorder, conn: Any, run_id: str, blocks: Iterable[expand.Expanded]) -> None:
+    for block in blocks:
+        items = block.items
+        for start in range(0, len(items), CHUNK):
+            recorder.items(items.slice(start, start + CHUNK))
+        rejects = block.rejects
+        recorder.done.rejects += len(rejects)
+        for start in range(0, len(rejects), CHUNK):
+            repo.insert_rejects(
+                conn,
+                [
+                    {"run_id": run_id, "row": r.row, "key": r.key, "reason": r.reason}
+                    for r in rejects[start : start + CHUNK]
+                ],
             )
-            if len(rejects) >= CHUNK:
-                recorder.done.rejects += len(rejects)
-                repo.insert_rejects(conn, rejects)
-                rejects = []
-            continue
-        items.append(entry)
-        if len(items) >= CHUNK:
-            recorder.items(items)
-            items = []
-    recorder.items(items)
     recorder.close()
-    recorder.done.rejects += len(rejects)
-    repo.insert_rejects(conn, rejects)

@@ -29,8 +29,9 @@ def load_spec(path: Path, catalog: Catalog | None = None) -> JobSpec:
     return parse_spec(text, path.resolve(), catalog or load_catalog())
 
 
-def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Item | expand.Reject]:
-    """Items and rejects of the spec's table, streamed; InputError for a missing column."""
+def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
+    """Items and rejects of the spec's table, a block at a time, streamed; InputError for a
+    missing column."""
     present = inputs.check_columns(
         spec.input.path, required_columns(spec), OVERRIDE_COLUMNS, spec.input.encoding
     )
@@ -38,7 +39,7 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Item | expand.R
     path, encoding = spec.input.path, spec.input.encoding
     repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding)
     blocks = inputs.read_blocks(path, list(dict.fromkeys(columns)), encoding)
-    return expand.expand_blocks(
+    return expand.expand_columns(
         spec,
         info,
         blocks,
@@ -103,28 +104,29 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
         job=spec.name, model=spec.model, max_enqueued_tokens=spec.limits.max_enqueued_tokens
     )
     packer = shard.Packer(shard.limits_for(spec))
-    for entry in expansion(spec, info):
-        if isinstance(entry, expand.Reject):
-            plan.rejected += 1
-            if len(plan.rejects) < keep_rejects:
-                plan.rejects.append(entry)
-            continue
-        _count_item(plan, spec.model, entry)
-        line = expand.request_line(entry.key, entry.prompt, entry.aspect_ratio, entry.image_size)
-        plan.batches += packer.add(len(line), entry.est_tokens)
+    for block in expansion(spec, info):
+        plan.rejected += len(block.rejects)
+        plan.rejects.extend(block.rejects[: max(0, keep_rejects - len(plan.rejects))])
+        items = block.items
+        _count_items(plan, items)
+        lengths = list(map(len, expand.request_lines(items)))
+        plan.batches += len(packer.starts(lengths, items.tokens()))
     plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
     return plan
 
 
-def _count_item(plan: Plan, model: str, item: expand.Item) -> None:
-    batch, standard = item.estimate.batch_nanos, item.estimate.standard_nanos
-    line = plan.by_size.get(item.image_size)
-    if line is None:
-        line = plan.by_size[item.image_size] = SizeLine()
-    plan.items += 1
-    plan.est_tokens += item.est_tokens
-    line.items += 1
-    line.batch_nanos += batch
-    line.standard_nanos += standard
-    plan.batch_nanos += batch
-    plan.standard_nanos += standard
+def _count_items(plan: Plan, items: expand.Items) -> None:
+    plan.items += len(items)
+    for size in set(items.sizes):
+        estimates = [e for e, s in zip(items.estimates, items.sizes, strict=True) if s == size]
+        line = plan.by_size.get(size)
+        if line is None:
+            line = plan.by_size[size] = SizeLine()
+        batch = sum(e.batch_nanos for e in estimates)
+        standard = sum(e.standard_nanos for e in estimates)
+        plan.est_tokens += sum(e.tokens for e in estimates)
+        line.items += len(estimates)
+        line.batch_nanos += batch
+        line.standard_nanos += standard
+        plan.batch_nanos += batch
+        plan.standard_nanos += standard

@@ -7,7 +7,7 @@ enqueued-token quota). Packing is greedy and streaming, in input order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -79,6 +79,35 @@ class Packer:
         self.n_bytes += n_bytes
         self.n_tokens += n_tokens
         return new
+
+    def starts(self, sizes: Sequence[int], tokens: Sequence[int]) -> list[int]:
+        """`add` of each entry in turn (parallel lists): the indexes of those that start a
+        new batch. The same rule in one loop over plain ints, for a block of entries."""
+        limits = self.limits
+        if sizes and (max(sizes) > limits.max_bytes or max(tokens) > limits.max_tokens):
+            for n_bytes, n_tokens in zip(sizes, tokens, strict=True):
+                _check_single(n_bytes, n_tokens, limits)
+        max_requests, max_bytes, max_tokens = (
+            limits.max_requests,
+            limits.max_bytes,
+            limits.max_tokens,
+        )
+        count, held_bytes, held_tokens = self.count, self.n_bytes, self.n_tokens
+        out: list[int] = []
+        for i, (n_bytes, n_tokens) in enumerate(zip(sizes, tokens, strict=True)):
+            if (
+                count == 0
+                or count >= max_requests
+                or held_bytes + n_bytes > max_bytes
+                or held_tokens + n_tokens > max_tokens
+            ):
+                out.append(i)
+                count = held_bytes = held_tokens = 0
+            count += 1
+            held_bytes += n_bytes
+            held_tokens += n_tokens
+        self.count, self.n_bytes, self.n_tokens = count, held_bytes, held_tokens
+        return out
 
 
 def pack(

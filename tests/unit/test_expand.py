@@ -1,22 +1,25 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline import expand
 from pipeline.catalog import load_catalog
 from pipeline.expand import (
     UNDECODABLE,
     Block,
     Item,
+    Items,
     Reject,
     effective_size,
     expand_blocks,
     prompt_sha256,
     request_line,
 )
-from pipeline.pricing import estimate_cost_nanos
+from pipeline.pricing import Estimator, estimate_cost_nanos
 from pipeline.spec import JobSpec, parse_spec
 
 CAT = load_catalog()
@@ -162,9 +165,62 @@ def test_request_line_shape_and_determinism() -> None:
 
 def test_prompt_sha256() -> None:
     h = prompt_sha256("m", "p", "1:1", "1K")
+    # The hashed text is fixed: stored images of earlier runs are found by it.
+    canonical = "v1:" + json.dumps(["m", "p", "1:1", "1K"], ensure_ascii=False)
+    assert h == hashlib.sha256(canonical.encode()).hexdigest()
     assert len(h) == 64 and h == prompt_sha256("m", "p", "1:1", "1K")
     assert h != prompt_sha256("m", "p", "1:1", "2K")
     assert prompt_sha256("m", "a", "b", "") != prompt_sha256("m", "a,", "b", "")
+
+
+def test_column_builders_equal_the_row_ones() -> None:
+    """request_lines and prompt_hashes build the fixed parts once per (ratio, size): the bytes
+    and hashes are still request_line's and prompt_sha256's, item by item."""
+    prompts = ["a fox", 'say "hi"\n\ttab \\ back', "café ☃", "\x00\x1f"]
+    pairs = [("1:1", "1K"), ("16:9", "4K"), ("1:1", ""), ("16:9", "4K")]
+    estimate = Estimator(CAT.get("gemini-3-pro-image"))
+    items = Items(
+        rows=[1, 2, 3, 4],
+        keys=["k1", 'k"2', "k3", "ключ"],
+        prompts=prompts,
+        ratios=[r for r, _ in pairs],
+        sizes=[s for _, s in pairs],
+        estimates=[estimate(s or "1K", p) for p, (_, s) in zip(prompts, pairs, strict=True)],
+    )
+    for subset in (items, items.slice(0, 1), items.pick([3, 1]), items.slice(2, 2)):
+        expected = [subset.item(i) for i in range(len(subset))]
+        assert expand.request_lines(subset) == [
+            request_line(i.key, i.prompt, i.aspect_ratio, i.image_size) for i in expected
+        ]
+        assert expand.prompt_hashes("m", subset) == [
+            prompt_sha256("m", i.prompt, i.aspect_ratio, i.image_size) for i in expected
+        ]
+    assert [i.key for i in (items.pick([3, 1]).item(0), items.slice(1, 3).item(0))] == [
+        "ключ",
+        'k"2',
+    ]
+
+
+def test_expand_columns_keeps_rows_and_rejects_apart() -> None:
+    spec = _spec('prompt_column = "p"')
+    rows = [
+        {"id": "a", "p": "x"},
+        {"id": "a", "p": "y"},
+        {"id": "b", "p": ""},
+        {"id": "c", "p": "z"},
+    ]
+    (out,) = expand.expand_columns(
+        spec, CAT.get(spec.model), _blocks(rows, 4), has_ratio_column=False, has_size_column=False
+    )
+    assert (list(out.items.rows), list(out.items.keys), list(out.items.prompts)) == (
+        [1, 4],
+        ["a", "c"],
+        ["x", "z"],
+    )
+    assert [(r.row, r.reason) for r in out.rejects] == [
+        (2, "duplicate key, first seen in row 1"),
+        (3, "empty prompt"),
+    ]
 
 
 def test_effective_size() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.catalog import load_catalog
 from pipeline.errors import SpecError
-from pipeline.shard import DEFAULT_MAX_BYTES, ShardLimits, limits_for, pack, quota_windows
+from pipeline.shard import DEFAULT_MAX_BYTES, Packer, ShardLimits, limits_for, pack, quota_windows
 from pipeline.spec import parse_spec
 
 
@@ -44,6 +44,31 @@ def test_single_entry_over_a_limit() -> None:
         _pack([(1, 11)], ShardLimits(10, 10, 10))
     with pytest.raises(SpecError, match="bytes"):
         _pack([(11, 1)], ShardLimits(10, 10, 10))
+
+
+def test_packer_starts_is_add_entry_by_entry() -> None:
+    """A block at a time, `starts` opens batches where `add` would, carrying the open batch
+    from one block to the next."""
+    entries = [(3, 5), (4, 1), (1, 1), (2, 6), (9, 2), (1, 1), (1, 1), (6, 6), (1, 9)]
+    limits = ShardLimits(3, 10, 12)
+    one_by_one = Packer(limits)
+    expected = [i for i, (b, t) in enumerate(entries) if one_by_one.add(b, t)]
+    for cut in range(len(entries) + 1):
+        packer = Packer(limits)
+        got = []
+        for offset, part in ((0, entries[:cut]), (cut, entries[cut:])):
+            sizes, tokens = [b for b, _ in part], [t for _, t in part]
+            got += [offset + i for i in packer.starts(sizes, tokens)]
+        assert got == expected, cut
+    assert expected == [0, 3, 4, 6, 8]  # requests at 3, bytes at 4 and 6, tokens at 8
+
+
+def test_packer_starts_refuses_an_entry_over_a_limit() -> None:
+    with pytest.raises(SpecError, match="max_enqueued_tokens"):
+        Packer(ShardLimits(10, 10, 10)).starts([1, 1], [1, 11])
+    with pytest.raises(SpecError, match="bytes"):
+        Packer(ShardLimits(10, 10, 10)).starts([11], [1])
+    assert Packer(ShardLimits(10, 10, 10)).starts([], []) == []
 
 
 def test_quota_windows() -> None:
