@@ -112,7 +112,7 @@ class Batches:
             return Batch(bid, model, display, now, keys, tokens, input_path=path, input_file=name)
         if isinstance(requests, list) and requests:
             keys = [_inline_key(r, i) for i, r in enumerate(requests)]
-            tokens = sum(lines.estimate_tokens(model, pick(r, "request")) for r in requests)
+            tokens = sum(lines.request_tokens(model, pick(r, "request")) for r in requests)
             return Batch(bid, model, display, now, keys, tokens, inline=requests)
         raise ApiError(400, "* GenerateContentBatch.input_config: input_config is required.")
 
@@ -123,13 +123,8 @@ class Batches:
             os.link(rec.path, path)
         except OSError:
             shutil.copyfile(rec.path, path)
-        keys: list[str] = []
-        tokens = 0
         with path.open("rb") as f:
-            for i, raw in enumerate(_nonblank(f)):
-                key, request, _ = lines.decode_line(raw)
-                keys.append(key if key is not None else f"line-{i}")
-                tokens += lines.estimate_tokens(model, request)
+            keys, tokens = _count_input(model, f)
         return path, keys, tokens
 
     def _check_limits(self, batch: Batch) -> None:
@@ -347,6 +342,19 @@ def _nonblank(f: Any) -> Any:
     for raw in f:
         if raw.strip():
             yield raw
+
+
+def _count_input(model: str, f: Any) -> tuple[list[str], int]:
+    """The keys (``line-<i>`` for a line without one) and the enqueued-token total of an input
+    JSONL file, read one line at a time (a million lines must not cost seconds: see
+    `lines.line_tokens`)."""
+    keys: list[str] = []
+    tokens = 0
+    for i, raw in enumerate(_nonblank(f)):
+        key, n = lines.line_tokens(model, raw)
+        keys.append(key if key is not None else f"line-{i}")
+        tokens += n
+    return keys, tokens
 
 
 def _inline_key(entry: Any, index: int) -> str:
