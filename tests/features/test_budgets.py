@@ -142,3 +142,40 @@ def test_one_pass_sums_recorded_costs_once(tmp_path: Path, emu: Emulator) -> Non
     tick(ctx, load_catalog())
     assert _created_nanos(ctx, run_id) == 12 * _one_estimate()
     assert len(cost_sums) == 1
+
+
+def test_run_spend_sums_costs_through_finished_batches(tmp_path: Path, emu: Emulator) -> None:
+    """A run's spend is read through its finished batches only: the same sum as over every
+    attempt of the run, at every stage, with the run's waiting batches not read at all."""
+    from sqlalchemy import text
+
+    ctx = make_context(tmp_path, emu)
+    run_id = submit(ctx, write_job(tmp_path, "spend", _rows(5), per_batch=2, budget=1000.0))
+
+    def every_attempt() -> int:
+        with ctx.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT coalesce(sum(a.cost_nanos), 0) FROM attempts a "
+                        "JOIN items i ON i.id = a.item_id WHERE i.run_id = :run"
+                    ),
+                    {"run": run_id},
+                ).scalar_one()
+            )
+
+    def spent() -> int:
+        with ctx.engine.connect() as conn:
+            return repo.run_spend(conn, run_id)[0]
+
+    assert spent() == every_attempt() == 0
+    seen = set()
+    for _ in range(30):
+        tick(ctx, load_catalog())
+        assert spent() == every_attempt()
+        seen.add(spent())
+        with ctx.engine.connect() as conn:
+            if repo.get_run(conn, run_id).state != "active":
+                break
+        emu.clock.advance(10_000)
+    assert spent() > 0 and len(seen) > 1  # costs came in along the way, and were counted
