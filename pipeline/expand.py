@@ -7,9 +7,11 @@ an empty or missing template value, text that does not decode and a bad per-row 
 or image size are rejected with a short reason naming the column. An empty per-row
 `aspect_ratio` / `image_size` cell means the spec's value; per-row values are stripped of
 surrounding spaces. For a model that takes no size, image_size is "" and is not sent.
-Rows come in column blocks (one per pyarrow record batch), so no object is built per row
-before it is judged. Memory: the only state kept across blocks is a dict of seen key -> first
-row, limited to the keys that repeat when the caller knows them (`repeated_keys`).
+Rows come in column blocks (one per pyarrow record batch) and leave the same way: a block's
+items are parallel lists (`Items`), its rejects a list, so a million rows build no object per
+row (`Item` is the row view, for tests and callers that want one). Memory: the only state
+kept across blocks is a dict of seen key -> first row, limited to the keys that repeat when
+the caller knows them (`repeated_keys`).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Reject:
 @dataclass(frozen=True)
 class Items:
     """A block's items column by column: parallel lists in input order. The form recording
-    and planning consume (no object per row); `Item` is the same data row by row."""
+    and planning consume; `item(i)` is row i as an `Item`."""
 
     rows: Sequence[int]
     keys: Sequence[str]
