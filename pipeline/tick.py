@@ -140,7 +140,7 @@ def _close_finished(ctx: Context, runs: dict[str, repo.RunRow]) -> list[str]:
         if run.state != "active":
             continue
         with ctx.engine.begin() as conn:
-            if repo.open_item_count(conn, run.id):
+            if repo.has_open_items(conn, run.id):
                 continue
             if repo.batches_in(conn, ["queued", "submitting", "running", "done"], run.id):
                 continue

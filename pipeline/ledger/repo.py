@@ -224,12 +224,15 @@ def item_counts(conn: Connection, run_id: str) -> dict[str, int]:
     return counts
 
 
-def open_item_count(conn: Connection, run_id: str) -> int:
-    return conn.execute(
-        select(func.count())
-        .select_from(ITEMS)
+def has_open_items(conn: Connection, run_id: str) -> bool:
+    """Whether any item of the run is still queued or in a batch: the first one found
+    answers (every tick asks it of every active run; counting them read them all)."""
+    found = conn.execute(
+        select(ITEMS.c.id)
         .where(ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["queued", "in_batch"]))
-    ).scalar_one()
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def queued_items(conn: Connection, run_id: str, after_id: int, limit: int) -> list[Any]:
