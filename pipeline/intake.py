@@ -157,7 +157,15 @@ class _Recorder:
         sha = batch.file.finish() if batch.file is not None else None
         crashpoint("record.batch_closed")
         repo.close_batch(
-            self.conn, self.run_id, batch.id, batch.items, batch.tokens, batch.nanos, self.now, sha
+            self.conn,
+            self.run_id,
+            batch.id,
+            self.model,
+            batch.items,
+            batch.tokens,
+            batch.nanos,
+            self.now,
+            sha,
         )
 
     def discard_files(self) -> None:

@@ -14,10 +14,13 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
+    String,
     Table,
     and_,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -460,6 +463,7 @@ def close_batch(
     conn: Connection,
     run_id: str,
     batch_id: int,
+    model: str,
     item_count: int,
     est_tokens: int,
     est_nanos: int,
@@ -467,7 +471,8 @@ def close_batch(
     shard_sha256: str | None = None,
 ) -> None:
     """The batch's totals (and its written file's sha256), and an attempt row for each of
-    its items (now `in_batch`)."""
+    its items. Both callers have just put those items in it (state `in_batch`), so the
+    attempts are read off the batch index alone: no item row or batch row is read per item."""
     conn.execute(
         update(BATCHES)
         .where(BATCHES.c.id == batch_id)
@@ -481,9 +486,9 @@ def close_batch(
     conn.execute(
         insert(ATTEMPTS).from_select(
             ["item_id", "batch_id", "model"],
-            select(ITEMS.c.id, BATCHES.c.id, BATCHES.c.model)
-            .join(BATCHES, BATCHES.c.id == ITEMS.c.batch_id)
-            .where(ITEMS.c.batch_id == batch_id, ITEMS.c.state == "in_batch"),
+            select(ITEMS.c.id, literal(batch_id, Integer), literal(model, String)).where(
+                ITEMS.c.batch_id == batch_id
+            ),
         )
     )
     _event(conn, run_id, batch_id, None, None, "queued", f"{item_count} items", now)
@@ -516,7 +521,7 @@ def create_batch(
     ).rowcount
     if moved != len(items):
         raise StaleTransition(f"items of run {run.id} were taken by another tick")
-    close_batch(conn, run.id, batch_id, len(items), est_tokens, est_nanos, now)
+    close_batch(conn, run.id, batch_id, model, len(items), est_tokens, est_nanos, now)
     return batch_id
 
 
