@@ -339,24 +339,9 @@ def expand_columns(
         yield rules.block(block)
 
 
-def expand_blocks(
-    spec: JobSpec,
-    info: ModelInfo,
-    blocks: Iterable[Block],
-    *,
-    has_ratio_column: bool,
-    has_size_column: bool,
-    repeated_keys: Container[int] | None = None,
-) -> Iterator[Item | Reject]:
-    """`expand_columns` row by row: each row, in order, as an Item or a Reject."""
-    for out in expand_columns(
-        spec,
-        info,
-        blocks,
-        has_ratio_column=has_ratio_column,
-        has_size_column=has_size_column,
-        repeated_keys=repeated_keys,
-    ):
+def in_row_order(blocks: Iterable[Expanded]) -> Iterator[Item | Reject]:
+    """Expanded blocks row by row: each row, in order, as an Item or a Reject."""
+    for out in blocks:
         entries: list[Item | Reject] = [out.items.item(i) for i in range(len(out.items))]
         entries += out.rejects
         yield from sorted(entries, key=lambda entry: entry.row)

@@ -15,7 +15,8 @@ from pipeline.expand import (
     Items,
     Reject,
     effective_size,
-    expand_blocks,
+    expand_columns,
+    in_row_order,
     prompt_sha256,
     request_line,
 )
@@ -58,13 +59,15 @@ def _run(spec: JobSpec, rows: Sequence[Any], ratio: bool = False, size: bool = F
     repeated = {hash(k) for k in keys if keys.count(k) > 1}
     outs = [
         list(
-            expand_blocks(
-                spec,
-                info,
-                _blocks(rows, n),
-                has_ratio_column=ratio,
-                has_size_column=size,
-                repeated_keys=known,
+            in_row_order(
+                expand_columns(
+                    spec,
+                    info,
+                    _blocks(rows, n),
+                    has_ratio_column=ratio,
+                    has_size_column=size,
+                    repeated_keys=known,
+                )
             )
         )
         for n, known in ((2, None), (max(1, len(rows)), None), (2, repeated))
@@ -209,7 +212,7 @@ def test_expand_columns_keeps_rows_and_rejects_apart() -> None:
         {"id": "b", "p": ""},
         {"id": "c", "p": "z"},
     ]
-    (out,) = expand.expand_columns(
+    (out,) = expand_columns(
         spec, CAT.get(spec.model), _blocks(rows, 4), has_ratio_column=False, has_size_column=False
     )
     assert (list(out.items.rows), list(out.items.keys), list(out.items.prompts)) == (
