@@ -16,7 +16,6 @@ import array
 import codecs
 import csv
 import gzip
-import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.expand import UNDECODABLE, Block, Cell
+from pipeline.storage import sha256_file
 
 __all__ = [
     "EXTENSIONS",
@@ -247,11 +247,7 @@ def repeated_key_hashes(path: Path, column: str, encoding: str = "utf-8") -> fro
 
 def file_sha256(path: Path) -> str:
     """Hex sha256 of the file's bytes (part of a run's identity)."""
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        return sha256_file(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc}") from exc
-    return digest.hexdigest()

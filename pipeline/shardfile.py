@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.log import get_logger
+from pipeline.storage import sha256_file
 
 log = get_logger()
 
 SUFFIX = ".input.jsonl"
-READ_BYTES = 1 << 20
 
 
 def path_for(spool: Path, display_name: str) -> Path:
@@ -85,14 +85,10 @@ class ShardWriter:
 
 def sha256_of(path: Path) -> str | None:
     """The file's sha256 (hex), or None when it cannot be read."""
-    hasher = hashlib.sha256()
     try:
-        with path.open("rb") as fh:
-            while block := fh.read(READ_BYTES):
-                hasher.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return hasher.hexdigest()
 
 
 def written(spool: Path, display_name: str, sha256: str | None) -> Path | None:

@@ -15,6 +15,7 @@ from pipeline.storage.base import (
     ObjectNotFound,
     ObjectStore,
     StoredObject,
+    sha256_file,
     sha256_hex,
 )
 from pipeline.storage.local import LocalStore
@@ -30,6 +31,7 @@ __all__ = [
     "ObjectStore",
     "StoredObject",
     "open_store",
+    "sha256_file",
     "sha256_hex",
 ]
 
