@@ -53,8 +53,9 @@ def _check_single(n_bytes: int, n_tokens: int, limits: ShardLimits) -> None:
 
 
 class Packer:
-    """Greedy packing one entry at a time, in input order: `add` says whether the entry opens
-    a new batch. The one packing rule, shared by `pack` and by recording a run."""
+    """Greedy packing in input order: `starts` (a block of entries) or `add` (one entry) says
+    which entries open a new batch. The one packing rule, shared by `pack`, `plan` and by
+    recording a run."""
 
     def __init__(self, limits: ShardLimits) -> None:
         if limits.max_requests < 1:
@@ -65,24 +66,12 @@ class Packer:
     def add(self, n_bytes: int, n_tokens: int) -> bool:
         """Count one entry in; True when it starts a new batch (always for the first).
         SpecError for an entry that alone exceeds a limit (naming it and how to raise it)."""
-        limits = self.limits
-        _check_single(n_bytes, n_tokens, limits)
-        new = (
-            self.count == 0
-            or self.count >= limits.max_requests
-            or self.n_bytes + n_bytes > limits.max_bytes
-            or self.n_tokens + n_tokens > limits.max_tokens
-        )
-        if new:
-            self.count = self.n_bytes = self.n_tokens = 0
-        self.count += 1
-        self.n_bytes += n_bytes
-        self.n_tokens += n_tokens
-        return new
+        return bool(self.starts((n_bytes,), (n_tokens,)))
 
     def starts(self, sizes: Sequence[int], tokens: Sequence[int]) -> list[int]:
-        """`add` of each entry in turn (parallel lists): the indexes of those that start a
-        new batch. The same rule in one loop over plain ints, for a block of entries."""
+        """Count in each entry in turn (parallel lists); the indexes of those that start a new
+        batch. The one packing rule, in one loop over plain ints for a block of entries.
+        SpecError for an entry that alone exceeds a limit (naming it and how to raise it)."""
         limits = self.limits
         if sizes and (max(sizes) > limits.max_bytes or max(tokens) > limits.max_tokens):
             for n_bytes, n_tokens in zip(sizes, tokens, strict=True):
