@@ -83,7 +83,8 @@ class _Recorder:
         hits = repo.cached_hashes(self.conn, hashes, self.run_id) if self.use_cache else set()
         if hits:
             cached = [i for i, sha in enumerate(hashes) if sha in hits]
-            self._write(items.pick(cached), [hashes[i] for i in cached], "queued", None)
+            queued = items.pick(cached)
+            self._write(queued, [hashes[i] for i in cached], queued.tokens(), "queued", None)
             rest = [i for i, sha in enumerate(hashes) if sha not in hits]
             items, hashes = items.pick(rest), [hashes[i] for i in rest]
         if len(items):
@@ -93,32 +94,41 @@ class _Recorder:
         """Split the items where the packer opens a batch; each run of them goes to its batch
         (the first run to the batch already open, if it does not start a new one)."""
         lines = expand.request_lines(items)
-        starts = self.packer.starts(list(map(len, lines)), items.tokens())
-        bounds = [*starts, len(items)]
+        tokens = items.tokens()
+        bounds = [*self.packer.starts(list(map(len, lines)), tokens), len(items)]
         if bounds[0] > 0:
-            self._add(items.slice(0, bounds[0]), hashes[: bounds[0]], lines[: bounds[0]])
+            self._add(items, hashes, lines, tokens, 0, bounds[0])
         for start, stop in itertools.pairwise(bounds):
             self._open_batch()
-            self._add(items.slice(start, stop), hashes[start:stop], lines[start:stop])
+            self._add(items, hashes, lines, tokens, start, stop)
 
-    def _add(self, items: expand.Items, hashes: list[str], lines: list[bytes]) -> None:
+    def _add(
+        self,
+        items: expand.Items,
+        hashes: list[str],
+        lines: list[bytes],
+        tokens: list[int],
+        start: int,
+        stop: int,
+    ) -> None:
+        """Items [start, stop) of these parallel lists into the open batch."""
         batch = self.batch
         assert batch is not None  # the first item always opens one
-        tokens = items.tokens()
-        batch.items += len(items)
-        batch.tokens += sum(tokens)
-        batch.nanos += sum(e.batch_nanos for e in items.estimates)
-        self._write(items, hashes, "in_batch", batch.id, tokens)
+        part, part_tokens = items.slice(start, stop), tokens[start:stop]
+        batch.items += len(part)
+        batch.tokens += sum(part_tokens)
+        batch.nanos += sum(e.batch_nanos for e in part.estimates)
+        self._write(part, hashes[start:stop], part_tokens, "in_batch", batch.id)
         if batch.file is not None:
-            batch.file.write(b"".join(lines))
+            batch.file.write(b"".join(lines[start:stop]))
 
     def _write(
         self,
         items: expand.Items,
         hashes: list[str],
+        tokens: list[int],
         state: str,
         batch_id: int | None,
-        tokens: list[int] | None = None,
     ) -> None:
         """Insert the items' rows (repo.ITEM_ROW order), all in `state` and `batch_id`."""
         if not len(items):
@@ -134,7 +144,7 @@ class _Recorder:
                 items.ratios,
                 items.sizes,
                 itertools.repeat(self.model),
-                items.tokens() if tokens is None else tokens,
+                tokens,
                 strict=False,
             )
         )
