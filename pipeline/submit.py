@@ -386,11 +386,11 @@ class Submitter:
 class SpendBook:
     """Spent + reserved nano-dollars per run and for the day, for one submission pass.
 
-    Summing recorded costs reads every attempt of a run (or of the day), so a pass over a
-    hundred queued batches of a million-item run must not do it per batch. Each sum is read at
-    most once per REFRESH_S and moved by the reservations this pass makes itself: the
-    scheduler lease keeps other ticks from creating batches meanwhile, and their harvests only
-    turn reservations into recorded costs."""
+    Summing recorded costs reads every attempt of a run's finished batches (or of the day),
+    so a pass over a hundred queued batches of a million-item run must not do it per batch.
+    Each sum is read at most once per REFRESH_S and moved by the reservations this pass makes
+    itself: the scheduler lease keeps other ticks from creating batches meanwhile, and their
+    harvests only turn reservations into recorded costs."""
 
     REFRESH_S = 10.0
 
