@@ -82,7 +82,9 @@ def _serve_one(ctx: Context, run: repo.RunRow, row: Any, candidates: list[Any]) 
     detail = f"prompt cache: copied from {source.run_id}/{source.key}"
     dest.sync()
     with ctx.engine.begin() as conn:
-        moved = repo.mark_cached(conn, run.id, row.id, stored.uri, sha, ctx.now(), detail)
+        moved = repo.mark_cached(
+            conn, run.id, row.id, stored.uri, sha, ctx.now(), detail, source.model
+        )
     if moved:
         log.info(
             "item_cached",
@@ -123,7 +125,7 @@ def _metadata(run: repo.RunRow, row: Any, source: Any) -> dict[str, str]:
     return {
         "nanobatch-run": run.id,
         "nanobatch-key": row.key,
-        "nanobatch-model": row.model,
+        "nanobatch-model": source.model,  # the model that made the image, maybe a fallback
         "nanobatch-prompt-sha256": row.prompt_sha256,
         "nanobatch-input-tokens": "0",
         "nanobatch-output-image-tokens": "0",

@@ -17,9 +17,10 @@ from typing import IO, Any
 import pyarrow as pa
 
 from pipeline import manifest, report
-from pipeline.catalog import load_catalog
+from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
+from pipeline.expand import effective_size
 from pipeline.ledger import repo
 from pipeline.metrics import run_metrics
 from pipeline.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
@@ -127,6 +128,8 @@ REPORT_SCHEMA = pa.schema(
 def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
     """Rewrite `manifest.parquet` beside the run's images: one row per harvested item."""
 
+    catalog = load_catalog()
+
     def harvested() -> Iterator[dict[str, Any]]:
         for entry in _entries(ctx, run.id):
             item = entry["item"]
@@ -134,7 +137,9 @@ def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
                 continue
             row = report.item_row(item, entry)
             row.update(
-                prompt=item.prompt, aspect_ratio=item.aspect_ratio, image_size=item.image_size
+                prompt=item.prompt,
+                aspect_ratio=item.aspect_ratio,
+                image_size=_size_sent(catalog, row["model"], item.image_size),
             )
             crashpoint("report.manifest")
             yield row
@@ -145,6 +150,15 @@ def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
         ctx.store(run.output_uri).put_file(
             "manifest.parquet", path, content_type="application/vnd.apache.parquet"
         )
+
+
+def _size_sent(catalog: Catalog, model: str, size: str) -> str:
+    """The size the model that made the image was asked for: a fallback model may take none
+    ("") or not the primary's."""
+    try:
+        return effective_size(catalog.get(model), size)
+    except KeyError:  # a model no longer in the catalog: what the item asked for
+        return size
 
 
 def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline import expand, inputs, intake, pricing, shard, shardfile
-from pipeline.catalog import Catalog
+from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
 from pipeline.errors import ApiError, AuthError, StaleTransition, TransientApiError
@@ -184,24 +184,40 @@ def form_batches(ctx: Context, run: repo.RunRow, catalog: Catalog) -> int:
             made += _pack_model(ctx, run, catalog, model, model_rows, limits)
 
 
+class _Queued(NamedTuple):
+    """A queued item as its batch's model will get it."""
+
+    row: Any
+    size: str
+    """The imageSize to send: what the model accepts (see `expand.effective_size`)."""
+    estimate: pricing.Estimate
+
+    def line_length(self) -> int:
+        r = self.row
+        return len(expand.request_line(r.key, r.prompt, r.aspect_ratio, self.size))
+
+
 def _pack_model(
     ctx: Context, run: repo.RunRow, catalog: Catalog, model: str, rows: list[Any], limits: Any
 ) -> int:
     info = catalog.get(model)
+    estimate = pricing.Estimator(info)
+    # Items moved to the fallback model keep the size asked of the primary: send (and
+    # estimate) what this batch's model accepts, e.g. no imageSize for gemini-2.5-flash-image.
+    queued = []
+    for row in rows:
+        size = expand.effective_size(info, row.image_size)
+        queued.append(_Queued(row, size, estimate(size, row.prompt)))
     made = 0
     for group in shard.pack(
-        rows,
-        size=lambda r: len(expand.request_line(r.key, r.prompt, r.aspect_ratio, r.image_size)),
-        tokens=lambda r: r.est_tokens,
-        limits=limits,
+        queued, size=_Queued.line_length, tokens=lambda q: q.estimate.tokens, limits=limits
     ):
-        est_tokens = sum(r.est_tokens for r in group)
-        est_nanos = sum(
-            pricing.estimate_cost_nanos(info, r.image_size, r.prompt, "batch") for r in group
-        )
+        est_tokens = sum(q.estimate.tokens for q in group)
+        est_nanos = sum(q.estimate.batch_nanos for q in group)
+        items = [q.row for q in group]
         try:
             with ctx.engine.begin() as conn:
-                repo.create_batch(conn, run, model, group, est_tokens, est_nanos, ctx.now())
+                repo.create_batch(conn, run, model, items, est_tokens, est_nanos, ctx.now())
         except StaleTransition:
             return made  # another tick is forming this run's batches
         made += 1
@@ -303,9 +319,12 @@ class Submitter:
         """The batch's JSONL, built from its rows in the ledger."""
         spool.mkdir(parents=True, exist_ok=True)
         path = shardfile.path_for(spool, batch.display_name)
+        info = load_catalog().get(batch.model)
         with self.ctx.engine.connect() as conn, path.open("wb") as out:
             for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
-                out.write(expand.request_line(key, prompt, ratio, size))
+                # What the batch's model accepts (a fallback model may take no size).
+                sent = expand.effective_size(info, size)
+                out.write(expand.request_line(key, prompt, ratio, sent))
         return path
 
     def _adopt(self, batch: repo.BatchRow, remote: RemoteBatch, how: str) -> None:

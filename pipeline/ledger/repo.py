@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    case,
     func,
     insert,
     literal,
@@ -752,7 +753,8 @@ def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[di
                 ATTEMPTS.c.standard_nanos,
             )
         ),
-        func.max(ATTEMPTS.c.model),
+        # The model that made the image: its succeeded attempt's (the fallback's when it did).
+        func.max(case((ATTEMPTS.c.outcome == "succeeded", ATTEMPTS.c.model))),
     ]
     query = (
         select(ITEMS, *(s.label(f"sum_{i}") for i, s in enumerate(sums)))
@@ -841,6 +843,7 @@ def cache_sources(
             ITEMS.c.prompt_sha256,
             ITEMS.c.uri,
             ITEMS.c.sha256,
+            ITEMS.c.model,
         )
         .where(ITEMS.c.prompt_sha256.in_(list(hashes)), *_stored_elsewhere(exclude_run))
         .order_by(ITEMS.c.prompt_sha256, ITEMS.c.cached, ITEMS.c.id)
@@ -858,12 +861,22 @@ def mark_cached(
     sha256: str,
     now: datetime,
     detail: str,
+    model: str,
 ) -> bool:
-    """A queued item served from the prompt cache: succeeded, cached, no attempt (guarded)."""
+    """A queued item served from the prompt cache: succeeded, cached, no attempt (guarded).
+    `model` is the model that made the image (the source's: a fallback model may have)."""
     moved = conn.execute(
         update(ITEMS)
         .where(ITEMS.c.id == item_id, ITEMS.c.state == "queued")
-        .values(state="succeeded", cached=True, uri=uri, sha256=sha256, error=None, finished_at=now)
+        .values(
+            state="succeeded",
+            cached=True,
+            uri=uri,
+            sha256=sha256,
+            error=None,
+            finished_at=now,
+            model=model,
+        )
     ).rowcount
     if moved != 1:
         return False
