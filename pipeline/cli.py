@@ -16,7 +16,7 @@ from pipeline import __version__, drill
 from pipeline.catalog import load_catalog
 from pipeline.config import Settings, load_settings
 from pipeline.context import Context
-from pipeline.errors import PipelineError
+from pipeline.errors import Interrupted, PipelineError
 from pipeline.ledger import db
 from pipeline.log import configure_logging, mask_text, register_secret
 
@@ -132,7 +132,9 @@ def run(
 ) -> None:
     """Submit SPEC, then tick until the run is finished, then print its report.
 
-    Exit 0 when every item that was sent succeeded, 3 when some failed for good.
+    Resumes the latest active run of SPEC (one interrupted, even if started with --force)
+    instead of recording a new one. Exit 0 when every item that was sent succeeded, 3 when
+    some failed for good, 130 on Ctrl-C (the run goes on with `run SPEC` or `tick`).
     """
     from pipeline.shell import run_spec
 
@@ -274,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
+    except Interrupted as exc:  # Ctrl-C: not an error, the message says how to resume
+        click.echo(mask_text(str(exc)), err=True)
+        sys.exit(exc.exit_code)
     except PipelineError as exc:
         click.echo(f"error: {mask_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)

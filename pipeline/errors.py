@@ -38,6 +38,12 @@ class RuntimeFailure(PipelineError):
     """A runtime error (network, API, storage)."""
 
 
+class Interrupted(PipelineError):
+    """Interrupted (Ctrl-C)."""
+
+    exit_code = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
 class StorageError(RuntimeFailure):
     """The output storage cannot be written."""
 

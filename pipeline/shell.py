@@ -4,17 +4,18 @@ Each takes a Context and returns plain values; rendering is `render`'s job.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
-from pipeline.errors import RuntimeFailure
+from pipeline.errors import Interrupted, RuntimeFailure
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
-from pipeline.submit import create_run, waiting_reason
+from pipeline.submit import create_run, latest_active_run, waiting_reason
 from pipeline.tick import cancel_run, run_until_done, settle_cancelled, tick
 
 log = get_logger()
@@ -41,25 +42,57 @@ def run_spec(
     use_cache: bool,
     as_json: bool,
 ) -> int:
-    """submit, tick until finished, print the report; the exit code (0, or 3 if any failed)."""
+    """Resume the spec's latest active run (or submit it), tick until finished, print the
+    report; the exit code (0, or 3 if any failed). Ctrl-C raises Interrupted, which says how
+    to resume."""
     from pipeline.render import write_report
 
     catalog = load_catalog()
-    run_id = submit_spec(ctx, spec_path, force=force, use_cache=use_cache)
-    progress = _Progress(run_id) if sys.stderr.isatty() else None
-    run_until_done(
-        ctx,
-        catalog,
-        run_id,
-        poll_interval,
-        on_progress=lambda counts: _check_stuck(ctx, run_id, counts, progress),
-    )
+    spec = load_spec(spec_path, catalog)
+    run_id: str | None = None
+    progress: _Progress | None = None
+    try:
+        # An interrupted run (even one started with --force) goes on before an older,
+        # finished run of the same spec is reported again.
+        run_id = None if force else latest_active_run(ctx, spec)
+        if run_id is None:
+            run_id, created = create_run(ctx, spec, catalog, force=force, use_cache=use_cache)
+            if created:
+                tick(ctx, catalog)
+        else:
+            log.info("run_resumed", run=run_id)
+        progress = _Progress(run_id) if sys.stderr.isatty() else None
+        run_until_done(
+            ctx,
+            catalog,
+            run_id,
+            poll_interval,
+            on_progress=lambda counts: _check_stuck(ctx, run_id, counts, progress),
+        )
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        raise Interrupted(_resume_hint(spec_path, run_id)) from None
     if progress is not None:
         progress.close()
     write_report(ctx, run_id, "json" if as_json else "table", None)
     with ctx.engine.connect() as conn:
         counts = repo.item_counts(conn, run_id)
     return 3 if counts.get("failed", 0) + counts.get("failed_final", 0) else 0
+
+
+def _resume_hint(spec_path: Path, run_id: str | None) -> str:
+    """What to do after Ctrl-C: the run is recorded (or not) and goes on when resumed."""
+    again = f"nanobatch run {shlex.quote(str(spec_path))}"
+    if run_id is None:
+        return (
+            f"interrupted while recording the run; run `{again}` again: it resumes the run "
+            "if it was recorded (`nanobatch status` lists the runs)"
+        )
+    return (
+        f"interrupted; run `{again}` again or `nanobatch tick` to resume run {run_id} "
+        f"(`nanobatch cancel {run_id}` to stop it)"
+    )
 
 
 def _check_stuck(

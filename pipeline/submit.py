@@ -53,6 +53,22 @@ def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str,
     return hashlib.sha256((canonical + nonce).encode()).hexdigest()
 
 
+def _spec_json(spec: JobSpec) -> str:
+    """The spec as recorded with its run (`runs.spec_json`)."""
+    return json.dumps(asdict(spec), default=str, sort_keys=True)
+
+
+def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
+    """The newest active run of this spec's identity (same spec, input and date; the output
+    template is part of the spec), whether or not it was started with --force: the run
+    `run SPEC` resumes. None when there is none."""
+    date = ctx.now().strftime("%Y-%m-%d")
+    input_sha = inputs.file_sha256(spec.input.path)
+    with ctx.engine.connect() as conn:
+        found = repo.latest_active_run_like(conn, spec.name, _spec_json(spec), input_sha, date)
+    return found.id if found is not None else None
+
+
 def create_run(
     ctx: Context, spec: JobSpec, catalog: Catalog, *, force: bool = False, use_cache: bool = True
 ) -> tuple[str, bool]:
@@ -146,7 +162,7 @@ def _run_values(
         "model": spec.model,
         "fallback_model": spec.fallback_model,
         "spec_path": str(spec.source),
-        "spec_json": json.dumps(asdict(spec), default=str, sort_keys=True),
+        "spec_json": _spec_json(spec),
         "input_sha256": input_sha,
         "output_uri": output_uri,
         "run_date": date,

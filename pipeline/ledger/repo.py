@@ -113,6 +113,26 @@ def find_run_by_identity(conn: Connection, identity: str) -> RunRow | None:
     return _run(row) if row else None
 
 
+def latest_active_run_like(
+    conn: Connection, job: str, spec_json: str, input_sha256: str, run_date: str
+) -> RunRow | None:
+    """The newest active run with this spec, input and date: the run's identity without the
+    --force nonce, so it finds forced runs of the spec too."""
+    row = conn.execute(
+        select(RUNS)
+        .where(
+            RUNS.c.job == job,
+            RUNS.c.state == "active",
+            RUNS.c.input_sha256 == input_sha256,
+            RUNS.c.run_date == run_date,
+            RUNS.c.spec_json == spec_json,
+        )
+        .order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc())
+        .limit(1)
+    ).first()
+    return _run(row) if row else None
+
+
 def insert_run(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(RUNS).values(**values))
     _event(
