@@ -227,6 +227,30 @@ def retry(ctx: click.Context, run_ref: str, include_final: bool) -> None:
 
 @cli.command()
 @click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--usd", required=True, metavar="X", help="The run's new budget cap in US dollars (above 0)."
+)
+@click.pass_context
+def budget(ctx: click.Context, run_ref: str, usd: str) -> None:
+    """Set RUN's budget cap (its spec's [limits] budget_usd at first) without a new run.
+
+    Work the old cap held back goes on at the next tick (or `run SPEC` again).
+    """
+    from pipeline.shell import set_budget
+    from pipeline.values import nanos_to_usd
+
+    change = set_budget(_context(ctx), run_ref, usd)
+    old = "none" if change.old_nanos is None else f"${nanos_to_usd(change.old_nanos):.4f}"
+    click.echo(
+        f"run {change.run_id}: budget {old} -> ${nanos_to_usd(change.new_nanos):.4f} "
+        f"(spent ${nanos_to_usd(change.spent_nanos):.4f}, "
+        f"reserved ${nanos_to_usd(change.reserved_nanos):.4f})",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
 @click.pass_context
 def cancel(ctx: click.Context, run_ref: str) -> None:
     """Cancel RUN's live batches and harvest what they finished."""

@@ -13,7 +13,7 @@ from pipeline import expand, inputs, shard
 from pipeline.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.errors import SpecError
 from pipeline.spec import JobSpec, parse_spec, required_columns
-from pipeline.values import nanos_to_usd
+from pipeline.values import nanos_to_usd, usd_to_nanos
 
 OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")
 
@@ -71,6 +71,21 @@ class Plan:
     by_size: dict[str, SizeLine] = field(default_factory=dict)
     """By image size ("" for a model without sizes)."""
     rejects: list[expand.Reject] = field(default_factory=list)
+    budget_nanos: int | None = None
+    """The spec's [limits] budget_usd."""
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the user should know before submitting (the plan is still valid)."""
+        found = []
+        if self.budget_nanos is not None and self.batch_nanos > self.budget_nanos:
+            found.append(
+                f"the estimate ${nanos_to_usd(self.batch_nanos):.4f} at batch price exceeds "
+                f"[limits] budget_usd ${nanos_to_usd(self.budget_nanos):.4f}: batches past the "
+                "budget wait (and `run` stops); raise budget_usd before the first submit, or "
+                "later, for the run, with `nanobatch budget RUN --usd X`"
+            )
+        return found
 
     def asdict(self) -> dict[str, object]:
         return {
@@ -94,14 +109,22 @@ class Plan:
             },
             "quota_windows": self.quota_windows,
             "max_enqueued_tokens": self.max_enqueued_tokens,
+            "budget_usd": nanos_to_usd(self.budget_nanos)
+            if self.budget_nanos is not None
+            else None,
+            "warnings": self.warnings,
         }
 
 
 def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
     """Expand and shard the spec's table in one streaming pass."""
     info = catalog.get(spec.model)
+    budget = spec.limits.budget_usd
     plan = Plan(
-        job=spec.name, model=spec.model, max_enqueued_tokens=spec.limits.max_enqueued_tokens
+        job=spec.name,
+        model=spec.model,
+        max_enqueued_tokens=spec.limits.max_enqueued_tokens,
+        budget_nanos=usd_to_nanos(budget) if budget is not None else None,
     )
     packer = shard.Packer(shard.limits_for(spec))
     for block in expansion(spec, info):

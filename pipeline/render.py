@@ -16,6 +16,8 @@ from pipeline.reporting import render_report, run_status
 
 
 def print_plan(plan: Plan, *, as_json: bool) -> None:
+    for warning in plan.warnings:  # stderr in both forms: stdout stays the plan itself
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(plan.asdict(), indent=2))
         return

@@ -7,16 +7,19 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
-from pipeline.errors import Interrupted, RuntimeFailure
+from pipeline.errors import Interrupted, RuntimeFailure, UsageError
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
 from pipeline.submit import create_run, latest_active_run, waiting_reason
 from pipeline.tick import cancel_run, run_until_done, settle_cancelled, tick
+from pipeline.values import usd_to_nanos
 
 log = get_logger()
 
@@ -111,9 +114,11 @@ def _check_stuck(
     if queued:
         reason = waiting_reason(ctx, queued[0], run)
         if reason and "budget" in reason:
+            # The reason says how to raise the cap; the run stays active and goes on after.
+            again = f"nanobatch run {shlex.quote(run.spec_path)}"
             raise RuntimeFailure(
-                f"run {run_id} cannot go on: {reason}. Raise [limits] budget_usd in the spec "
-                f"(or NANOBATCH_DAILY_BUDGET_USD), or `nanobatch cancel {run_id}`"
+                f"run {run_id} cannot go on: {reason}. Then `{again}` again (or `nanobatch "
+                f"tick`) goes on with this run; or `nanobatch cancel {run_id}`"
             )
 
 
@@ -151,6 +156,40 @@ def retry_run(ctx: Context, run_ref: str, *, include_final: bool) -> int:
             repo.set_run_state(conn, run.id, run.state, "active", now)
     log.info("run_retry", run=run.id, requeued=n)
     return n
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    run_id: str
+    old_nanos: int | None
+    new_nanos: int
+    spent_nanos: int
+    reserved_nanos: int
+
+
+def set_budget(ctx: Context, run_ref: str, usd: str) -> BudgetChange:
+    """`nanobatch budget RUN --usd X`: a new cap for this run, kept in the ledger (the spec's
+    budget_usd is only its first value: changing the spec would make a new run). The next
+    tick's budget checks use it."""
+    nanos = _budget_nanos(usd)
+    with ctx.engine.begin() as conn:
+        run = repo.get_run(conn, run_ref)
+        if run.state == "cancelled":
+            raise UsageError(f"run {run.id} is cancelled: nothing more is spent under it")
+        old = repo.set_run_budget(conn, run.id, nanos, ctx.now())
+        spent, reserved = repo.run_spend(conn, run.id)
+    log.info("run_budget_set", run=run.id, old_nanos=old, new_nanos=nanos)
+    return BudgetChange(run.id, old, nanos, spent, reserved)
+
+
+def _budget_nanos(usd: str) -> int:
+    try:
+        value = Decimal(usd.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value <= 0:
+        raise UsageError(f"--usd {usd!r}: a budget is a number of US dollars above 0, e.g. 50")
+    return usd_to_nanos(value)
 
 
 def cancel_and_settle(ctx: Context, run_ref: str, catalog: Catalog) -> None:

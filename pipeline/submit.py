@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import tempfile
 from collections.abc import Callable
@@ -482,10 +483,15 @@ def _budget_reason(
     now = ctx.now()
     if run.budget_nanos is not None:
         spent, reserved = spend.run(conn, run.id)
-        if spent + reserved + batch.est_nanos > run.budget_nanos:
+        needed = spent + reserved + batch.est_nanos
+        if needed > run.budget_nanos:
+            # Raised for this run in the ledger: a new budget_usd in the spec is a new run.
+            at_least = math.ceil(needed / (NANOS_PER_USD // 100)) / 100
             return (
                 f"run budget: spent ${_usd(spent)}, reserved ${_usd(reserved)}, "
-                f"next batch ~${_usd(batch.est_nanos)}, cap ${_usd(run.budget_nanos)}"
+                f"next batch ~${_usd(batch.est_nanos)}, cap ${_usd(run.budget_nanos)}; "
+                f"raise it with `nanobatch budget {run.id} --usd X` "
+                f"(X >= {at_least:.2f} lets the next batch go)"
             )
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
@@ -494,7 +500,8 @@ def _budget_reason(
         if spent + reserved + batch.est_nanos > cap_nanos:
             return (
                 f"daily budget: spent ${spent / NANOS_PER_USD:.4f} today, reserved "
-                f"${reserved / NANOS_PER_USD:.4f}, cap ${cap}"
+                f"${reserved / NANOS_PER_USD:.4f}, cap ${cap} (NANOBATCH_DAILY_BUDGET_USD; "
+                "work goes on after midnight UTC or under a higher cap)"
             )
     return None
 

@@ -222,6 +222,17 @@ def set_run_state(conn: Connection, run_id: str, from_: str, to: str, now: datet
     return True
 
 
+def set_run_budget(conn: Connection, run_id: str, nanos: int, now: datetime) -> int | None:
+    """A new budget cap for the run (`nanobatch budget`), with an event saying what it was;
+    returns the old cap (None: there was none)."""
+    old, state = conn.execute(
+        select(RUNS.c.budget_nanos, RUNS.c.state).where(RUNS.c.id == run_id)
+    ).one()
+    conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(budget_nanos=nanos))
+    _event(conn, run_id, None, None, state, state, f"budget_nanos {old} -> {nanos}", now)
+    return cast(int | None, old)
+
+
 def mark_run_notified(conn: Connection, run_id: str, now: datetime) -> bool:
     result = conn.execute(
         update(RUNS)
