@@ -33,8 +33,8 @@ format: $(STAMP) ## apply ruff format and safe fixes
 	$(BIN)/ruff format pipeline tests benchmarks migrations
 	$(BIN)/ruff check --fix pipeline tests benchmarks migrations
 
-test: lint ## lint, then every test (PostgreSQL tests need 127.0.0.1:5432; with CI=true they must run)
-	$(BIN)/pytest -q
+test: lint ## lint, then every test, benchmark smoke tests included (PostgreSQL tests need 127.0.0.1:5432; with CI=true they must run)
+	$(BIN)/pytest -q -m 'bench or not bench'
 
 bench: $(STAMP) ## the benchmarks (not part of `make test`); figures go to benchmarks/results/
 	$(BIN)/python -m benchmarks

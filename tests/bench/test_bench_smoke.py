@@ -22,6 +22,9 @@ KEYS = {
 }
 
 
+pytestmark = pytest.mark.bench
+
+
 @pytest.mark.parametrize("name", list(KEYS))
 def test_bench_quick(name: str) -> None:
     if name == "gcs":

@@ -23,8 +23,8 @@ WORKERS = 4
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(db_url)
+def engine(empty_db_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(empty_db_url)
     yield engine
     engine.dispose()
 
@@ -110,11 +110,11 @@ def _ensure_schema_worker(url: str, barrier: multiprocessing.synchronize.Barrier
     engine.dispose()
 
 
-def test_processes_meet_an_empty_database(db_url: str) -> None:
+def test_processes_meet_an_empty_database(empty_db_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(WORKERS)
     workers = [
-        context.Process(target=_ensure_schema_worker, args=(db_url, barrier))
+        context.Process(target=_ensure_schema_worker, args=(empty_db_url, barrier))
         for _ in range(WORKERS)
     ]
     for worker in workers:
@@ -123,7 +123,7 @@ def test_processes_meet_an_empty_database(db_url: str) -> None:
         worker.join(timeout=60)
     assert [worker.exitcode for worker in workers] == [0] * WORKERS
 
-    engine = db.make_engine(db_url)
+    engine = db.make_engine(empty_db_url)
     try:
         with engine.connect() as connection:
             rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
