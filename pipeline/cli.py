@@ -30,6 +30,8 @@ def _settings(ctx: click.Context) -> Settings:
 def _context(ctx: click.Context) -> Context:
     settings = _settings(ctx)
     engine = db.make_engine(settings.database_url)
+    # The command's connections close with it: `main` also runs in-process (tests, `run`).
+    ctx.call_on_close(engine.dispose)
     db.ensure_schema(engine)
     return Context(settings=settings, engine=engine)
 
