@@ -18,7 +18,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.context import Context
 from pipeline.errors import PipelineError
 from pipeline.ledger import db
-from pipeline.log import configure_logging, mask_text, register_secret
+from pipeline.log import configure_logging, get_logger, mask_text, register_secret
 
 EMULATOR_KEY = "nanobatch-emulator-key"
 
@@ -34,7 +34,46 @@ def _context(ctx: click.Context) -> Context:
     return Context(settings=settings, engine=engine)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _GlobalOptionsGroup(click.Group):
+    """The root group: its options that take a value (`--log-format`) may also come after
+    the subcommand, anywhere before `--` (`nanobatch tick --log-format json`, as cron lines
+    are written). They are moved in front of the subcommand before click parses."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_options(args, self._global_option_names()))
+
+    def _global_option_names(self) -> frozenset[str]:
+        return frozenset(
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.is_eager
+            for name in param.opts
+        )
+
+
+def hoist_options(args: list[str], names: frozenset[str]) -> list[str]:
+    """`args` with every `NAME VALUE` / `NAME=VALUE` of `names` moved to the front, in order."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in names and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if arg.partition("=")[0] in names and "=" in arg:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+@click.group(cls=_GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nanobatch")
 @click.option(
     "--log-format",
@@ -47,6 +86,8 @@ def _context(ctx: click.Context) -> Context:
 def cli(ctx: click.Context, log_format: str | None) -> None:
     """Thousands of images through the Gemini Batch API at half price, with an exact
     account of every image.
+
+    Global options may also follow the command: `nanobatch tick --log-format json`.
 
     \b
     Example:
@@ -103,11 +144,14 @@ def tick(ctx: click.Context) -> None:
     from pipeline.tick import tick as do_tick
 
     result = do_tick(_context(ctx), load_catalog())
-    finished = ", ".join(result.finished_runs) or "-"
-    click.echo(
-        f"harvested {result.harvested}, polled {result.polled}, formed {result.formed}, "
-        f"created {result.created} batches; finished runs: {finished}",
-        err=True,
+    # A log line, not plain text: cron appends stderr to a JSON log (--log-format json).
+    get_logger().info(
+        "tick_done",
+        harvested=result.harvested,
+        polled=result.polled,
+        formed=result.formed,
+        created=result.created,
+        finished_runs=result.finished_runs,
     )
 
 
