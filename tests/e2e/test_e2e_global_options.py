@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ from e2e_checks import API_KEY
 
 from pipeline.cli import cli
 
-README = __import__("pathlib").Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
