@@ -234,22 +234,27 @@ def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
 @click.pass_context
 def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None:
     """The per-image account of RUN (a run id, or a job name for its latest run)."""
-    from pipeline.render import write_report
+    from pipeline.render import check_out_file, write_report
 
+    if out is not None:
+        check_out_file(out, f"report.{fmt}")
     write_report(_context(ctx), run_ref, fmt, out)
 
 
 @cli.command()
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Write atomically to this file (node_exporter textfile collector) instead of stdout.",
 )
 @click.pass_context
 def metrics(ctx: click.Context, out: Path | None) -> None:
     """Ledger metrics in the Prometheus text format: items, batches, cost, errors, latency."""
     from pipeline.metrics import write_metrics
+    from pipeline.render import check_out_file
 
+    if out is not None:
+        check_out_file(out, "nanobatch.prom")
     text = write_metrics(_context(ctx), out)
     if out is None:
         click.echo(text, nl=False)

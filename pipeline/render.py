@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,3 +82,19 @@ def write_report(ctx: Context, run_ref: str, fmt: str, out: Path | None) -> None
         return
     with out.open("w", encoding="utf-8", newline="") as stream:
         render_report(ctx, run_ref, fmt, stream, None)
+
+
+def check_out_file(out: Path, example: str) -> None:
+    """`--out` must name a file this user can create in a folder that exists; UsageError (one
+    line, exit 2) otherwise, before any work is done. `example` is a file name to suggest."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file in it, e.g. {out / example}")
+    folder = out.parent
+    if not folder.exists():
+        raise UsageError(
+            f"--out {out}: the folder {folder} does not exist; create it or choose another path"
+        )
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {out}: this user cannot write there; choose another path")
