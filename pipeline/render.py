@@ -13,6 +13,7 @@ from pipeline.context import Context
 from pipeline.errors import UsageError
 from pipeline.ledger import repo
 from pipeline.planning import Plan
+from pipeline.report import printable
 from pipeline.reporting import render_report, run_status
 
 
@@ -39,7 +40,7 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
         f"tokens = {plan.quota_windows} quota window(s)"
     )
     for rej in plan.rejects:
-        click.echo(f"  rejected row {rej.row} ({rej.key!r}): {rej.reason}")
+        click.echo(f"  rejected row {rej.row} ({rej.key!r}): {printable(rej.reason)}")
 
 
 def print_status(ctx: Context, run_ref: str | None, *, as_json: bool) -> None:
