@@ -202,7 +202,10 @@ def _maybe_emulator(ctx: click.Context, enabled: bool) -> Iterator[None]:
     with Emulator(pending_seconds=1.0, running_seconds=2.0) as emu:
         obj = ctx.ensure_object(dict)
         obj["settings"] = _settings(ctx).with_overrides(
-            base_url=emu.url, api_key=EMULATOR_KEY, api_key_variable="GEMINI_API_KEY"
+            base_url=emu.url,
+            api_key=EMULATOR_KEY,
+            api_key_variable="GEMINI_API_KEY",
+            api_key_unused=None,
         )
         click.echo(f"emulator listening on {emu.url}", err=True)
         yield
