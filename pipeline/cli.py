@@ -14,7 +14,7 @@ import click
 
 from pipeline import __version__, drill
 from pipeline.catalog import load_catalog
-from pipeline.config import Settings, load_settings
+from pipeline.config import LOG_FORMATS, Settings, load_settings
 from pipeline.context import Context
 from pipeline.errors import PipelineError
 from pipeline.ledger import db
@@ -77,7 +77,7 @@ def hoist_options(args: list[str], names: frozenset[str]) -> list[str]:
 @click.version_option(__version__, prog_name="nanobatch")
 @click.option(
     "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
+    type=click.Choice(LOG_FORMATS),
     default=None,
     help="Log lines on stderr: key=value on a terminal, JSON lines otherwise "
     "(env: NANOBATCH_LOG_FORMAT).",
@@ -112,12 +112,15 @@ def plan(spec: Path, json_: bool) -> None:
 
     Touches no network and no ledger.
     """
-    from pipeline.planning import load_spec, make_plan
+    from pipeline.planning import load_spec, make_plan, nothing_to_do
     from pipeline.render import print_plan
 
     catalog = load_catalog()
-    result = make_plan(load_spec(spec, catalog), catalog)
+    job = load_spec(spec, catalog)
+    result = make_plan(job, catalog)
     print_plan(result, as_json=json_)
+    if result.items == 0:
+        raise nothing_to_do(job, result.rejected)
 
 
 @cli.command()

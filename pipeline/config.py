@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import UsageError
 
 DEFAULT_DATABASE_URL = "sqlite:///.nanobatch/ledger.db"
+LOG_FORMATS = ("auto", "console", "json")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_key_variable=key_var,
         api_key_unused=unused,
         base_url=env.get("GOOGLE_GEMINI_BASE_URL") or None,
-        log_format=(env.get("NANOBATCH_LOG_FORMAT") or "auto").lower(),
+        log_format=_log_format(env),
         state_dir=Path(env.get("NANOBATCH_STATE_DIR") or ".nanobatch"),
         daily_budget_usd=_decimal(env, "NANOBATCH_DAILY_BUDGET_USD"),
         notify_url=env.get("NANOBATCH_NOTIFY_URL") or None,
@@ -90,6 +91,16 @@ def _api_key(env: Mapping[str, str]) -> tuple[str | None, str, str | None]:
         return None, "GEMINI_API_KEY", None
     (key, name), *rest = found
     return key, name, rest[0][1] if rest else None
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = env.get("NANOBATCH_LOG_FORMAT") or ""
+    value = raw.strip().lower() or "auto"
+    if value not in LOG_FORMATS:
+        raise UsageError(
+            f"NANOBATCH_LOG_FORMAT={raw!r} is not a log format; use one of {', '.join(LOG_FORMATS)}"
+        )
+    return value
 
 
 def _decimal(env: Mapping[str, str], name: str) -> Decimal | None:
