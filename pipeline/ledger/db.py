@@ -11,6 +11,7 @@ through `mask_url`: a password never reaches a message.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import re
 import sqlite3
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 DEFAULT_URL: Final = "sqlite:///.nanobatch/ledger.db"
 #: The newest revision in `migrations/versions`; a test checks it against the scripts.
 HEAD_REVISION: Final = "0005_batches_shard_sha256"
-MIGRATIONS_DIR: Final = Path(pipeline.__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_PACKAGE: Final = "nanobatch_migrations"
+"""The migrations as a wheel installs them: a package beside `pipeline` (see pyproject.toml)."""
 #: pg_advisory_xact_lock key of the migration lock (the bytes of "nbmigrat" as an int64).
 MIGRATION_LOCK_KEY: Final = 0x6E626D6967726174
 SQLITE_TIMEOUT_S: Final = 60
@@ -217,12 +219,28 @@ def current_revision(engine: Engine) -> str | None:
     return revision
 
 
+def migrations_dir() -> Path:
+    """The Alembic scripts: `migrations/` beside `pipeline/` in a source checkout (editable
+    installs, tests), else the `nanobatch_migrations` package of an installed wheel."""
+    checkout = Path(pipeline.__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations" / "env.py").is_file():
+        return checkout / "migrations"
+    spec = importlib.util.find_spec(MIGRATIONS_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "env.py").is_file():
+            return Path(location)
+    raise RuntimeFailure(
+        f"the ledger migrations are missing: no migrations/ beside {checkout / 'pipeline'} and "
+        f"no {MIGRATIONS_PACKAGE} package installed. Reinstall nanobatch (pip install .)."
+    )
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration built in code (no alembic.ini); migrations run on `connection`."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     config.attributes["connection"] = connection
     return config
 
