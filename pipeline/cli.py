@@ -14,11 +14,11 @@ import click
 
 from pipeline import __version__, drill
 from pipeline.catalog import load_catalog
-from pipeline.config import Settings, load_settings
+from pipeline.config import LOG_FORMATS, Settings, load_settings
 from pipeline.context import Context
 from pipeline.errors import Interrupted, PipelineError
 from pipeline.ledger import db
-from pipeline.log import configure_logging, mask_text, register_secret
+from pipeline.log import configure_logging, get_logger, mask_text, register_secret
 
 EMULATOR_KEY = "nanobatch-emulator-key"
 
@@ -36,11 +36,50 @@ def _context(ctx: click.Context) -> Context:
     return Context(settings=settings, engine=engine)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _GlobalOptionsGroup(click.Group):
+    """The root group: its options that take a value (`--log-format`) may also come after
+    the subcommand, anywhere before `--` (`nanobatch tick --log-format json`, as cron lines
+    are written). They are moved in front of the subcommand before click parses."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_options(args, self._global_option_names()))
+
+    def _global_option_names(self) -> frozenset[str]:
+        return frozenset(
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.is_eager
+            for name in param.opts
+        )
+
+
+def hoist_options(args: list[str], names: frozenset[str]) -> list[str]:
+    """`args` with every `NAME VALUE` / `NAME=VALUE` of `names` moved to the front, in order."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in names and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if arg.partition("=")[0] in names and "=" in arg:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+@click.group(cls=_GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nanobatch")
 @click.option(
     "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
+    type=click.Choice(LOG_FORMATS),
     default=None,
     help="Log lines on stderr: key=value on a terminal, JSON lines otherwise "
     "(env: NANOBATCH_LOG_FORMAT).",
@@ -49,6 +88,8 @@ def _context(ctx: click.Context) -> Context:
 def cli(ctx: click.Context, log_format: str | None) -> None:
     """Thousands of images through the Gemini Batch API at half price, with an exact
     account of every image.
+
+    Global options may also follow the command: `nanobatch tick --log-format json`.
 
     \b
     Example:
@@ -73,12 +114,15 @@ def plan(spec: Path, json_: bool) -> None:
 
     Touches no network and no ledger.
     """
-    from pipeline.planning import load_spec, make_plan
+    from pipeline.planning import load_spec, make_plan, nothing_to_do
     from pipeline.render import print_plan
 
     catalog = load_catalog()
-    result = make_plan(load_spec(spec, catalog), catalog)
+    job = load_spec(spec, catalog)
+    result = make_plan(job, catalog)
     print_plan(result, as_json=json_)
+    if result.items == 0:
+        raise nothing_to_do(job, result.rejected)
 
 
 @cli.command()
@@ -105,11 +149,14 @@ def tick(ctx: click.Context) -> None:
     from pipeline.tick import tick as do_tick
 
     result = do_tick(_context(ctx), load_catalog())
-    finished = ", ".join(result.finished_runs) or "-"
-    click.echo(
-        f"harvested {result.harvested}, polled {result.polled}, formed {result.formed}, "
-        f"created {result.created} batches; finished runs: {finished}",
-        err=True,
+    # A log line, not plain text: cron appends stderr to a JSON log (--log-format json).
+    get_logger().info(
+        "tick_done",
+        harvested=result.harvested,
+        polled=result.polled,
+        formed=result.formed,
+        created=result.created,
+        finished_runs=result.finished_runs,
     )
 
 
@@ -162,7 +209,10 @@ def _maybe_emulator(ctx: click.Context, enabled: bool) -> Iterator[None]:
     with Emulator(pending_seconds=1.0, running_seconds=2.0) as emu:
         obj = ctx.ensure_object(dict)
         obj["settings"] = _settings(ctx).with_overrides(
-            base_url=emu.url, api_key=EMULATOR_KEY, api_key_variable="GEMINI_API_KEY"
+            base_url=emu.url,
+            api_key=EMULATOR_KEY,
+            api_key_variable="GEMINI_API_KEY",
+            api_key_unused=None,
         )
         click.echo(f"emulator listening on {emu.url}", err=True)
         yield
@@ -194,22 +244,27 @@ def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
 @click.pass_context
 def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None:
     """The per-image account of RUN (a run id, or a job name for its latest run)."""
-    from pipeline.render import write_report
+    from pipeline.render import check_out_file, write_report
 
+    if out is not None:
+        check_out_file(out, f"report.{fmt}")
     write_report(_context(ctx), run_ref, fmt, out)
 
 
 @cli.command()
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Write atomically to this file (node_exporter textfile collector) instead of stdout.",
 )
 @click.pass_context
 def metrics(ctx: click.Context, out: Path | None) -> None:
     """Ledger metrics in the Prometheus text format: items, batches, cost, errors, latency."""
     from pipeline.metrics import write_metrics
+    from pipeline.render import check_out_file
 
+    if out is not None:
+        check_out_file(out, "nanobatch.prom")
     text = write_metrics(_context(ctx), out)
     if out is None:
         click.echo(text, nl=False)

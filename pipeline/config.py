@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import UsageError
 
 DEFAULT_DATABASE_URL = "sqlite:///.nanobatch/ledger.db"
+LOG_FORMATS = ("auto", "console", "json")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Settings:
     """GEMINI_API_KEY or GOOGLE_API_KEY; never printed, logged or stored."""
     api_key_variable: str = "GEMINI_API_KEY"
     """Which variable the key came from (for error messages)."""
+    api_key_unused: str | None = None
+    """The other key variable, when both are set: like google-genai, GOOGLE_API_KEY wins."""
     base_url: str | None = None
     """GOOGLE_GEMINI_BASE_URL: another endpoint, e.g. the emulator."""
     log_format: str = "auto"
@@ -57,13 +60,14 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment (os.environ unless `env` is given)."""
     env = os.environ if env is None else env
-    key, key_var = _api_key(env)
+    key, key_var, unused = _api_key(env)
     return Settings(
         database_url=env.get("NANOBATCH_DATABASE_URL") or DEFAULT_DATABASE_URL,
         api_key=key,
         api_key_variable=key_var,
+        api_key_unused=unused,
         base_url=env.get("GOOGLE_GEMINI_BASE_URL") or None,
-        log_format=(env.get("NANOBATCH_LOG_FORMAT") or "auto").lower(),
+        log_format=_log_format(env),
         state_dir=Path(env.get("NANOBATCH_STATE_DIR") or ".nanobatch"),
         daily_budget_usd=_decimal(env, "NANOBATCH_DAILY_BUDGET_USD"),
         notify_url=env.get("NANOBATCH_NOTIFY_URL") or None,
@@ -75,12 +79,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def _api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
-    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        value = (env.get(name) or "").strip()
-        if value:
-            return value, name
-    return None, "GEMINI_API_KEY"
+def _api_key(env: Mapping[str, str]) -> tuple[str | None, str, str | None]:
+    """(key, its variable, the other variable if it is set too). GOOGLE_API_KEY comes first,
+    as in google-genai's `get_env_api_key`, so nanobatch and the SDK never disagree."""
+    found = [
+        (value, name)
+        for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+        if (value := (env.get(name) or "").strip())
+    ]
+    if not found:
+        return None, "GEMINI_API_KEY", None
+    (key, name), *rest = found
+    return key, name, rest[0][1] if rest else None
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = env.get("NANOBATCH_LOG_FORMAT") or ""
+    value = raw.strip().lower() or "auto"
+    if value not in LOG_FORMATS:
+        raise UsageError(
+            f"NANOBATCH_LOG_FORMAT={raw!r} is not a log format; use one of {', '.join(LOG_FORMATS)}"
+        )
+    return value
 
 
 def _decimal(env: Mapping[str, str], name: str) -> Decimal | None:

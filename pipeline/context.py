@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from pipeline.config import Settings
 from pipeline.gemini import BatchBackend, make_backend
+from pipeline.log import get_logger
 from pipeline.storage import ObjectStore, open_store
 
 
@@ -48,4 +49,11 @@ class Context:
 
     def _default_backend(self) -> Any:
         s = self.settings
+        if s.api_key_unused:
+            get_logger().warning(
+                "api_key_variable",
+                variable=s.api_key_variable,
+                unused=s.api_key_unused,
+                reason="both are set; google-genai uses GOOGLE_API_KEY",
+            )
         return make_backend(s.api_key, s.api_key_variable, s.base_url)

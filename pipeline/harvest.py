@@ -29,6 +29,7 @@ from pipeline.drill import crashpoint
 from pipeline.errors import ObjectConflict
 from pipeline.ledger import repo
 from pipeline.log import get_logger
+from pipeline.private import make_private_dir, open_private
 from pipeline.states import BatchState
 from pipeline.storage import ObjectStore
 from pipeline.values import Usage, nanos_to_decimal_str
@@ -89,7 +90,7 @@ class _Spool:
     def __init__(self, ctx: Context, batch: repo.BatchRow) -> None:
         self.ctx, self.batch = ctx, batch
         spool_dir = ctx.settings.spool_dir
-        spool_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(spool_dir)
         self.path = spool_dir / f"{batch.display_name}.results.jsonl"
         self.part = self.path.with_suffix(".part")
         self._done = threading.Event()
@@ -102,7 +103,7 @@ class _Spool:
                 yield from fh
             return
         assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
-        self.part.write_bytes(b"")
+        open_private(self.part).close()  # empty and 0600; the download keeps the mode
         fetch = threading.Thread(target=self._fetch, name="harvest-download", daemon=True)
         with self.part.open("rb") as fh:
             fetch.start()

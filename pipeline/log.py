@@ -14,14 +14,20 @@ from typing import Any
 import structlog
 
 _SECRET_FIELDS = frozenset({"api_key", "key_value", "password", "authorization", "x-goog-api-key"})
-_SECRETS: list[str] = []
+_SECRETS: list[re.Pattern[str]] = []
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_TOKEN_CHAR = r"A-Za-z0-9_\-"
+"""What API keys are made of: a secret is masked only where no such character touches it."""
 
 
 def register_secret(value: str | None) -> None:
-    """Mask this exact value wherever it would appear in a log line."""
-    if value and value not in _SECRETS:
-        _SECRETS.append(value)
+    """Mask this value wherever it stands as a whole token in a log line (a short key such
+    as `k` must not mask every `k` of every word, which would also show where it is)."""
+    if not value:
+        return
+    pattern = re.compile(rf"(?<![{_TOKEN_CHAR}]){re.escape(value)}(?![{_TOKEN_CHAR}])")
+    if pattern not in _SECRETS:
+        _SECRETS.append(pattern)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -35,9 +41,9 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 
 def mask_text(text: str) -> str:
-    """Replace registered secrets and URL passwords in text with ***."""
+    """Replace registered secrets (whole tokens) and URL passwords in text with ***."""
     for secret in _SECRETS:
-        text = text.replace(secret, "***")
+        text = secret.sub("***", text)
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 

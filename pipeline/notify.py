@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -76,13 +77,13 @@ def send(
     timeout: float = TIMEOUT_S,
 ) -> bool:
     """POST `body` as JSON; retried on network errors and 429/5xx. True when a 2xx came back."""
-    shown = mask_text(url)
+    shown = origin(url)
     error = ""
     for attempt in range(1, tries + 1):
         try:
             response = httpx2.post(url, json=body, timeout=timeout)
         except Exception as exc:  # any network failure: never fail the tick for it
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {mask_text(str(exc).replace(url, shown))}"
         else:
             if 200 <= response.status_code < 300:
                 log.info("run_notified", run=run_id, url=shown, status=response.status_code)
@@ -94,3 +95,16 @@ def send(
             sleep(BACKOFF_S * 2 ** (attempt - 1))
     log.warning("notify_failed", run=run_id, url=shown, error=error[:200], tries=attempt)
     return False
+
+
+def origin(url: str) -> str:
+    """Scheme and host (and port) of the URL: what logs may show. Paths and queries often
+    carry tokens (`/hooks/T0K3N`, `?token=`), and user info a password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparseable URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline import expand, inputs, shard
 from pipeline.catalog import Catalog, ModelInfo, load_catalog
-from pipeline.errors import SpecError
+from pipeline.errors import SpecError, UsageError
 from pipeline.spec import JobSpec, parse_spec, required_columns
 from pipeline.values import nanos_to_usd, usd_to_nanos
 
@@ -27,6 +27,19 @@ def load_spec(path: Path, catalog: Catalog | None = None) -> JobSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc})") from None
     return parse_spec(text, path.resolve(), catalog or load_catalog())
+
+
+def nothing_to_do(spec: JobSpec, rejected: int) -> UsageError:
+    """The error for a table that gives no request to send (exit 2): an empty run would only
+    look like finished work."""
+    if rejected:
+        why, fix = (
+            f"all {rejected} rows are rejected",
+            "fix them (`nanobatch plan SPEC` lists them)",
+        )
+    else:
+        why, fix = "it has no data rows", "add rows below the header"
+    return UsageError(f"{spec.input.path}: {why}; nothing to do ({fix}).")
 
 
 def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pipeline.context import Context
 from pipeline.errors import UsageError
 from pipeline.ledger import repo
 from pipeline.planning import Plan
+from pipeline.report import printable
 from pipeline.reporting import render_report, run_status
 
 
@@ -40,7 +42,7 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
         f"tokens = {plan.quota_windows} quota window(s)"
     )
     for rej in plan.rejects:
-        click.echo(f"  rejected row {rej.row} ({rej.key!r}): {rej.reason}")
+        click.echo(f"  rejected row {rej.row} ({rej.key!r}): {printable(rej.reason)}")
 
 
 def print_status(ctx: Context, run_ref: str | None, *, as_json: bool) -> None:
@@ -83,3 +85,19 @@ def write_report(ctx: Context, run_ref: str, fmt: str, out: Path | None) -> None
         return
     with out.open("w", encoding="utf-8", newline="") as stream:
         render_report(ctx, run_ref, fmt, stream, None)
+
+
+def check_out_file(out: Path, example: str) -> None:
+    """`--out` must name a file this user can create in a folder that exists; UsageError (one
+    line, exit 2) otherwise, before any work is done. `example` is a file name to suggest."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file in it, e.g. {out / example}")
+    folder = out.parent
+    if not folder.exists():
+        raise UsageError(
+            f"--out {out}: the folder {folder} does not exist; create it or choose another path"
+        )
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {out}: this user cannot write there; choose another path")

@@ -4,6 +4,8 @@ summary, and the text table. Pure: the shell streams rows in and renders what co
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,18 +102,62 @@ def rows_and_summary(
         yield row
 
 
+KEY_WIDTH = 28
+"""Characters of the table's key column."""
+
+CUT_HASH_DIGITS = 6
+"""Hex digits of sha256(key) that end a key shown changed (escaped or cut) in the table."""
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a CSV cell as a formula (OWASP: CSV injection)."""
+
+
+def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row for CSV: text cells starting with = + - @ tab or CR get a leading `'`,
+    so spreadsheet tools show them as text instead of running them."""
+    return {
+        name: "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+        for name, value in row.items()
+    }
+
+
+def printable(text: str) -> str:
+    """`text` with control, format (bidi, zero-width) and separator characters escaped as
+    Python does (`\\x1b`, `\\u202e`), fit to print on a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if _unprintable(c) else c for c in text
+    )
+
+
+def _unprintable(c: str) -> bool:
+    return unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
+
+
+def shown_key(key: str, width: int = KEY_WIDTH) -> str:
+    """The key as the table shows it, at most `width` characters. A key that had to be
+    escaped or cut ends with `~` and a short hash of the whole key, so keys that differ only
+    in what was escaped or cut away still look different."""
+    shown = printable(key)
+    if shown == key and len(key) <= width:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:CUT_HASH_DIGITS]
+    return f"{shown[: width - CUT_HASH_DIGITS - 1]}~{digest}"
+
+
 def table_line(row: Mapping[str, Any]) -> str:
     """One line of the text table: enough tokens to check the cost by hand."""
     cost = f"${row['cost_usd']:.6f}"
-    where = row["uri"] or (row["error"] or "")
+    where = printable(row["uri"] or (row["error"] or ""))
     return (
-        f"{row['key'][:28]:<28} {row['status']:<10} {row['attempts']:>3} "
+        f"{shown_key(row['key']):<{KEY_WIDTH}} {row['status']:<10} {row['attempts']:>3} "
         f"{row['input_tokens']:>6} {row['output_image_tokens']:>6} {row['output_text_tokens']:>6} "
         f"{row['thinking_tokens']:>6} {cost:>10}  {where}"
     )
 
 
 TABLE_HEADER = (
-    f"{'key':<28} {'status':<10} {'try':>3} {'input':>6} {'image':>6} {'text':>6} "
+    f"{'key':<{KEY_WIDTH}} {'status':<10} {'try':>3} {'input':>6} {'image':>6} {'text':>6} "
     f"{'think':>6} {'cost':>10}  uri / error"
 )

@@ -55,7 +55,7 @@ def render_report(
     elif fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=list(report.ITEM_FIELDS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(map(report.csv_row, rows))
     else:
         _write_table(stream, run, rows, summary)
 

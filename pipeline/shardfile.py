@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.log import get_logger
+from pipeline.private import make_private_dir, open_private
 from pipeline.storage import sha256_file
 
 log = get_logger()
@@ -40,8 +41,8 @@ class ShardWriter:
         self.hasher = hashlib.sha256()
         self.out: BinaryIO | None = None
         try:
-            spool.mkdir(parents=True, exist_ok=True)
-            self.out = self.part.open("wb")
+            make_private_dir(spool)
+            self.out = open_private(self.part)
         except OSError as exc:
             self._give_up(exc)
 

@@ -18,7 +18,7 @@ from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
 from pipeline.submit import create_run, latest_active_run, waiting_reason
-from pipeline.tick import cancel_run, run_until_done, settle_cancelled, tick
+from pipeline.tick import cancel_run, run_until_done, settle_cancelled, sweep_spool, tick
 from pipeline.values import usd_to_nanos
 
 log = get_logger()
@@ -197,6 +197,7 @@ def cancel_and_settle(ctx: Context, run_ref: str, catalog: Catalog) -> None:
     with ctx.engine.connect() as conn:
         run_id = repo.get_run(conn, run_ref).id
     cancel_run(ctx, run_id)
+    sweep_spool(ctx)  # the request files of its batches that will never be sent
     for _ in range(3):
         settle_cancelled(ctx, catalog, run_id)
         with ctx.engine.connect() as conn:

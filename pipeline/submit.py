@@ -24,12 +24,19 @@ from pipeline import expand, inputs, intake, pricing, shard, shardfile
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
-from pipeline.errors import ApiError, AuthError, StaleTransition, TransientApiError
+from pipeline.errors import (
+    ApiError,
+    AuthError,
+    StaleTransition,
+    StorageError,
+    TransientApiError,
+)
 from pipeline.gemini import RemoteBatch
 from pipeline.ledger import repo
 from pipeline.ledger.db import session_scope
 from pipeline.log import get_logger
 from pipeline.manifest import write_csv
+from pipeline.private import make_private_dir, open_private
 from pipeline.spec import JobSpec, resolve_output_uri
 from pipeline.states import BatchState
 from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
@@ -89,8 +96,13 @@ def create_run(
         return existing.id, False
     run_id = f"{spec.name}-{now.strftime('%Y%m%d')}-{identity[:8]}"
     output_uri = resolve_output_uri(spec.output.uri, job=spec.name, date=date, run=run_id)
-    store = ctx.store(output_uri)
-    store.check_writable()
+    try:
+        ctx.store(output_uri).check_writable()
+    except StorageError as exc:
+        raise StorageError(
+            f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
+            "written."
+        ) from exc
     _record_run(ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache)
     return run_id, True
 
@@ -106,7 +118,7 @@ def _record_run(
     date: str,
     use_cache: bool,
 ) -> None:
-    from pipeline.planning import expansion
+    from pipeline.planning import expansion, nothing_to_do
 
     info = catalog.get(spec.model)
     now = ctx.now()
@@ -127,6 +139,8 @@ def _record_run(
                 use_cache=use_cache,
                 spool=ctx.settings.spool_dir,
             )
+            if done.items == 0:  # raised inside the transaction: nothing is recorded
+                raise nothing_to_do(spec, done.rejects)
             repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
             write_csv(
                 (
@@ -334,10 +348,10 @@ class Submitter:
 
     def _build_file(self, batch: repo.BatchRow, spool: Path) -> Path:
         """The batch's JSONL, built from its rows in the ledger."""
-        spool.mkdir(parents=True, exist_ok=True)
+        make_private_dir(spool)
         path = shardfile.path_for(spool, batch.display_name)
         info = load_catalog().get(batch.model)
-        with self.ctx.engine.connect() as conn, path.open("wb") as out:
+        with self.ctx.engine.connect() as conn, open_private(path) as out:
             for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
                 # What the batch's model accepts (a fallback model may take no size).
                 sent = expand.effective_size(info, size)

@@ -51,7 +51,7 @@ class TickResult:
 def tick(ctx: Context, catalog: Catalog) -> TickResult:
     """One step over every active run. Side effects: API calls, stored images, ledger rows."""
     result = TickResult()
-    _sweep_spool(ctx)
+    sweep_spool(ctx)
     runs = _active_runs(ctx)
     if not runs:
         return result
@@ -76,7 +76,7 @@ def _renew_scheduler(ctx: Context, owner: str) -> bool:
     return repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S)
 
 
-def _sweep_spool(ctx: Context) -> None:
+def sweep_spool(ctx: Context) -> None:
     """Delete spool files nothing will read again: results spools of batches already
     harvested (a process killed after the harvest commit but before its cleanup leaves one
     behind, and they can be large), and batch request files that were uploaded, or whose run

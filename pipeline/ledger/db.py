@@ -11,6 +11,7 @@ through `mask_url`: a password never reaches a message.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import re
 import sqlite3
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 import pipeline
 from pipeline.errors import RuntimeFailure, UsageError
+from pipeline.private import PRIVATE_FILE, create_private, make_private_dir
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 DEFAULT_URL: Final = "sqlite:///.nanobatch/ledger.db"
 #: The newest revision in `migrations/versions`; a test checks it against the scripts.
 HEAD_REVISION: Final = "0005_batches_shard_sha256"
-MIGRATIONS_DIR: Final = Path(pipeline.__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_PACKAGE: Final = "nanobatch_migrations"
+"""The migrations as a wheel installs them: a package beside `pipeline` (see pyproject.toml)."""
 #: pg_advisory_xact_lock key of the migration lock (the bytes of "nbmigrat" as an int64).
 MIGRATION_LOCK_KEY: Final = 0x6E626D6967726174
 SQLITE_TIMEOUT_S: Final = 60
@@ -67,11 +70,41 @@ def make_engine(url: str) -> Engine:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
         return create_engine(parsed, pool_pre_ping=True, connect_args=_pg_connect_args(parsed))
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+    except ImportError as exc:
+        raise _missing_driver(url, exc) from None
+    except (ArgumentError, NoSuchModuleError) as exc:
         raise UsageError(
             f"cannot use the ledger database {mask_url(url)}: {type(exc).__name__}. "
             "Set NANOBATCH_DATABASE_URL to a sqlite:/// or postgresql:// URL."
         ) from None
+
+
+#: pip packages of the DBAPI modules SQLAlchemy's dialects import, where the names differ.
+_DRIVER_PACKAGES: Final = {
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "'psycopg[binary]'",
+    "cx_Oracle": "cx_Oracle",
+}
+
+
+def _missing_driver(url: str, exc: ImportError) -> UsageError:
+    """A URL whose DBAPI module is not installed: name the module and the package."""
+    module = (exc.name or "").partition(".")[0]
+    if not module:
+        return UsageError(
+            f"cannot use the ledger database {mask_url(url)}: {exc}. Install its driver, or "
+            "set NANOBATCH_DATABASE_URL to a sqlite:/// or postgresql:// URL."
+        )
+    package = _DRIVER_PACKAGES.get(module, module)
+    return UsageError(
+        f"the ledger database {mask_url(url)} needs the Python module '{module}', which is not "
+        f"installed: `pip install {package}` into nanobatch's environment, or set "
+        "NANOBATCH_DATABASE_URL to a sqlite:/// or postgresql:// URL (the databases nanobatch "
+        "is tested on)."
+    )
 
 
 def _parse_url(url: str) -> URL:
@@ -104,11 +137,12 @@ def _sqlite_engine(url: URL) -> Engine:
     path = _sqlite_file(url)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
+            create_private(path)  # SQLite gives its -wal and -shm files the same mode
         except OSError as exc:
             raise RuntimeFailure(
-                f"cannot create the folder {path.parent} of the ledger database "
-                f"{mask_url(str(url))}: {exc.strerror}. "
+                f"cannot create the ledger database {mask_url(str(url))} in the folder "
+                f"{path.parent}: {exc.strerror}. "
                 "Fix its permissions or point NANOBATCH_DATABASE_URL elsewhere."
             ) from None
     engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S})
@@ -185,12 +219,28 @@ def current_revision(engine: Engine) -> str | None:
     return revision
 
 
+def migrations_dir() -> Path:
+    """The Alembic scripts: `migrations/` beside `pipeline/` in a source checkout (editable
+    installs, tests), else the `nanobatch_migrations` package of an installed wheel."""
+    checkout = Path(pipeline.__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations" / "env.py").is_file():
+        return checkout / "migrations"
+    spec = importlib.util.find_spec(MIGRATIONS_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "env.py").is_file():
+            return Path(location)
+    raise RuntimeFailure(
+        f"the ledger migrations are missing: no migrations/ beside {checkout / 'pipeline'} and "
+        f"no {MIGRATIONS_PACKAGE} package installed. Reinstall nanobatch (pip install .)."
+    )
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration built in code (no alembic.ini); migrations run on `connection`."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     config.attributes["connection"] = connection
     return config
 
@@ -252,7 +302,7 @@ def _file_lock(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -43,6 +43,7 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _FIX = (
     "check the bucket exists and the credentials can write to it; nanobatch never creates buckets"
 )
+_HARVEST_HINT = "the work stays harvestable, run the tick again later"
 _CREDENTIALS_FIX = (
     "no usable Google Cloud credentials: run `gcloud auth application-default login` or set "
     "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (STORAGE_EMULATOR_HOST for "
@@ -117,6 +118,7 @@ class GcsStore:
                 )
             ),
             "create a probe object in",
+            transient_hint=_unreachable_hint(),
         )
         # NotFound: an earlier try's delete took effect and its answer was lost.
         with contextlib.suppress(NotFound):
@@ -265,6 +267,7 @@ class GcsStore:
         action: str,
         *passthrough: type[BaseException],
         bucket: str | None = None,
+        transient_hint: str = _HARVEST_HINT,
     ) -> T:
         """Run `fn` with retries; lasting failures become StorageError naming the bucket."""
         try:
@@ -272,14 +275,19 @@ class GcsStore:
         except passthrough:
             raise
         except Exception as exc:
-            error = storage_error(exc, action, bucket or self.bucket_name, self._retry["tries"])
+            error = storage_error(
+                exc, action, bucket or self.bucket_name, self._retry["tries"], transient_hint
+            )
             if error is None:
                 raise
             raise error from exc
 
 
-def storage_error(exc: BaseException, action: str, bucket: str, tries: int) -> StorageError | None:
-    """The StorageError for a lasting (or exhausted transient) GCS failure; None for a bug."""
+def storage_error(
+    exc: BaseException, action: str, bucket: str, tries: int, transient_hint: str = _HARVEST_HINT
+) -> StorageError | None:
+    """The StorageError for a lasting (or exhausted transient) GCS failure; None for a bug.
+    `transient_hint` says what to do when retries ran out (harvest: tick again later)."""
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
 
@@ -289,7 +297,7 @@ def storage_error(exc: BaseException, action: str, bucket: str, tries: int) -> S
     if is_transient_gcs_error(exc):
         return StorageError(
             f"cannot {action} {where}: still failing after {tries} tries "
-            f"({_describe(exc)}); the work stays harvestable, run the tick again later"
+            f"({_describe(exc)}); {transient_hint}"
         )
     if isinstance(exc, api.NotFound):
         return StorageError(f"cannot {action} {where}: the bucket does not exist (404); {_FIX}")
@@ -298,6 +306,17 @@ def storage_error(exc: BaseException, action: str, bucket: str, tries: int) -> S
     if isinstance(exc, api.GoogleAPICallError | auth.GoogleAuthError):
         return StorageError(f"cannot {action} {where}: {_describe(exc)}; {_FIX}")
     return None
+
+
+def _unreachable_hint() -> str:
+    """What to check when storage cannot be reached at all (before anything was written)."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    where = (
+        f"that the emulator at STORAGE_EMULATOR_HOST={emulator} is running"
+        if emulator
+        else "the network to storage.googleapis.com (and any proxy settings)"
+    )
+    return f"check {where}"
 
 
 def _describe(exc: BaseException) -> str:
