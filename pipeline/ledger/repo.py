@@ -70,6 +70,8 @@ class RunRow:
     created_at: datetime
     finished_at: datetime | None
     spec_path: str
+    webhook_url: str | None = None
+    """`[notify] webhook_url`: the dynamic webhook sent with each batch it creates."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class BatchRow:
     created_at: datetime
     submitted_at: datetime | None
     finished_at: datetime | None
+    ended_at: datetime | None = None
+    """When the service says the batch ended (its endTime)."""
 
 
 def _run(row: Any) -> RunRow:
@@ -559,6 +563,12 @@ def create_batch(
 
 def get_batch(conn: Connection, batch_id: int) -> BatchRow:
     return _batch(conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).one())
+
+
+def batch_by_remote_name(conn: Connection, remote_name: str) -> BatchRow | None:
+    """The batch the service calls `remote_name` (a webhook names it), or None."""
+    row = conn.execute(select(BATCHES).where(BATCHES.c.remote_name == remote_name)).first()
+    return _batch(row) if row else None
 
 
 def batch_states_by_display(conn: Connection, names: Sequence[str]) -> dict[str, str]:

@@ -18,7 +18,17 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.ledger import db
 
-TABLES = {"runs", "batches", "items", "attempts", "rejects", "events", "leases", "alembic_version"}
+TABLES = {
+    "runs",
+    "batches",
+    "items",
+    "attempts",
+    "rejects",
+    "events",
+    "leases",
+    "deliveries",
+    "alembic_version",
+}
 WORKERS = 4
 
 
@@ -61,6 +71,7 @@ def test_schema_has_tables_and_unique_constraints(engine: Engine) -> None:
     assert batches["uq_batches_display_name"] == ["display_name"]
     assert batches["uq_batches_remote_name"] == ["remote_name"]
     assert batches["uq_batches_run_id_seq"] == ["run_id", "seq"]
+    assert uniques("deliveries")["uq_deliveries_key"] == ["key"]
 
 
 ITEM_INSERT = (
