@@ -30,6 +30,7 @@ KEY_INVALID = [
     }
 ]
 SEND_BYTES = 1 << 20
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 class EmulatorServer(ThreadingHTTPServer):
@@ -38,14 +39,20 @@ class EmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], state: State, batches: Batches) -> None:
+    def __init__(
+        self, address: tuple[str, int], state: State, batches: Batches, webhooks: Any = None
+    ) -> None:
         super().__init__(address, Handler)
         self.state = state
         self.batches = batches
+        self.webhooks = webhooks
+        """The webhooks API and JWKS (pipeline.emulator.webhooks.Webhooks)."""
 
 
 def route(method: str, path: str, query: dict[str, list[str]]) -> tuple[str, str, list[str]]:
     """(kind, version, args) of a request; ApiError 404 when no route matches."""
+    if path == JWKS_PATH and method == "GET":
+        return "jwks", "", []
     segs = [s for s in path.split("/") if s]
     idx = next((i for i, s in enumerate(segs) if VERSION.match(s)), None)
     if idx is None:
@@ -71,6 +78,8 @@ def _match(method: str, marker: str, rest: list[str], has_upload_id: bool) -> tu
         model, _, verb = rest[1].partition(":")
         if verb == "batchGenerateContent":
             return "create", [model]
+    if rest[:1] == ["webhooks"]:
+        return "webhooks", rest[1:]
     if rest == ["batches"] and method == "GET":
         return "list", []
     if len(rest) == 2 and rest[0] == "batches":
@@ -117,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             kind, self._version, args = route(self.command, url.path, self._query)
             self._entry["kind"] = kind
-            if kind != "upload_chunk":
+            if kind not in ("upload_chunk", "jwks"):
                 self._check_key()
             getattr(self, f"_on_{kind}")(*args)
         except ApiError as exc:
@@ -278,6 +287,17 @@ class Handler(BaseHTTPRequestHandler):
                 sent += len(data)
                 if rate:
                     time.sleep(len(data) / rate)
+
+    # --- webhooks (pipeline.emulator.webhooks) ---------------------------------------------
+
+    def _on_webhooks(self, *args: str) -> None:
+        body = self._read_json() if self.command in ("POST", "PATCH") else {}
+        self._send_json(
+            200, self.server.webhooks.handle(self.command, list(args), body, self._query)
+        )
+
+    def _on_jwks(self) -> None:
+        self._send_json(200, self.server.webhooks.jwks())
 
     # --- batches ---------------------------------------------------------------------------
 
