@@ -16,6 +16,7 @@ Decisions where the contract is silent:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline import catalog
 from pipeline.errors import SpecError
@@ -40,11 +42,12 @@ SIZE_COLUMN = "image_size"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_ENQUEUED_TOKENS = 2_000_000
 
-_TOP_KEYS = ("name", "model", "fallback_model", "input", "image", "output", "limits")
+_TOP_KEYS = ("name", "model", "fallback_model", "input", "image", "output", "limits", "notify")
 _INPUT_KEYS = ("path", "id_column", "prompt", "prompt_column", "encoding")
 _IMAGE_KEYS = ("aspect_ratio", "size")
 _OUTPUT_KEYS = ("uri", "overwrite")
 _LIMIT_KEYS = ("max_attempts", "budget_usd", "max_requests_per_batch", "max_enqueued_tokens")
+_NOTIFY_KEYS = ("webhook_url",)
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -82,6 +85,13 @@ class LimitsSpec:
 
 
 @dataclass(frozen=True)
+class NotifySpec:
+    webhook_url: str | None = None
+    """Sent as the dynamic webhook of every batch the run creates (CONTRACT section 11):
+    https, or http to a loopback address (the emulator). Not part of the run's identity."""
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     model: str
@@ -92,6 +102,7 @@ class JobSpec:
     limits: LimitsSpec
     source: Path
     """The spec file's absolute path (for messages)."""
+    notify: NotifySpec = NotifySpec()
 
 
 # ---------------------------------------------------------------- messages and typed getters
@@ -333,6 +344,40 @@ def _limits(data: Mapping[str, Any], ctx: _Ctx) -> LimitsSpec:
     )
 
 
+def _notify(data: Mapping[str, Any], ctx: _Ctx) -> NotifySpec:
+    table = ctx.table(data, "notify", required=False)
+    ctx.check_keys(table, "notify", _NOTIFY_KEYS)
+    url = ctx.string(table, "webhook_url", "notify")
+    if url is None:
+        return NotifySpec()
+    parts = urlsplit(url)
+    try:
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        host = None
+    secure = parts.scheme == "https" and bool(host)
+    if not (secure or (parts.scheme == "http" and _loopback(host or ""))) or any(
+        c.isspace() for c in url
+    ):
+        raise ctx.bad(
+            "notify.webhook_url",
+            url,
+            "must be an https URL (the service requires it); http only to a loopback "
+            "address (the emulator)",
+            "e.g. https://hooks.example.com/gemini-webhook",
+        )
+    return NotifySpec(webhook_url=url)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -357,6 +402,7 @@ def parse_spec(text: str, spec_path: Path, models: catalog.Catalog) -> JobSpec:
         output=_output(data, base, ctx),
         limits=_limits(data, ctx),
         source=source,
+        notify=_notify(data, ctx),
     )
 
 

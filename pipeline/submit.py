@@ -54,7 +54,7 @@ CLAIM_TTL_S = 60.0
 def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
     """Same spec + same input + same resolved output (+ date) = same run."""
     canonical = json.dumps(
-        {"spec": asdict(spec), "input": input_sha, "output": output_template, "date": date},
+        {"spec": _identity_dict(spec), "input": input_sha, "output": output_template, "date": date},
         sort_keys=True,
         default=str,
     )
@@ -63,7 +63,15 @@ def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str,
 
 def _spec_json(spec: JobSpec) -> str:
     """The spec as recorded with its run (`runs.spec_json`)."""
-    return json.dumps(asdict(spec), default=str, sort_keys=True)
+    return json.dumps(_identity_dict(spec), default=str, sort_keys=True)
+
+
+def _identity_dict(spec: JobSpec) -> dict[str, Any]:
+    """The spec's fields that make the run: `[notify]` says where to tell, not what to make
+    (it is kept in `runs.webhook_url`), so runs recorded before it existed stay the same run."""
+    fields = asdict(spec)
+    fields.pop("notify", None)
+    return fields
 
 
 def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
@@ -189,6 +197,7 @@ def _run_values(
         "overwrite": spec.output.overwrite,
         "use_cache": use_cache,
         "created_at": now,
+        "webhook_url": spec.notify.webhook_url,
     }
 
 
@@ -319,7 +328,9 @@ class Submitter:
             self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
-            remote = ctx.backend.create_batch(batch.model, file_name, batch.display_name)
+            remote = ctx.backend.create_batch(
+                batch.model, file_name, batch.display_name, **_webhook(run, batch)
+            )
         except AuthError:
             raise
         except TransientApiError as exc:
@@ -431,6 +442,16 @@ class Submitter:
                 r.display_name: r for r in self.ctx.backend.list_batches() if r.display_name
             }
         return self._remote_by_display.get(display_name)
+
+
+def _webhook(run: repo.RunRow, batch: repo.BatchRow) -> dict[str, Any]:
+    """The create's dynamic webhook, when the run has `[notify] webhook_url`: the URL, with
+    the run id and the batch's display name as user_metadata (a backend without webhooks,
+    such as Vertex, is never handed one: its specs refuse the key)."""
+    if not run.webhook_url:
+        return {}
+    metadata = {"run": run.id, "batch": batch.display_name}
+    return {"webhook": (run.webhook_url, metadata)}
 
 
 class SpendBook:

@@ -25,7 +25,7 @@ from pipeline.harvest import harvest_batch, settle_without_output
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.notify import notify_finished
-from pipeline.poll import poll_batches
+from pipeline.poll import poll_batch, poll_batches
 from pipeline.reporting import write_run_manifest
 from pipeline.states import TERMINAL_BATCH_STATES, BatchState
 from pipeline.submit import Submitter, form_batches
@@ -58,18 +58,49 @@ def tick(ctx: Context, catalog: Catalog) -> TickResult:
     result.harvested = _harvest_done(ctx, runs, catalog)
     result.polled = poll_batches(ctx, runs)
     result.harvested += _harvest_done(ctx, runs, catalog)
-    owner = ctx.settings.worker_id
-    if repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
-        try:
-            for run in runs.values():
-                serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
-                result.formed += form_batches(ctx, run, catalog)
-            result.created = Submitter(ctx).run(runs)
-        finally:
-            repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
+    result.formed, result.created = _schedule(ctx, runs, catalog)
     result.finished_runs = _close_finished(ctx, runs)
     notify_finished(ctx)
     return result
+
+
+def _schedule(ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog) -> tuple[int, int]:
+    """Under the scheduler lease (skipped when another process holds it): serve queued items
+    from the prompt cache, form batches and create them. (batches formed, created)"""
+    owner = ctx.settings.worker_id
+    if not repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
+        return 0, 0
+    formed = 0
+    try:
+        for run in runs.values():
+            serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
+            formed += form_batches(ctx, run, catalog)
+        created = Submitter(ctx).run(runs)
+    finally:
+        repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
+    return formed, created
+
+
+def move_batch_on(ctx: Context, catalog: Catalog, remote_name: str) -> str:
+    """What `listen` does for the batch a webhook names: the tick's steps for that batch's
+    run alone, under the same leases (poll the batch, harvest what is done, form and create
+    batches for the items it failed, close the run when it is finished). Returns what
+    became of the batch, for the delivery's record."""
+    with ctx.engine.connect() as conn:
+        batch = repo.batch_by_remote_name(conn, remote_name)
+        if batch is None:
+            return "unknown batch"
+        run = repo.get_run(conn, batch.run_id)
+    runs = {run.id: run}
+    if batch.state == BatchState.RUNNING.value:
+        poll_batch(ctx, batch, run)
+    _harvest_done(ctx, runs, catalog)
+    if run.state == "active":
+        _schedule(ctx, runs, catalog)
+    _close_finished(ctx, runs)
+    notify_finished(ctx)
+    with ctx.engine.connect() as conn:
+        return f"batch {repo.get_batch(conn, batch.id).state}"
 
 
 def _renew_scheduler(ctx: Context, owner: str) -> bool:

@@ -25,6 +25,7 @@ def _isolated_env(
         "NANOBATCH_LOG_FORMAT",
         "NANOBATCH_DAILY_BUDGET_USD",
         "NANOBATCH_NOTIFY_URL",
+        "NANOBATCH_WEBHOOK_SECRET",
         "GOOGLE_GENAI_USE_VERTEXAI",
     ):
         monkeypatch.delenv(name, raising=False)
