@@ -14,6 +14,7 @@ are kept in memory and written with `--metrics-out`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import socket
 import threading
@@ -49,7 +50,7 @@ REFILL_AFTER_S = 10.0
 """A queued delivery older than this is offered again (the process that took it may be gone)."""
 RETRY_AFTER_S = 30.0
 """A batch whose move failed (the API down) is tried again no sooner than this."""
-AUDIENCES_TTL_S = 30.0
+AUDIENCES_TTL_S = 2.0
 DEFAULT_JWKS_BASE = "https://generativelanguage.googleapis.com"
 
 Mover = Callable[[Context, Catalog, str], str]
@@ -82,6 +83,8 @@ class Receiver:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._workers = workers
+        self.refill_s = REFILL_S
+        self.refill_after_s = REFILL_AFTER_S
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -104,14 +107,14 @@ class Receiver:
         )
         if not recorded:
             self._count("duplicate")
-            log.info("webhook_duplicate", key=found.key, event=found.event, batch=found.batch)
+            log.info("webhook_duplicate", key=found.key, event_type=found.event, batch=found.batch)
             return 200, {"status": "duplicate"}
         self._count("accepted" if state == "queued" else "ignored")
         log.info(
             "webhook_received",
             key=found.key,
             scheme=found.scheme,
-            event=found.event,
+            event_type=found.event,
             batch=found.batch,
             state=state,
             detail=detail,
@@ -167,7 +170,7 @@ class Receiver:
     def start(self) -> None:
         self._stop.clear()
         for i in range(self._workers):
-            self._spawn(self._work, f"listen-worker-{i}")
+            self._spawn(functools.partial(self._work, i), f"listen-worker-{i}")
         self._spawn(self._refill_loop, "listen-refill")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -184,8 +187,12 @@ class Receiver:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
 
-    def _work(self) -> None:
-        ctx = Context(settings=self.ctx.settings, engine=self.ctx.engine, clock=self.ctx.clock)
+    def _work(self, index: int) -> None:
+        # Each worker is its own lease holder: with one owner id, two workers of a process
+        # could both pass a batch's lease and harvest it twice.
+        settings = self.ctx.settings
+        settings = settings.with_overrides(worker_id=f"{settings.worker_id}-w{index}")
+        ctx = Context(settings=settings, engine=self.ctx.engine, clock=self.ctx.clock)
         while not self._stop.is_set():
             try:
                 name = self._queue.get(timeout=0.2)
@@ -213,20 +220,20 @@ class Receiver:
         log.info("webhook_batch_moved", batch=name, outcome=outcome)
 
     def _refill_loop(self) -> None:
-        while not self._stop.wait(REFILL_S):
+        while not self._stop.wait(self.refill_s):
             try:
                 self.refill()
             except Exception as exc:  # the ledger unreachable for a moment: try again later
                 log.warning("webhook_refill_failed", error=mask_text(str(exc))[:300])
 
     def refill(self) -> int:
-        """Offer queued deliveries older than REFILL_AFTER_S again, as room allows."""
+        """Offer queued deliveries older than `refill_after_s` again, as room allows."""
         room = self._queue.maxsize - self._queue.qsize()
         if room <= 0:
             return 0
         with self.ctx.engine.connect() as conn:
             rows = deliveries.pending(conn, room * 4)
-        cutoff = self.ctx.now().timestamp() - REFILL_AFTER_S
+        cutoff = self.ctx.now().timestamp() - self.refill_after_s
         offered = 0
         for row in rows:
             name = row.batch_name
@@ -370,6 +377,16 @@ def bind(host: str, port: int) -> socket.socket:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGINT or SIGTERM that stopped it gracefully is not
+    raised again afterwards (uvicorn does, so the process dies of it): a stopped `listen`
+    exits 0, as process managers expect of a clean stop."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def make_server(app: Starlette) -> uvicorn.Server:
     """uvicorn for `app`: our own log lines only, a bounded number of open connections."""
     config = uvicorn.Config(
@@ -382,7 +399,7 @@ def make_server(app: Starlette) -> uvicorn.Server:
         limit_concurrency=256,
         timeout_graceful_shutdown=30,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,10 @@ def _schedule(ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog) -> t
 
 
 def move_batch_on(ctx: Context, catalog: Catalog, remote_name: str) -> str:
-    """What `listen` does for the batch a webhook names: the tick's steps for that batch's
-    run alone, under the same leases (poll the batch, harvest what is done, form and create
-    batches for the items it failed, close the run when it is finished). Returns what
-    became of the batch, for the delivery's record."""
+    """What `listen` does for the batch a webhook names: the tick's steps for that batch
+    alone, under the same leases (poll it, harvest it if it is done, form and create batches
+    for the items it failed, close its run when it is finished). Returns what became of
+    the batch, for the delivery's record."""
     with ctx.engine.connect() as conn:
         batch = repo.batch_by_remote_name(conn, remote_name)
         if batch is None:
@@ -94,7 +94,10 @@ def move_batch_on(ctx: Context, catalog: Catalog, remote_name: str) -> str:
     runs = {run.id: run}
     if batch.state == BatchState.RUNNING.value:
         poll_batch(ctx, batch, run)
-    _harvest_done(ctx, runs, catalog)
+        with ctx.engine.connect() as conn:
+            batch = repo.get_batch(conn, batch.id)
+    if batch.state == BatchState.DONE.value and harvest_batch(ctx, batch, run, catalog):
+        write_run_manifest(ctx, run)
     if run.state == "active":
         _schedule(ctx, runs, catalog)
     _close_finished(ctx, runs)
