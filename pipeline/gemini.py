@@ -16,7 +16,6 @@ from typing import Any, Protocol, TypeVar
 
 import httpx2
 from google import genai
-from google.genai import _interactions as nextgen_errors
 from google.genai import errors as genai_errors
 from google.genai import types
 
@@ -146,9 +145,19 @@ class GeminiBackend:
             return fn()
         except genai_errors.APIError as exc:
             raise _api_error(exc, self._key_variable) from None
-        except nextgen_errors.APIStatusError as exc:  # webhooks.* (the SDK's NextGen client)
+        except (httpx2.HTTPError, OSError) as exc:
+            raise TransientApiError(f"could not reach the Gemini API: {exc}") from None
+
+    def _call_nextgen(self, fn: Callable[[], T]) -> T:
+        """`_call` for `webhooks.*`, which the SDK serves through its NextGen client and its
+        own errors (imported here: some 350 modules that only these commands need)."""
+        from google.genai import _interactions
+
+        try:
+            return self._call(fn)
+        except _interactions.APIStatusError as exc:
             raise _http_error(exc.status_code or 0, str(exc), self._key_variable) from None
-        except (httpx2.HTTPError, OSError, nextgen_errors.APIConnectionError) as exc:
+        except _interactions.APIConnectionError as exc:
             raise TransientApiError(f"could not reach the Gemini API: {exc}") from None
 
     # ── static webhooks (the project's WebhookService) ──────────────────────
@@ -158,7 +167,7 @@ class GeminiBackend:
         # The SDK's Literal lacks batch.cancelled (reference/webhooks.md section 2); the
         # names go out as they are.
         wanted: Any = events
-        made = self._call(
+        made = self._call_nextgen(
             lambda: self._client.webhooks.create(uri=uri, subscribed_events=wanted, name=name)
         )
         return _webhook(made, secret=made.new_signing_secret)
@@ -173,10 +182,12 @@ class GeminiBackend:
                 return
 
     def _list_page(self, token: str | None) -> Any:
-        return self._call(lambda: self._client.webhooks.list(page_size=100, page_token=token))
+        return self._call_nextgen(
+            lambda: self._client.webhooks.list(page_size=100, page_token=token)
+        )
 
     def delete_webhook(self, webhook_id: str) -> None:
-        self._call(lambda: self._client.webhooks.delete(id=webhook_id))
+        self._call_nextgen(lambda: self._client.webhooks.delete(id=webhook_id))
 
 
 def _remote(job: Any) -> RemoteBatch:

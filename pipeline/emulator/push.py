@@ -138,6 +138,7 @@ class Sender:
         self._workers: list[threading.Thread] = []
 
     def start(self) -> None:
+        self._stop = False
         for i in range(self._threads):
             worker = threading.Thread(target=self._work, name=f"emu-push-{i}", daemon=True)
             worker.start()

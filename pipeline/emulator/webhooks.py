@@ -97,6 +97,7 @@ class Webhooks:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._serving = False
 
     @property
     def log(self) -> list[dict[str, Any]]:
@@ -114,18 +115,27 @@ class Webhooks:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._sweeper is None:
+        """Serving: the sweep and sender threads start with the first webhook or dynamic
+        config (an emulator nobody registers a webhook with runs no extra thread)."""
+        self._serving = True
+
+    def _ensure_threads(self) -> None:
+        with self._lock:
+            if self._sweeper is not None or not self._serving:
+                return
             self._stop.clear()
             self.sender.start()
             self._sweeper = threading.Thread(target=self._sweep_loop, name="emu-hooks", daemon=True)
             self._sweeper.start()
 
     def stop(self) -> None:
+        self._serving = False
         self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
-            self._sweeper = None
-        self.sender.stop()
+        with self._lock:
+            sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.join(timeout=5)
+            self.sender.stop()
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -159,6 +169,7 @@ class Webhooks:
         self._quiet_ended()
         with self._lock:
             self.hooks[hook.id] = hook
+        self._ensure_threads()
         return hook.to_json() | {"new_signing_secret": secret}
 
     def _list(self, query: Any) -> dict[str, Any]:
@@ -235,6 +246,7 @@ class Webhooks:
             self._quiet_ended()
             with self._lock:
                 self.dynamic[batch.id] = config
+            self._ensure_threads()
 
     def _watching(self) -> bool:
         with self._lock:
