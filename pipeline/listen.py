@@ -104,6 +104,7 @@ class Receiver:
             state=state,
             now=self.ctx.now(),
             detail=detail,
+            batch_id=batch_id,
         )
         if not recorded:
             self._count("duplicate")

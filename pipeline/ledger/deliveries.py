@@ -49,6 +49,7 @@ def record(
     state: str,
     now: datetime,
     detail: str | None = None,
+    batch_id: int | None = None,
 ) -> bool:
     """Record a delivery in its own transaction; False when its key is recorded already
     (INSERT ... ON CONFLICT DO NOTHING: concurrent receivers never both record one key)."""
@@ -57,6 +58,7 @@ def record(
         "scheme": scheme,
         "event": event[:100],
         "batch_name": batch_name[:300] if batch_name else None,
+        "batch_id": batch_id,
         "state": state,
         "detail": detail,
         "received_at": now,
