@@ -241,3 +241,22 @@ def test_fault_reorder_and_delay(client: Any, emu: Emulator, sink: Sink, tmp_pat
     assert ids == [second.name, first.name]
     for entry in emu.webhooks.log:
         assert entry["sent_after_s"] >= 0.3
+
+
+def test_rotation_signs_with_old_and_new_secrets_and_ping_delivers(
+    client: Any, emu: Emulator, sink: Sink, tmp_path: Path
+) -> None:
+    """After rotateSigningSecret the old secret signs on beside the new one (24 h grace), so
+    a receiver holding either accepts; ping sends a webhook.ping message."""
+    made = _register(client, sink.url)
+    new = client.webhooks.rotate_signing_secret(id=made.id).secret
+    assert new.startswith("whsec_") and new != made.new_signing_secret
+    client.webhooks.ping(id=made.id)
+    _batch(client, tmp_path)
+    emu.clock.advance(10_000)
+    got = sink.wait(2)
+    events = [Webhook(new).verify(b, h)["type"] for h, b in got]
+    assert sorted(events) == ["batch.succeeded", "webhook.ping"]
+    for headers, raw in got:
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        Webhook(made.new_signing_secret).verify(raw, headers)
