@@ -437,6 +437,7 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply migrations to NANOBATCH_DATABASE_URL."""
     settings = _settings(ctx)
     engine = db.make_engine(settings.database_url)
+    ctx.call_on_close(engine.dispose)  # its connections close with the command, as _context's
     db.upgrade(engine)
     click.echo(f"{db.mask_url(settings.database_url)} at {db.current_revision(engine)}", err=True)
 
