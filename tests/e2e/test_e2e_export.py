@@ -67,14 +67,16 @@ def _tree(folder: Path) -> dict[str, str]:
 
 
 def _load_imagefolder(folder: Path, cache: Path) -> Any:
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a dev dependency: the real consumer, never imported by nanobatch
+
     return datasets.load_dataset(
         "imagefolder", data_dir=str(folder), split="train", cache_dir=str(cache)
     )
 
 
 def _wds_samples(shards: list[Path]) -> list[dict[str, Any]]:
-    webdataset = pytest.importorskip("webdataset")
+    import webdataset  # a dev dependency: the real consumer, never imported by nanobatch
+
     dataset = webdataset.WebDataset([str(p) for p in shards], shardshuffle=False)
     return list(dataset)
 
