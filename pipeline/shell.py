@@ -14,6 +14,7 @@ from pipeline.errors import RuntimeFailure
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
+from pipeline.progress import RunProgress
 from pipeline.submit import create_run, waiting_reason
 from pipeline.tick import cancel_run, run_until_done, settle_cancelled, tick
 
@@ -46,7 +47,7 @@ def run_spec(
 
     catalog = load_catalog()
     run_id = submit_spec(ctx, spec_path, force=force, use_cache=use_cache)
-    progress = _Progress(run_id) if sys.stderr.isatty() else None
+    progress = RunProgress(ctx, run_id) if sys.stderr.isatty() else None
     run_until_done(
         ctx,
         catalog,
@@ -63,7 +64,7 @@ def run_spec(
 
 
 def _check_stuck(
-    ctx: Context, run_id: str, counts: dict[str, int], progress: _Progress | None
+    ctx: Context, run_id: str, counts: dict[str, int], progress: RunProgress | None
 ) -> None:
     """Stop `run` when nothing is live and the queued work can never go (a budget)."""
     if progress is not None:
@@ -82,30 +83,6 @@ def _check_stuck(
                 f"run {run_id} cannot go on: {reason}. Raise [limits] budget_usd in the spec "
                 f"(or NANOBATCH_DAILY_BUDGET_USD), or `nanobatch cancel {run_id}`"
             )
-
-
-class _Progress:
-    """A one-line progress display on stderr for terminals."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.started = time.monotonic()
-
-    def show(self, counts: dict[str, int]) -> None:
-        done = counts.get("succeeded", 0)
-        failed = counts.get("failed", 0) + counts.get("failed_final", 0)
-        total = sum(counts.values())
-        width = 30
-        filled = int(width * (done + failed) / total) if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        elapsed = time.monotonic() - self.started
-        sys.stderr.write(
-            f"\r{self.run_id} [{bar}] {done} ok, {failed} failed of {total}  {elapsed:5.0f}s"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
 
 
 def retry_run(ctx: Context, run_ref: str, *, include_final: bool) -> int:
