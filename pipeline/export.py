@@ -84,8 +84,15 @@ class ExportResult:
     fmt: str
     out: str
     images: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: int = 0
+    skipped_keys: list[str] = field(default_factory=list)
+    """The first few skipped keys, for the summary line (the log has every one)."""
     files: list[str] = field(default_factory=list)
+
+    def skip(self, key: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_keys) < 5:
+            self.skipped_keys.append(key)
 
     def summary(self) -> str:
         """One line for stderr."""
@@ -95,10 +102,9 @@ class ExportResult:
             span = f"{self.files[0]} .. {self.files[-1]}" if n > 1 else "".join(self.files)
             what += f": {n} shard{'s' if n != 1 else ''}" + (f" ({span})" if n else "")
         if self.skipped:
-            shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            shown = ", ".join(self.skipped_keys) + (", ..." if self.skipped > 5 else "")
             what += (
-                f"; skipped {len(self.skipped)} whose image is gone or changed ({shown}); "
-                "see the log"
+                f"; skipped {self.skipped} whose image is gone or changed ({shown}); see the log"
             )
         return what
 
@@ -212,17 +218,17 @@ def _samples(ctx: Context, run_id: str, fmt: str) -> Iterator[Sample]:
         after = page[-1]["item"].id
 
 
-def _read(source: ObjectStore, sample: Sample, skipped: list[str]) -> bytes | None:
-    """The image's bytes, or None (and the key in `skipped`) when gone or changed."""
+def _read(source: ObjectStore, sample: Sample, result: ExportResult) -> bytes | None:
+    """The image's bytes, or None (counted as skipped) when gone or changed."""
     try:
         data = source.read_bytes(sample.uri)
     except ObjectNotFound:
         log.warning("export_image_missing", key=sample.key, uri=sample.uri)
-        skipped.append(sample.key)
+        result.skip(sample.key)
         return None
     if sample.sha256 and sha256_hex(data) != sample.sha256:
         log.warning("export_image_changed", key=sample.key, uri=sample.uri)
-        skipped.append(sample.key)
+        result.skip(sample.key)
         return None
     return data
 
@@ -312,7 +318,7 @@ def _imagefolder(
     metadata = staging / METADATA_NAME
     with metadata.open("w", encoding="utf-8", newline="\n") as lines:
         for sample in _samples(ctx, run_id, "imagefolder"):
-            data = _read(source, sample, result.skipped)
+            data = _read(source, sample, result)
             if data is None:
                 continue
             with _never_replace(target, sample.file_name):
@@ -336,7 +342,7 @@ def _webdataset(
 ) -> None:
     try:
         for sample in _samples(ctx, run_id, "webdataset"):
-            data = _read(source, sample, result.skipped)
+            data = _read(source, sample, result)
             if data is None:
                 continue
             stem, _, ext = sample.file_name.rpartition(".")

@@ -223,9 +223,12 @@ def test_export_webdataset_rerun_after_a_kill_is_byte_identical(
         "e2e-job-000000.tar"
     ]
     assert _tree(resumed)["e2e-job-000000.tar"] == _tree(clean)["e2e-job-000000.tar"]
+    staging = e2e.state_dir / "export"
+    assert [p.name for p in staging.iterdir()]  # the killed export's staging folder
     again = e2e.subprocess(*args, "--out", str(resumed))
     assert again.code == 0, again.stderr
     assert _tree(resumed) == _tree(clean)
+    assert list(staging.iterdir()) == []  # swept: its process is dead
     third = e2e.invoke(*args, "--out", str(clean))  # a rerun over a finished export
     assert third.code == 0, third.stderr
     assert _tree(resumed) == _tree(clean)
@@ -252,6 +255,18 @@ def test_export_memory_stays_flat(make_e2e: Any, tmp_path: Path) -> None:
             tracemalloc.stop()
         assert code == 0
         assert peak < total / 4, (fmt, peak, total)
+
+
+def test_export_skips_an_image_gone_from_the_output(make_e2e: Any, tmp_path: Path) -> None:
+    """An image deleted from the run's output is left out and named; the rest export."""
+    e2e, report = _finished_run(make_e2e)
+    Path(_items(report)["lamp-101"]["uri"]).unlink()
+    out = tmp_path / "dataset"
+    result = e2e.invoke("export", report["run"], "--format", "imagefolder", "--out", str(out))
+    assert result.code == 0, result.stderr
+    assert "exported 2 images" in result.stderr
+    assert "skipped 1 whose image is gone or changed (lamp-101)" in result.stderr
+    assert _load_imagefolder(out, tmp_path / "hf-cache")["key"] == ["mug-001", "chair-201"]
 
 
 # ── gs:// ───────────────────────────────────────────────────────────────────
