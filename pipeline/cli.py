@@ -198,7 +198,9 @@ def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None
 @cli.command()
 @click.argument("run_ref", metavar="RUN")
 @click.option("fmt", "--format", type=click.Choice(["imagefolder", "webdataset"]), required=True)
-@click.option("--out", required=True, help="A folder (made if needed) or gs://bucket/prefix.")
+@click.option(
+    "--out", required=True, metavar="PATH", help="A folder (made if needed) or gs://bucket/prefix."
+)
 @click.option(
     "--shard-max-bytes",
     type=click.IntRange(min=1),
