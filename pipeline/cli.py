@@ -252,6 +252,50 @@ def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None
 
 
 @cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("fmt", "--format", type=click.Choice(["imagefolder", "webdataset"]), required=True)
+@click.option(
+    "--out", required=True, metavar="PATH", help="A folder (made if needed) or gs://bucket/prefix."
+)
+@click.option(
+    "--shard-max-bytes",
+    type=click.IntRange(min=1),
+    default=1_000_000_000,
+    show_default=True,
+    help="webdataset: most bytes per tar shard.",
+)
+@click.option(
+    "--shard-max-samples",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="webdataset: most samples (image + json) per tar shard.",
+)
+@click.pass_context
+def export(
+    ctx: click.Context,
+    run_ref: str,
+    fmt: str,
+    out: str,
+    shard_max_bytes: int,
+    shard_max_samples: int,
+) -> None:
+    """RUN's succeeded images as a dataset: a Hugging Face imagefolder (images plus
+    metadata.jsonl) or WebDataset tar shards. Running it again gives the same files."""
+    from pipeline.export import export_run
+
+    result = export_run(
+        _context(ctx),
+        run_ref,
+        fmt,
+        out,
+        max_bytes=shard_max_bytes,
+        max_samples=shard_max_samples,
+    )
+    click.echo(result.summary(), err=True)
+
+
+@cli.command()
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

@@ -17,6 +17,7 @@ from pipeline.errors import Interrupted, RuntimeFailure, UsageError
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
+from pipeline.progress import RunProgress
 from pipeline.submit import create_run, latest_active_run, waiting_reason
 from pipeline.tick import cancel_run, run_until_done, settle_cancelled, sweep_spool, tick
 from pipeline.values import usd_to_nanos
@@ -53,7 +54,7 @@ def run_spec(
     catalog = load_catalog()
     spec = load_spec(spec_path, catalog)
     run_id: str | None = None
-    progress: _Progress | None = None
+    progress: RunProgress | None = None
     try:
         # An interrupted run (even one started with --force) goes on before an older,
         # finished run of the same spec is reported again.
@@ -64,7 +65,7 @@ def run_spec(
                 tick(ctx, catalog)
         else:
             log.info("run_resumed", run=run_id)
-        progress = _Progress(run_id) if sys.stderr.isatty() else None
+        progress = RunProgress(ctx, run_id) if sys.stderr.isatty() else None
         run_until_done(
             ctx,
             catalog,
@@ -99,7 +100,7 @@ def _resume_hint(spec_path: Path, run_id: str | None) -> str:
 
 
 def _check_stuck(
-    ctx: Context, run_id: str, counts: dict[str, int], progress: _Progress | None
+    ctx: Context, run_id: str, counts: dict[str, int], progress: RunProgress | None
 ) -> None:
     """Stop `run` when nothing is live and the queued work can never go (a budget)."""
     if progress is not None:
@@ -120,30 +121,6 @@ def _check_stuck(
                 f"run {run_id} cannot go on: {reason}. Then `{again}` again (or `nanobatch "
                 f"tick`) goes on with this run; or `nanobatch cancel {run_id}`"
             )
-
-
-class _Progress:
-    """A one-line progress display on stderr for terminals."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.started = time.monotonic()
-
-    def show(self, counts: dict[str, int]) -> None:
-        done = counts.get("succeeded", 0)
-        failed = counts.get("failed", 0) + counts.get("failed_final", 0)
-        total = sum(counts.values())
-        width = 30
-        filled = int(width * (done + failed) / total) if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        elapsed = time.monotonic() - self.started
-        sys.stderr.write(
-            f"\r{self.run_id} [{bar}] {done} ok, {failed} failed of {total}  {elapsed:5.0f}s"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
 
 
 def retry_run(ctx: Context, run_ref: str, *, include_final: bool) -> int:

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,7 +240,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration built in code (no alembic.ini); migrations run on `connection`."""
     from alembic.config import Config
 
-    config = Config()
+    # stdout now, not the stream alembic saw when first imported (a test may have swapped it).
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     config.attributes["connection"] = connection
     return config

@@ -766,6 +766,26 @@ def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
 
 def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[dict[str, Any]]:
     """Every item of a run with its attempt sums, in id order: one grouped join, streamed."""
+    query = _item_sums_query().where(ITEMS.c.run_id == run_id)
+    yield from _sum_entries(conn.execution_options(yield_per=chunk).execute(query))
+
+
+def succeeded_rows(
+    conn: Connection, run_id: str, after_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """One page (up to `limit`) of a run's succeeded items with their attempt sums, as
+    `report_rows` gives them, whose id is above `after_id`, in id order. Pages are short
+    transactions, so an export of any size holds no read open while it copies images."""
+    query = (
+        _item_sums_query()
+        .where(ITEMS.c.run_id == run_id, ITEMS.c.state == "succeeded", ITEMS.c.id > after_id)
+        .limit(limit)
+    )
+    return list(_sum_entries(conn.execute(query)))
+
+
+def _item_sums_query() -> Any:
+    """Items joined with the sums over their counted attempts, grouped per item, by id."""
     counted = and_(
         ATTEMPTS.c.item_id == ITEMS.c.id,
         ATTEMPTS.c.outcome.is_not(None),
@@ -787,15 +807,17 @@ def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[di
         # The model that made the image: its succeeded attempt's (the fallback's when it did).
         func.max(case((ATTEMPTS.c.outcome == "succeeded", ATTEMPTS.c.model))),
     ]
-    query = (
+    return (
         select(ITEMS, *(s.label(f"sum_{i}") for i, s in enumerate(sums)))
         .select_from(ITEMS.outerjoin(ATTEMPTS, counted))
-        .where(ITEMS.c.run_id == run_id)
         .group_by(*ITEMS.c)
         .order_by(ITEMS.c.id)
     )
+
+
+def _sum_entries(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
     width = len(ITEMS.c)
-    for row in conn.execution_options(yield_per=chunk).execute(query):
+    for row in rows:
         values = tuple(row)[width:]
         entry = dict(
             zip(_EMPTY_SUMS, [int(v or 0) for v in values[:-1]] + [values[-1]], strict=True)

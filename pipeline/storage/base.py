@@ -65,6 +65,13 @@ class ObjectStore(Protocol):
         """Atomically store (or replace) `name` with the file's bytes; return its uri."""
         ...
 
+    def put_file_once(
+        self, name: str, path: Path, *, content_type: str, metadata: Mapping[str, str]
+    ) -> StoredObject:
+        """`put_once` for a local file of any size (streamed, never read whole): the object
+        appears whole under `name` or not at all; identical bytes there are adopted."""
+        ...
+
     def sync(self) -> None:
         """Make every object put so far durable. Call it before recording them anywhere."""
         ...

@@ -25,6 +25,7 @@ from pipeline.storage.base import (
     ObjectNotFound,
     StoredObject,
     check_name,
+    sha256_file,
     sha256_hex,
 )
 from pipeline.storage.retry import DEFAULT_BASE_DELAY, DEFAULT_TRIES, is_transient_gcs_error
@@ -176,6 +177,41 @@ class GcsStore:
             "upload to",
         )
         return self.uri_for(name)
+
+    def put_file_once(
+        self, name: str, path: Path, *, content_type: str, metadata: Mapping[str, str]
+    ) -> StoredObject:
+        """Create-only upload of a local file (`if_generation_match=0`, resumable for large
+        files, so the object appears whole or not at all); adopt an object with the same
+        sha256, refuse different bytes."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        key = self._key(name)
+        digest = sha256_file(path)
+        size = path.stat().st_size
+
+        def upload() -> None:
+            blob = self._bucket().blob(key)
+            blob.metadata = {**metadata, SHA256_METADATA_KEY: digest}
+            blob.upload_from_filename(
+                str(path), content_type=content_type, if_generation_match=0, retry=None
+            )
+
+        for _ in range(3):
+            try:
+                self._call(upload, "upload to", PreconditionFailed)
+                return StoredObject(self.uri_for(name), digest, size, adopted=False)
+            except PreconditionFailed:
+                existing = self._stored_sha256(key)
+            if existing == digest:
+                return StoredObject(self.uri_for(name), digest, size, adopted=True)
+            if existing is not None:
+                raise ObjectConflict(
+                    f"{self.uri_for(name)} already exists with different bytes (sha256 "
+                    f"{existing[:12]}..., new {digest[:12]}...); remove it or choose another "
+                    "location"
+                )
+        raise StorageError(f"{self.uri_for(name)} keeps appearing and vanishing; try again")
 
     def existing_sha256(self, name: str) -> str | None:
         """sha256 of the object at `name` (from its metadata, else by download), or None."""

@@ -125,6 +125,36 @@ class LocalStore:
             tmp.unlink(missing_ok=True)
         return str(final)
 
+    def put_file_once(
+        self, name: str, path: Path, *, content_type: str, metadata: Mapping[str, str]
+    ) -> StoredObject:
+        """Link (or copy) the file in under a temporary name, fsync, and hard-link it to
+        `name` only if `name` is free; adopt identical bytes, refuse different ones."""
+        final = Path(self.uri_for(name))
+        digest = sha256_file(path)
+        size = path.stat().st_size
+        existing = self._sha_or_none(final)
+        if existing is not None:
+            return self._settle(final, digest, existing, size)
+        tmp = self._temp_path(final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._sweep_once(final.parent)
+            try:
+                os.link(path, tmp)  # same file system: no copy of a large file
+            except OSError:
+                shutil.copyfile(path, tmp)
+            if self._fsync:
+                _fsync_path(tmp)
+            written = _link_new(tmp, final)
+        except OSError as exc:
+            raise self._storage_error(final, exc) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        if written:
+            return StoredObject(str(final), digest, size, adopted=False)
+        return self._settle(final, digest, self._sha_or_none(final), size)
+
     def existing_sha256(self, name: str) -> str | None:
         """sha256 of the file at `name`, or None when there is none."""
         return self._sha_or_none(Path(self.uri_for(name)))

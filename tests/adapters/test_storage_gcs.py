@@ -134,6 +134,36 @@ def test_put_file_replaces_and_read_bytes(gcs_env: str, tmp_path: Path) -> None:
         store.read_bytes(f"gs://{gcs_env}/out/gone.png")
 
 
+def test_put_file_once_is_create_only_and_adopts_same_bytes(gcs_env: str, tmp_path: Path) -> None:
+    """A local file uploaded create-only with its sha256 in metadata; the same bytes again
+    are adopted (the object keeps its generation); other bytes are refused."""
+    store = GcsStore(f"gs://{gcs_env}/wds")
+    src = tmp_path / "s.tar"
+    src.write_bytes(b"tar" * 5000)
+    first = store.put_file_once(
+        "s-000000.tar", src, content_type="application/x-tar", metadata={"nanobatch-job": "j"}
+    )
+    assert (first.uri, first.size, first.adopted) == (
+        f"gs://{gcs_env}/wds/s-000000.tar",
+        15000,
+        False,
+    )
+    blob = _client().bucket(gcs_env).get_blob("wds/s-000000.tar")
+    assert blob is not None and blob.download_as_bytes() == b"tar" * 5000
+    assert blob.content_type == "application/x-tar"
+    assert (blob.metadata or {})[SHA256_METADATA_KEY] == hashlib.sha256(b"tar" * 5000).hexdigest()
+    generation = blob.generation
+
+    again = store.put_file_once("s-000000.tar", src, content_type="application/x-tar", metadata={})
+    assert again.adopted
+    other = tmp_path / "o.tar"
+    other.write_bytes(b"other")
+    with pytest.raises(ObjectConflict, match=r"s-000000\.tar"):
+        store.put_file_once("s-000000.tar", other, content_type="application/x-tar", metadata={})
+    after = _client().bucket(gcs_env).get_blob("wds/s-000000.tar")
+    assert after is not None and after.generation == generation
+
+
 def test_check_writable_leaves_nothing_behind(gcs_env: str) -> None:
     GcsStore(f"gs://{gcs_env}/prefix").check_writable()
     assert list(_client().list_blobs(gcs_env)) == []

@@ -318,3 +318,30 @@ def test_put_once_sweeps_a_dead_writers_temp_file(tmp_path: Path) -> None:
     assert not leftover.exists()
     assert live.exists()
     assert (tmp_path / "k.png").read_bytes() == b"image"
+
+
+def test_put_file_once_links_whole_files_adopts_same_and_refuses_other_bytes(
+    tmp_path: Path,
+) -> None:
+    """A file stored create-once: it appears whole under its name, the same bytes again are
+    adopted, other bytes are refused and left alone, and no temporary file stays behind."""
+    store = LocalStore(tmp_path / "out")
+    src = tmp_path / "staged.tar"
+    src.write_bytes(b"shard" * 1000)
+    first = store.put_file_once("s-000000.tar", src, content_type="application/x-tar", metadata={})
+    final = tmp_path / "out" / "s-000000.tar"
+    assert (first.uri, first.size, first.adopted) == (str(final), 5000, False)
+    assert first.sha256 == hashlib.sha256(b"shard" * 1000).hexdigest()
+    assert final.read_bytes() == b"shard" * 1000
+    src.unlink()  # the stored file does not depend on the staged one
+    assert final.read_bytes() == b"shard" * 1000
+
+    src.write_bytes(b"shard" * 1000)
+    again = store.put_file_once("s-000000.tar", src, content_type="application/x-tar", metadata={})
+    assert again.adopted and again.sha256 == first.sha256
+    other = tmp_path / "other.tar"
+    other.write_bytes(b"other")
+    with pytest.raises(ObjectConflict, match=r"s-000000\.tar"):
+        store.put_file_once("s-000000.tar", other, content_type="application/x-tar", metadata={})
+    assert final.read_bytes() == b"shard" * 1000
+    assert _leftovers(tmp_path / "out") == []
