@@ -104,9 +104,10 @@ def tick(ctx: click.Context) -> None:
 
     result = do_tick(_context(ctx), load_catalog())
     finished = ", ".join(result.finished_runs) or "-"
+    held = ", ".join(f"{run} ({why})" for run, why in result.held_runs.items()) or "-"
     click.echo(
         f"harvested {result.harvested}, polled {result.polled}, formed {result.formed}, "
-        f"created {result.created} batches; finished runs: {finished}",
+        f"created {result.created} batches; finished runs: {finished}; held runs: {held}",
         err=True,
     )
 

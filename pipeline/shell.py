@@ -14,6 +14,7 @@ from pipeline.errors import RuntimeFailure
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
+from pipeline.reporting import held_line
 from pipeline.submit import create_run, waiting_reason
 from pipeline.tick import cancel_run, run_until_done, settle_cancelled, tick
 
@@ -65,11 +66,18 @@ def run_spec(
 def _check_stuck(
     ctx: Context, run_id: str, counts: dict[str, int], progress: _Progress | None
 ) -> None:
-    """Stop `run` when nothing is live and the queued work can never go (a budget)."""
+    """Stop `run` when its run is held, or when nothing is live and the queued work can
+    never go (a budget)."""
     if progress is not None:
         progress.show(counts)
     with ctx.engine.connect() as conn:
         run = repo.get_run(conn, run_id)
+    if run.state == "active" and run.hold_reason is not None:
+        raise RuntimeFailure(
+            f"run {run_id} is {held_line(ctx, run)}. Its finished results wait in the spool; "
+            "once the problem is fixed, `nanobatch tick` (cron) tries it again after the backoff"
+        )
+    with ctx.engine.connect() as conn:
         if run.state != "active" or repo.batches_in(
             conn, ["submitting", "running", "done"], run_id
         ):

@@ -243,7 +243,7 @@ def test_dangling_symlink_holds_its_run_and_others_go_on(world: Drill) -> None:
     held = drill.status(run_a)["held"]
     assert held["reason"] == "storage"
     assert str(link) in held["detail"]
-    assert "symlink" in held["detail"]
+    assert "dangling symbolic link" in held["detail"]
     assert spooled(drill) == [f"nb-{run_a}-00001.results.jsonl"]
 
     link.unlink()
@@ -347,6 +347,7 @@ def test_status_text_names_the_hold(world: Drill) -> None:
     tick_ok(drill)
     tick_ok(drill)
     res = drill.cli("status")
+    assert res.out.startswith(run_a), res.out
     assert res.code == 0, res.err
     lines = [line for line in res.out.splitlines() if "waiting:" in line]
     assert len(lines) == 1, res.out
