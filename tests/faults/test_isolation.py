@@ -18,7 +18,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.emulator import Emulator
+from pipeline.emulator import Emulator, FaultPlan
 
 N = 2
 
@@ -354,3 +354,77 @@ def test_status_text_names_the_hold(world: Drill) -> None:
     assert "held (storage)" in lines[0] and "retry" in lines[0] and "UTC" in lines[0]
     entry = json.loads(drill.cli("status", "--json").out)["runs"][0]
     assert entry["held"]["reason"] == "storage"
+
+
+# ── batch files, the service, `run` ──────────────────────────────────────────
+
+
+def test_results_file_refused_holds_its_run_as_batches(world: Drill) -> None:
+    """The service refuses run A's results file for good (404): A is held with reason
+    `batches`; run B's results, downloaded after it, are harvested; once the file answers
+    again and the backoff has passed, A finishes."""
+    drill = world
+    run_a = submit(drill, write_job(drill, "alpha", "out-a"))
+    run_b = submit(drill, write_job(drill, "beta", "out-b"))
+    drill.emu.faults = FaultPlan.from_dict({"download_errors": [{"status": 404, "times": 1}]})
+    tick_ok(drill)
+    assert_finished(drill, run_b)
+    held = drill.status(run_a)["held"]
+    assert held["reason"] == "batches" and "404" in held["detail"], held
+    assert held_metric(drill, "batches") == 1
+
+    make_due(drill, run_a)
+    tick_ok(drill)
+    assert_finished(drill, run_a)
+
+
+def test_a_throttled_download_fails_the_tick_after_every_run_had_its_turn(world: Drill) -> None:
+    """A download that breaks off (the service, not the run) is no hold: the tick still
+    harvests run B, then exits 1; the next tick harvests A from a fresh download."""
+    drill = world
+    run_a = submit(drill, write_job(drill, "alpha", "out-a"))
+    run_b = submit(drill, write_job(drill, "beta", "out-b"))
+    drill.emu.faults = FaultPlan.from_dict({"download": {"drop_after_bytes": 500}})
+    res = drill.tick(600)
+    assert res.code == 1, res.err
+    assert "broke off" in res.err
+    assert_finished(drill, run_b)
+    assert drill.status(run_a)["held"] is None
+    assert batch_states(drill, run_a) == ["done"]
+    tick_ok(drill)
+    assert_finished(drill, run_a)
+
+
+def test_run_stops_when_its_run_is_held(world: Drill) -> None:
+    """`nanobatch run` whose run is held exits 1 naming the reason, when it is retried and how
+    to end it; the run stays active and a later tick finishes it."""
+    drill = world
+    spec = write_job(drill, "alpha", "out-a")
+    (drill.tmp / "out-a").mkdir()
+    link = drill.tmp / "out-a" / "alpha-0.png"
+    link.symlink_to(drill.tmp / "nowhere.png")
+    drill.emu.clock.advance(600)  # the batch is done by the run's first poll...
+    res = drill.cli("run", str(spec), "--poll-interval", "0")
+    assert res.code == 1, res.err
+    message = res.err.strip().splitlines()[-1]
+    assert message.startswith("error: run alpha-") and "is held (storage)" in message
+    assert "dangling symbolic link" in message and "nanobatch cancel alpha-" in message
+    run_a = drill.query("SELECT id FROM runs")[0][0]
+    assert drill.run_state(run_a) == "active"
+    link.unlink()
+    make_due(drill, run_a)
+    tick_ok(drill)
+    assert_finished(drill, run_a)
+
+
+def test_metrics_name_each_held_run(world: Drill) -> None:
+    """`nanobatch_run_held_seconds` has one series per held run (run, job, reason)."""
+    drill = world
+    run_a = submit(drill, write_job(drill, "alpha", "out-a"))
+    submit(drill, write_job(drill, "beta", "out-b"))
+    (drill.tmp / "out-a" / "alpha-0.png").symlink_to(drill.tmp / "nowhere.png")
+    tick_ok(drill)
+    families = {f.name: f for f in text_string_to_metric_families(drill.cli("metrics").out)}
+    samples = families["nanobatch_run_held_seconds"].samples
+    assert [s.labels for s in samples] == [{"run": run_a, "job": "alpha", "reason": "storage"}]
+    assert samples[0].value >= 0
