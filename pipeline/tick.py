@@ -242,7 +242,9 @@ def run_until_done(
 
 def cancel_run(ctx: Context, run_id: str) -> int:
     """Cancel a run's live batches; queued work is dropped; finished output is harvested by
-    the next tick. Returns how many remote batches were asked to cancel."""
+    the next tick (a held run's is recorded with its cost but not stored: its hold stays
+    on the cancelled run, so nothing tries its storage again). Returns how many remote
+    batches were asked to cancel."""
     now = ctx.now()
     with ctx.engine.begin() as conn:
         run = repo.get_run(conn, run_id)

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.emulator import Emulator, FaultPlan
 
 N = 2
+SQL_BATCH_STATES = "SELECT state FROM batches WHERE run_id = :r ORDER BY seq"
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def item_states(drill: Drill, run: str) -> dict[str, str]:
 
 
 def batch_states(drill: Drill, run: str) -> list[str]:
-    return [r[0] for r in drill.query("SELECT state FROM batches WHERE run_id = :r", r=run)]
+    return [r[0] for r in drill.query(SQL_BATCH_STATES, r=run)]
 
 
 def make_due(drill: Drill, run: str) -> None:
@@ -428,3 +429,32 @@ def test_metrics_name_each_held_run(world: Drill) -> None:
     samples = families["nanobatch_run_held_seconds"].samples
     assert [s.labels for s in samples] == [{"run": run_a, "job": "alpha", "reason": "storage"}]
     assert samples[0].value >= 0
+
+
+def test_held_run_sends_nothing_new(world: Drill) -> None:
+    """A held run's queued batch is not created (nothing more is spent on a run whose
+    results cannot be stored); once the hold clears it is."""
+    drill = world
+    spec = write_job(drill, "alpha", "out-a", n=4)
+    spec.write_text(
+        spec.read_text().replace("max_requests_per_batch = 4", "max_requests_per_batch = 2")
+    )
+    res = drill.cli("submit", str(spec), NANOBATCH_MAX_LIVE_BATCHES="1")
+    assert res.code == 0, res.err
+    run_a = res.out.strip().splitlines()[-1]
+    link = drill.tmp / "out-a" / "alpha-0.png"
+    link.symlink_to(drill.tmp / "nowhere.png")
+    assert batch_states(drill, run_a) == ["running", "queued"]
+    for _ in range(2):
+        tick_ok(drill)
+    assert drill.status(run_a)["held"]["reason"] == "storage"
+    assert batch_states(drill, run_a) == ["done", "queued"]
+    assert len(drill.creates()) == 1
+
+    link.unlink()
+    make_due(drill, run_a)
+    tick_ok(drill)
+    assert batch_states(drill, run_a) == ["harvested", "running"]
+    assert len(drill.creates()) == 2
+    tick_ok(drill)
+    assert_finished(drill, run_a)
