@@ -173,7 +173,10 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         cached = repo.cached_count(conn, run.id)
         daily = _daily(ctx, conn)
         metrics = run_metrics(conn, run.id)
+    held = held_entry(run)
     waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
+    if held is not None:
+        waiting = held_line(ctx, run)
     items = {
         "pending": counts.get("queued", 0) + counts.get("in_batch", 0),
         "succeeded": counts.get("succeeded", 0),
@@ -197,6 +200,7 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "budget_usd": nanos_to_usd(budget) if budget is not None else None,
         "budget_left_usd": nanos_to_usd(budget - spent - reserved) if budget is not None else None,
         "waiting": waiting,
+        "held": held,
         "cached": cached,
         "daily": daily,
         "metrics": metrics,
@@ -204,6 +208,33 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "finished_at": _iso(run.finished_at),
         "age_s": round((ctx.now() - as_utc(run.created_at)).total_seconds(), 1),
     }
+
+
+def held_entry(run: repo.RunRow) -> dict[str, Any] | None:
+    """`status --json`'s `held`: why an active run is held, since when, and its next try."""
+    if run.state != "active" or run.hold_reason is None:
+        return None
+    return {
+        "reason": run.hold_reason,
+        "detail": run.hold_detail,
+        "since": _iso(run.hold_since),
+        "retry_at": _iso(run.hold_not_before),
+        "tries": run.hold_tries,
+    }
+
+
+def held_line(ctx: Context, run: repo.RunRow) -> str:
+    """`status`'s one `waiting` line for a held run: its problem and when it is retried."""
+    until = run.hold_not_before
+    if until is None or as_utc(until) <= ctx.now():
+        when = "retrying at the next tick"
+    else:
+        when = f"retrying after {as_utc(until):%Y-%m-%d %H:%M:%S} UTC"
+    tries = f"{run.hold_tries} failed {'try' if run.hold_tries == 1 else 'tries'}"
+    return (
+        f"held ({run.hold_reason}): {run.hold_detail}; {when} ({tries}; "
+        f"`nanobatch cancel {run.id}` ends the run)"
+    )
 
 
 def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:

@@ -15,10 +15,11 @@ import math
 import random
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pipeline import expand, inputs, intake, pricing, shard, shardfile
 from pipeline.catalog import Catalog, load_catalog
@@ -40,6 +41,9 @@ from pipeline.private import make_private_dir, open_private
 from pipeline.spec import JobSpec, resolve_output_uri
 from pipeline.states import BatchState
 from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
+
+if TYPE_CHECKING:
+    from pipeline.holds import Isolation
 
 log = get_logger()
 BACKOFF_MAX_S = 1800.0
@@ -262,12 +266,15 @@ class Submitter:
     """One tick's submission pass: reconcile `submitting` batches, then create queued ones
     while the live-batch limit, the enqueued-token quota, budgets and backoff allow."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, isolation: Isolation | None = None) -> None:
         self.ctx = ctx
         self._remote_by_display: dict[str, RemoteBatch] | None = None
         self.spend = SpendBook(ctx)
+        self.isolation = isolation
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
+        """Create what may be created; with an Isolation, each batch's upload and create is
+        its run's unit (a held run is skipped; a run whose files fail is held)."""
         created = 0
         with self.ctx.engine.connect() as conn:
             pending = repo.batches_in(conn, ["submitting", "queued"])
@@ -275,10 +282,13 @@ class Submitter:
             run = runs.get(batch.run_id)
             if run is None or run.state != "active":
                 continue
+            iso = self.isolation
+            if iso is not None and not iso.ready(run):
+                continue
             if self._waiting_reason(batch, run) is not None:
                 continue
-            if self._submit_one(batch, run):
-                created += 1
+            with iso.unit(run) if iso is not None else nullcontext():
+                created += self._submit_one(batch, run)
         return created
 
     def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:

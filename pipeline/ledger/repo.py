@@ -5,7 +5,7 @@ the event row in the same transaction. Zero rows matched means someone else move
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -70,6 +70,11 @@ class RunRow:
     created_at: datetime
     finished_at: datetime | None
     spec_path: str
+    hold_reason: str | None = None
+    hold_detail: str | None = None
+    hold_since: datetime | None = None
+    hold_not_before: datetime | None = None
+    hold_tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,58 @@ def set_run_budget(conn: Connection, run_id: str, nanos: int, now: datetime) -> 
     conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(budget_nanos=nanos))
     _event(conn, run_id, None, None, state, state, f"budget_nanos {old} -> {nanos}", now)
     return cast(int | None, old)
+
+
+def hold_run(
+    conn: Connection,
+    run_id: str,
+    reason: str,
+    detail: str,
+    now: datetime,
+    delay_s: Callable[[int], float],
+) -> datetime | None:
+    """Hold an active run, or hold it again: its reason code and detail, one more failed try,
+    and no try before now + delay_s(tries). The next try's time; None when the run is no
+    longer active or another tick recorded a try of it first."""
+    row = conn.execute(
+        select(RUNS.c.hold_tries, RUNS.c.hold_since).where(
+            RUNS.c.id == run_id, RUNS.c.state == "active"
+        )
+    ).first()
+    if row is None:
+        return None
+    tries = int(row.hold_tries or 0) + 1
+    until = now + timedelta(seconds=delay_s(tries))
+    moved = conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id, RUNS.c.state == "active", RUNS.c.hold_tries == tries - 1)
+        .values(
+            hold_reason=reason,
+            hold_detail=detail,
+            hold_since=row.hold_since or now,
+            hold_not_before=until,
+            hold_tries=tries,
+        )
+    ).rowcount
+    if moved != 1:
+        return None
+    _event(conn, run_id, None, None, "active", "held", f"{reason}: {detail}"[:500], now)
+    return until
+
+
+def release_hold(conn: Connection, run_id: str, now: datetime) -> bool:
+    """Clear an active run's hold (its try went through); False when it was not held."""
+    moved = conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id, RUNS.c.state == "active", RUNS.c.hold_reason.is_not(None))
+        .values(
+            hold_reason=None, hold_detail=None, hold_since=None, hold_not_before=None, hold_tries=0
+        )
+    ).rowcount
+    if moved != 1:
+        return False
+    _event(conn, run_id, None, None, "held", "active", "hold cleared", now)
+    return True
 
 
 def mark_run_notified(conn: Connection, run_id: str, now: datetime) -> bool:

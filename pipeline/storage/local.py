@@ -172,6 +172,12 @@ class LocalStore:
     def _settle(self, final: Path, digest: str, existing: str | None, size: int) -> StoredObject:
         """The outcome when `final` already existed: adopt it, or raise ObjectConflict."""
         if existing is None:
+            if final.is_symlink():  # a link to nothing: the name is taken, the target absent
+                raise StorageError(
+                    f"{final} is a dangling symbolic link (to {os.readlink(final)}) where an "
+                    "image must go; remove the link or make it point at a file, then run the "
+                    "tick again"
+                )
             raise StorageError(f"{final} vanished while it was being written; run the tick again")
         if existing != digest:
             raise ObjectConflict(
