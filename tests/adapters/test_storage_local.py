@@ -318,3 +318,19 @@ def test_put_once_sweeps_a_dead_writers_temp_file(tmp_path: Path) -> None:
     assert not leftover.exists()
     assert live.exists()
     assert (tmp_path / "k.png").read_bytes() == b"image"
+
+
+def test_iter_names_lists_the_folder_once(tmp_path: Path) -> None:
+    """Entries directly in the folder, hidden ones (temporary files, probes) left out; a
+    folder not made yet has none; a file where the folder should be is a StorageError."""
+    store = LocalStore(tmp_path / "out")
+    assert list(store.iter_names()) == []
+    _put(store, "a.png", b"a")
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "deeper.png").write_bytes(b"d")
+    (tmp_path / "out" / ".a.png.host.1.tmp").write_bytes(b"t")
+    (tmp_path / "out" / "notes.txt").write_bytes(b"n")
+    assert sorted(store.iter_names()) == ["a.png", "notes.txt", "sub"]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="cannot list the output folder"):
+        list(LocalStore(tmp_path / "file").iter_names())
