@@ -188,10 +188,8 @@ def _put_manifest(
 
     def harvested() -> Iterator[dict[str, Any]]:
         for run_id in run_ids:
-            for entry in repo.report_rows(conn, run_id):
+            for entry in repo.report_rows(conn, run_id, finished_only=True):
                 item = entry["item"]
-                if item.state in ("queued", "in_batch"):
-                    continue
                 row = report.item_row(item, entry)
                 row.update(
                     prompt=item.prompt, aspect_ratio=item.aspect_ratio, image_size=item.image_size

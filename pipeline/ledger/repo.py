@@ -337,16 +337,17 @@ def open_keys(conn: Connection, run_ids: Sequence[str], keys: Sequence[str]) -> 
     found: dict[str, str] = {}
     if not run_ids or not keys:
         return found
+    # The state is checked here, not in SQL: with it there, SQLite walks every open item of
+    # those runs through ix_items_run_state instead of looking the keys up in (run_id, key).
     for chunk in _chunks(sorted(set(keys)), 500):
         rows = conn.execute(
-            select(ITEMS.c.key, ITEMS.c.run_id).where(
-                ITEMS.c.run_id.in_(list(run_ids)),
-                ITEMS.c.key.in_(list(chunk)),
-                ITEMS.c.state.in_(["queued", "in_batch"]),
+            select(ITEMS.c.key, ITEMS.c.run_id, ITEMS.c.state).where(
+                ITEMS.c.run_id.in_(list(run_ids)), ITEMS.c.key.in_(list(chunk))
             )
         )
-        for key, run_id in rows:
-            found.setdefault(key, run_id)
+        for key, run_id, state in rows:
+            if state in ("queued", "in_batch"):
+                found.setdefault(key, run_id)
     return found
 
 
@@ -803,8 +804,11 @@ def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
 # ── reports ──────────────────────────────────────────────────────────────────
 
 
-def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[dict[str, Any]]:
-    """Every item of a run with its attempt sums, in id order: one grouped join, streamed."""
+def report_rows(
+    conn: Connection, run_id: str, chunk: int = 2000, *, finished_only: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every item of a run with its attempt sums, in id order: one grouped join, streamed.
+    With `finished_only`, only items no longer queued or in a batch (the manifest's)."""
     counted = and_(
         ATTEMPTS.c.item_id == ITEMS.c.id,
         ATTEMPTS.c.outcome.is_not(None),
@@ -825,10 +829,13 @@ def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[di
         ),
         func.max(ATTEMPTS.c.model),
     ]
+    conditions = [ITEMS.c.run_id == run_id]
+    if finished_only:
+        conditions.append(ITEMS.c.state.not_in(["queued", "in_batch"]))
     query = (
         select(ITEMS, *(s.label(f"sum_{i}") for i, s in enumerate(sums)))
         .select_from(ITEMS.outerjoin(ATTEMPTS, counted))
-        .where(ITEMS.c.run_id == run_id)
+        .where(*conditions)
         .group_by(*ITEMS.c)
         .order_by(ITEMS.c.id)
     )
