@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     func,
     insert,
@@ -205,6 +206,12 @@ def get_run(conn: Connection, ref: str) -> RunRow:
     if row is None:
         raise NotFoundError(f"no run or job named {ref!r}; `nanobatch status` lists the runs")
     return _run(row)
+
+
+def run_outputs(conn: Connection) -> list[tuple[str, str]]:
+    """(run id, output uri) of every run, oldest first: which runs share a location."""
+    query = select(RUNS.c.id, RUNS.c.output_uri).order_by(RUNS.c.created_at, RUNS.c.id)
+    return [(run_id, uri) for run_id, uri in conn.execute(query)]
 
 
 def list_runs(conn: Connection, *, active_only: bool = False) -> list[RunRow]:
@@ -411,6 +418,71 @@ def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str
     )
     names = ("input", "output_image", "output_text", "thinking", "cost_nanos")
     return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
+
+
+def open_keys(conn: Connection, run_ids: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    """key -> run id, for those of `keys` that an item of one of `run_ids` has while it is
+    still open (queued or in a batch): names those runs are about to write."""
+    found: dict[str, str] = {}
+    if not run_ids or not keys:
+        return found
+    # The state is checked here, not in SQL: with it there, SQLite walks every open item of
+    # those runs through ix_items_run_state instead of looking the keys up in (run_id, key).
+    for chunk in _chunks(sorted(set(keys)), 500):
+        rows = conn.execute(
+            select(ITEMS.c.key, ITEMS.c.run_id, ITEMS.c.state).where(
+                ITEMS.c.run_id.in_(list(run_ids)), ITEMS.c.key.in_(list(chunk))
+            )
+        )
+        for key, run_id, state in rows:
+            if state in ("queued", "in_batch"):
+                found.setdefault(key, run_id)
+    return found
+
+
+def fail_items_for_good(
+    conn: Connection, run_id: str, reasons: Sequence[tuple[str, str]], from_: str, now: datetime
+) -> int:
+    """Items of the run (by key) in state `from_` fail for good with their reasons, before
+    anything was sent for them: no attempt, no cost (an item just recorded as failed, or a
+    queued one). Guarded; returns how many moved."""
+    moved = 0
+    for chunk in _chunks(list(reasons), 500):
+        ids = dict(
+            conn.execute(
+                select(ITEMS.c.key, ITEMS.c.id).where(
+                    ITEMS.c.run_id == run_id,
+                    ITEMS.c.key.in_([key for key, _ in chunk]),
+                    ITEMS.c.state == from_,
+                )
+            ).all()
+        )
+        params = [{"iid": ids[k], "err": r} for k, r in chunk if k in ids]
+        if not params:
+            continue
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id == bindparam("iid"), ITEMS.c.state == from_)
+            .values(state="failed", final=True, error=bindparam("err"), finished_at=now),
+            params,
+        )
+        conn.execute(
+            insert(EVENTS),
+            [
+                {
+                    "at": now,
+                    "run_id": run_id,
+                    "batch_id": None,
+                    "item_id": p["iid"],
+                    "from_state": None if from_ == "failed" else from_,
+                    "to_state": "failed",
+                    "detail": p["err"][:500],
+                }
+                for p in params
+            ],
+        )
+        moved += len(params)
+    return moved
 
 
 def requeue_items(conn: Connection, run_id: str, *, include_final: bool, now: datetime) -> int:
@@ -821,9 +893,14 @@ def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
 # ── reports ──────────────────────────────────────────────────────────────────
 
 
-def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[dict[str, Any]]:
-    """Every item of a run with its attempt sums, in id order: one grouped join, streamed."""
+def report_rows(
+    conn: Connection, run_id: str, chunk: int = 2000, *, finished_only: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every item of a run with its attempt sums, in id order: one grouped join, streamed.
+    With `finished_only`, only items no longer queued or in a batch (the manifest's)."""
     query = _item_sums_query().where(ITEMS.c.run_id == run_id)
+    if finished_only:
+        query = query.where(ITEMS.c.state.not_in(["queued", "in_batch"]))
     yield from _sum_entries(conn.execution_options(yield_per=chunk).execute(query))
 
 
