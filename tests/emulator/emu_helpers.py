@@ -15,14 +15,15 @@ FLASH25 = "gemini-2.5-flash-image"
 FLASH31 = "gemini-3.1-flash-image-preview"
 
 
-def request(prompt: str, ratio: str = "1:1", size: str = "1K") -> dict[str, Any]:
-    """A REST GenerateContentRequest for one image."""
+def request(prompt: str, ratio: str = "1:1", size: str | None = "1K") -> dict[str, Any]:
+    """A REST GenerateContentRequest for one image (no imageSize when ``size`` is None, as
+    gemini-2.5-flash-image requires)."""
+    image: dict[str, Any] = {"aspectRatio": ratio}
+    if size is not None:
+        image["imageSize"] = size
     return {
         "contents": [{"role": "user", "parts": [{"text": prompt}]}],
-        "generationConfig": {
-            "responseModalities": ["IMAGE"],
-            "imageConfig": {"aspectRatio": ratio, "imageSize": size},
-        },
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image},
     }
 
 
