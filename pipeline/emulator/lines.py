@@ -437,7 +437,7 @@ def _text_answer(model: str, p: Parsed, meta: dict[str, Any]) -> dict[str, Any]:
         finish = "MAX_TOKENS"
     cand: dict[str, Any] = {"finishReason": finish, "index": 0}
     if text_n:
-        text = _caption(f"Answer to: {p.prompt}", text_n) if text_n > 1 else "A"
+        text = _caption(p.prompt, text_n, "Emulated answer: ") if text_n > 1 else "A"
         cand = {"content": {"role": "model", "parts": [{"text": text}]}, **cand}
     return {"candidates": [cand], **_usage(model, p, [], text_n, thoughts), **meta}
 
@@ -508,9 +508,10 @@ def _seed(model: str, p: Parsed) -> str:
     return f"{model}\x1f{p.prompt}\x1f{p.ratio}\x1f{p.size}"
 
 
-def _caption(prompt: str, tokens: int) -> str:
+def _caption(prompt: str, tokens: int, lead: str = "Here is the image: ") -> str:
+    """About ``tokens`` tokens of text (4 characters each) made of the prompt's words."""
     words = (prompt.split() or ["image"]) * tokens
-    return ("Here is the image: " + " ".join(words))[: tokens * 4].ljust(tokens * 4 - 3, ".")
+    return (lead + " ".join(words))[: tokens * 4].ljust(tokens * 4 - 3, ".")
 
 
 def _usage(

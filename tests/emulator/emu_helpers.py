@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,34 @@ def results(client: Any, job: types.BatchJob, tmp: Path) -> list[dict[str, Any]]
     client.files.download(file=job.dest.file_name, destination=str(dest))
     with dest.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def http(
+    emu: Emulator, method: str, path: str, body: Any = None, key: str = "k"
+) -> tuple[int, Any]:
+    """A raw HTTP call like the documentation's curl examples: (status, parsed JSON body)."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    req = urllib.request.Request(
+        emu.url + path,
+        data=data,
+        method=method,
+        headers={"x-goog-api-key": key, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def line_results(
+    emu: Emulator, client: Any, tmp: Path, rows: list[Any], model: str = PRO, name: str = "job"
+) -> dict[str, dict[str, Any]]:
+    """Upload raw line objects (or strings), run the file batch to the end, return its
+    results by key."""
+    path = tmp / f"{name}.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    job = client.batches.create(model=model, src=upload(client, path).name)
+    return {r.get("key", ""): r for r in results(client, finish(emu, client, job.name), tmp)}
