@@ -115,8 +115,9 @@ def parse(model: str, request: Any, *, version: str = "v1beta", checked: bool = 
     modalities = [_modality(m) for m in _as_list(pick(config, "responseModalities"))]
     want_text = not modalities or "TEXT" in modalities
     want_image = not modalities or "IMAGE" in modalities
+    # proto3: an empty string is the field's default, i.e. not set.
     ratio = pick(image_config, "aspectRatio") or "1:1"
-    size = pick(image_config, "imageSize")
+    size = pick(image_config, "imageSize") or None
     if models.kind(model) == "text":
         if modalities and set(modalities) - {"TEXT"}:
             asked = ",".join(m.lower() for m in modalities)
@@ -296,8 +297,8 @@ def quick_tokens(model: str, request: Any) -> int | None:
     image_config = _quick_image_config(request.get("generationConfig"))
     if image_config is None:
         return None
-    ratio = image_config.get("aspectRatio", "1:1")
-    size = image_config.get("imageSize")
+    ratio = image_config.get("aspectRatio") or "1:1"
+    size = image_config.get("imageSize") or None
     ratios, image_tokens = _model_table(model)
     # A ratio or size that is not one of the model's is parse's LineError: 1 token.
     if ratio not in ratios or size not in image_tokens:

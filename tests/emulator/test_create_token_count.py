@@ -321,8 +321,8 @@ def _random_request(rng: random.Random) -> Any:
         # The first choice (the common shape) half of the time, so that many requests are whole.
         return choices[0] if rng.random() < 0.5 else rng.choice(choices)
 
-    ratio = one("1:1", "16:9", "1:8", "7:5", None, 5, ["1:1"])
-    size = one("512", "1K", "4K", "8K", None, 2)
+    ratio = one("1:1", "16:9", "1:8", "7:5", None, 5, ["1:1"], "")
+    size = one("512", "1K", "4K", "8K", None, 2, "")
     image = one({"aspectRatio": ratio, "imageSize": size}, {}, None, [], "x", {"imageSize": size})
     if isinstance(image, dict) and rng.random() < 0.1:
         image[one("aspect_ratio", "image_size")] = one("1:1", "2K", "bad")
