@@ -47,12 +47,12 @@ def submit_spec(ctx: Context, spec_path: Path, *, force: bool, use_cache: bool) 
 
 
 def _queued_work(ctx: Context, run_id: str) -> int:
-    """How many of an active run's batches (and items not yet in one) wait to be sent."""
+    """How many of an active run's batches wait to be sent (1 for items not yet in one)."""
     with ctx.engine.connect() as conn:
         if repo.get_run(conn, run_id).state != "active":
             return 0
         batches = repo.batches_in(conn, ["queued", "submitting"], run_id)
-        return len(batches) + repo.item_counts(conn, run_id).get("queued", 0)
+        return len(batches) or len(repo.queued_items(conn, run_id, 0, 1))
 
 
 def _recorded(exc: PipelineError, run_id: str, spec_path: Path) -> PipelineError:
