@@ -48,6 +48,7 @@ class BatchBackend(Protocol):
     def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]: ...
     def cancel_batch(self, name: str) -> None: ...
     def download(self, file_name: str, destination: Path) -> int: ...
+    def check_access(self) -> None: ...
 
 
 class GeminiBackend:
@@ -57,10 +58,21 @@ class GeminiBackend:
         options = types.HttpOptions(base_url=base_url, timeout=120_000) if base_url else None
         self._key = api_key
         self._key_variable = key_variable
-        self._client = genai.Client(api_key=api_key, http_options=options)
-        http = self._client._api_client._http_options
+        # The Gemini Developer API whatever GOOGLE_GENAI_USE_VERTEXAI (or _ENTERPRISE) says:
+        # left to the environment, the SDK would switch to Vertex AI and every batch name
+        # would be refused (CONTRACT section 10: only a spec chooses the channel).
+        self._client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
+        api = self._client._api_client
+        # Read from GOOGLE_CLOUD_PROJECT/LOCATION even here; Vertex-only, so they must not leak.
+        api.project = api.location = None
+        http = api._http_options
         self._base = (http.base_url or "https://generativelanguage.googleapis.com/").rstrip("/")
         self._version = http.api_version or "v1beta"
+
+    def check_access(self) -> None:
+        """One cheap call (a one-entry batch list) that proves the key is accepted and the
+        service reachable: AuthError, TransientApiError or ApiError otherwise. Spends nothing."""
+        self._call(lambda: self._client.batches.list(config={"page_size": 1}))
 
     def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile:
         config = types.UploadFileConfig(mime_type="jsonl", display_name=display_name[:120])
@@ -119,7 +131,9 @@ class GeminiBackend:
         except genai_errors.APIError as exc:
             raise _api_error(exc, self._key_variable) from None
         except (httpx2.HTTPError, OSError) as exc:
-            raise TransientApiError(f"could not reach the Gemini API: {exc}") from None
+            raise TransientApiError(
+                f"could not reach the Gemini API at {self._base}: {exc}"
+            ) from None
 
 
 def _remote(job: Any) -> RemoteBatch:

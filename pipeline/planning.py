@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline import expand, inputs, shard
 from pipeline.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.errors import SpecError, UsageError
-from pipeline.spec import JobSpec, parse_spec, required_columns
+from pipeline.spec import JobSpec, parse_spec, required_columns, template_fields
 from pipeline.values import nanos_to_usd, usd_to_nanos
 
 OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")
@@ -50,6 +50,7 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
     )
     columns = [*required_columns(spec), *sorted(present)]
     path, encoding = spec.input.path, spec.input.encoding
+    inputs.check_column_types(path, column_uses(spec))
     repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding)
     blocks = inputs.read_blocks(path, list(dict.fromkeys(columns)), encoding)
     return expand.expand_columns(
@@ -60,6 +61,18 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
         has_ratio_column="aspect_ratio" in present,
         has_size_column="image_size" in present,
     )
+
+
+def column_uses(spec: JobSpec) -> dict[str, str]:
+    """What the job makes of each column it reads (inputs.TEXT, KEY or VALUE); a column with
+    two uses gets the stricter (a key that is also a template value must be a key)."""
+    uses = {name: inputs.VALUE for name in template_fields(spec)}
+    for name in (spec.input.prompt_column, *OVERRIDE_COLUMNS):
+        if name is not None:
+            uses[name] = inputs.TEXT
+    if uses.get(spec.input.id_column) != inputs.TEXT:
+        uses[spec.input.id_column] = inputs.KEY
+    return uses
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
-from pipeline.errors import Interrupted, RuntimeFailure, UsageError
+from pipeline.errors import ApiError, Interrupted, PipelineError, RuntimeFailure, UsageError
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
@@ -27,15 +27,43 @@ log = get_logger()
 
 
 def submit_spec(ctx: Context, spec_path: Path, *, force: bool, use_cache: bool) -> str:
-    """Record the run (or find the identical one) and submit what the quota allows."""
+    """Record the run (or find the identical one) and submit what the quota allows.
+
+    An identical run that still has queued work (its submit was stopped before sending it)
+    is sent now rather than left waiting: submitting again is how a user retries a submit."""
     catalog = load_catalog()
     spec = load_spec(spec_path, catalog)
     run_id, created = create_run(ctx, spec, catalog, force=force, use_cache=use_cache)
     if not created:
-        log.info("run_exists", run=run_id, hint="use --force for a new run")
-        return run_id
-    tick(ctx, catalog)
+        queued = _queued_work(ctx, run_id)
+        log.info("run_exists", run=run_id, queued=queued, hint="use --force for a new run")
+        if not queued:
+            return run_id
+    try:
+        tick(ctx, catalog)
+    except PipelineError as exc:
+        raise _recorded(exc, run_id, spec_path) from None
     return run_id
+
+
+def _queued_work(ctx: Context, run_id: str) -> int:
+    """How many of an active run's batches wait to be sent (1 for items not yet in one)."""
+    with ctx.engine.connect() as conn:
+        if repo.get_run(conn, run_id).state != "active":
+            return 0
+        batches = repo.batches_in(conn, ["queued", "submitting"], run_id)
+        return len(batches) or len(repo.queued_items(conn, run_id, 0, 1))
+
+
+def _recorded(exc: PipelineError, run_id: str, spec_path: Path) -> PipelineError:
+    """`exc` (same type and exit code) saying that the run is recorded and how it goes on."""
+    message = (
+        f"{exc}. Run {run_id} is recorded; its queued work is sent by the next "
+        f"`nanobatch tick` or `nanobatch submit {spec_path}`"
+    )
+    if isinstance(exc, ApiError):
+        return type(exc)(message, code=exc.code)
+    return type(exc)(message)
 
 
 def run_spec(

@@ -89,9 +89,11 @@ def create_run(
     """Record the run, its items and rejects (one transaction), write rejects.csv.
 
     Returns (run id, created). An existing identical run is returned as is, spending nothing.
-    Items whose image name is taken at the output location are recorded failed for good
-    (`taken`). Side effects: ledger rows; `rejects.csv` (and, when items failed or the
-    location is shared, the manifest tables) in the run's output location.
+    The output location and the service (key and endpoint) are checked first, so a run is
+    only recorded when its work can be sent. Items whose image name is taken at the output
+    location are recorded failed for good (`taken`). Side effects: ledger rows;
+    `rejects.csv` (and, when items failed or the location is shared, the manifest tables)
+    in the run's output location.
     """
     now = ctx.now()
     date = now.strftime("%Y-%m-%d")
@@ -112,12 +114,29 @@ def create_run(
             f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
             "written."
         ) from exc
+    check_service(ctx)
     # Listed before the recording transaction opens: a long listing holds no ledger lock.
     with Listing.of(store) as listing:
         _record_run(
             ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache, listing
         )
     return run_id, True
+
+
+def check_service(ctx: Context) -> None:
+    """One cheap call to the service before a run is recorded: a refused or missing key
+    (AuthError, exit 2) or an unreachable service (exit 1) then leaves nothing behind that a
+    later submit would mistake for the run."""
+    try:
+        ctx.backend.check_access()
+    except AuthError as exc:
+        raise AuthError(f"{exc}; nothing was recorded", code=exc.code) from None
+    except ApiError as exc:
+        raise type(exc)(
+            f"{exc}; nothing was recorded: check the network and GOOGLE_GEMINI_BASE_URL "
+            "(unset it for the real service), then submit again",
+            code=exc.code,
+        ) from None
 
 
 def _record_run(
