@@ -89,12 +89,12 @@ def test_submit_to_an_unreachable_service_records_nothing(e2e: Any) -> None:
 def _record_only(e2e: Any) -> str:
     """Record a run of the e2e spec without sending anything: what a submit stopped between
     recording its run and its first tick leaves (and what a refused key used to leave)."""
-    from pipeline.catalog import load_catalog
-    from pipeline.config import load_settings
-    from pipeline.context import Context
-    from pipeline.ledger import db
-    from pipeline.planning import load_spec
-    from pipeline.submit import create_run
+    from pipeline.adapters.config import load_settings
+    from pipeline.adapters.ledger import db
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.context import Context
+    from pipeline.shell.planning import load_spec
+    from pipeline.shell.submit import create_run
 
     engine = db.make_engine(e2e.db_url)
     try:

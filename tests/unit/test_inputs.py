@@ -8,8 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.inputs import (
+from pipeline.adapters.inputs import (
     KEY,
     TEXT,
     UNDECODABLE,
@@ -21,6 +20,7 @@ from pipeline.inputs import (
     repeated_key_hashes,
     table_columns,
 )
+from pipeline.core.errors import InputError
 
 CSV = b'sku,title,"multi\nline"\nA1,"Red, mug",x\nA2,,"q""z\nw"\n\nA3,Blue,\n'
 
