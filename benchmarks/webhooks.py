@@ -65,9 +65,9 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 
 def _record(ctx: Any, work: Path, n: int) -> tuple[str, Any]:
     """A run of n batches of ITEMS_PER_BATCH items, recorded but not yet created."""
-    from pipeline.catalog import load_catalog
-    from pipeline.planning import load_spec
-    from pipeline.submit import create_run
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.planning import load_spec
+    from pipeline.shell.submit import create_run
 
     common.write_prompts_csv(work / "prompts.csv", n * ITEMS_PER_BATCH, prefix="w")
     spec = common.write_spec(
@@ -86,8 +86,8 @@ def _record(ctx: Any, work: Path, n: int) -> tuple[str, Any]:
 def _stagger(ctx: Any, run_id: str, spread: float) -> threading.Thread:
     """Give batch i a not_before i * spread / n from now, and create each when it comes due
     (a thread running the submission pass alone, as a tick's scheduler step would)."""
-    from pipeline.ledger import repo
-    from pipeline.submit import Submitter
+    from pipeline.adapters.ledger import repo
+    from pipeline.shell.submit import Submitter
 
     with ctx.engine.begin() as conn:
         batches = repo.batches_of_run(conn, run_id)
@@ -112,14 +112,14 @@ def _stagger(ctx: Any, run_id: str, spread: float) -> threading.Thread:
 
 
 def _harvested(ctx: Any, run_id: str) -> int:
-    from pipeline.ledger import repo
+    from pipeline.adapters.ledger import repo
 
     with ctx.engine.connect() as conn:
         return repo.batch_state_counts(conn, run_id).get("harvested", 0)
 
 
 def _with_cron(ctx: Any, catalog: Any, run_id: str, n: int, spread: float, every: float) -> float:
-    from pipeline.tick import tick
+    from pipeline.shell.tick import tick
 
     t0 = time.monotonic()
     submitter = _stagger(ctx, run_id, spread)
@@ -135,7 +135,7 @@ def _with_cron(ctx: Any, catalog: Any, run_id: str, n: int, spread: float, every
 def _with_listen(ctx: Any, catalog: Any, emu: Any, run_id: str, n: int, spread: float) -> float:
     from google import genai
 
-    from pipeline.listen import bind, build_receiver, make_app, make_server
+    from pipeline.shell.listen import bind, build_receiver, make_app, make_server
 
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/gemini-webhook"
@@ -160,8 +160,8 @@ def _with_listen(ctx: Any, catalog: Any, emu: Any, run_id: str, n: int, spread: 
 
 def _latencies(ctx: Any) -> list[float]:
     """Seconds from each harvested batch's end (service endTime) to its harvest, sorted."""
-    from pipeline.ledger import repo
-    from pipeline.values import as_utc
+    from pipeline.adapters.ledger import repo
+    from pipeline.core.values import as_utc
 
     with ctx.engine.connect() as conn:
         rows = conn.execute(
@@ -173,7 +173,7 @@ def _latencies(ctx: Any) -> list[float]:
 
 
 def _summary(latencies: list[float]) -> dict[str, Any]:
-    from pipeline.metrics import quantile
+    from pipeline.shell.metrics import quantile
 
     return {
         "batches": len(latencies),

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from pipeline.ledger import db, deliveries
+from pipeline.adapters.ledger import db, deliveries
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -13,11 +13,11 @@ from typing import Any
 import sqlalchemy as sa
 from faults_helpers import API_KEY, Drill
 
-from pipeline.catalog import load_catalog
-from pipeline.config import Settings
-from pipeline.context import Context
-from pipeline.ledger import db
-from pipeline.listen import Receiver, bind, build_receiver, make_app, make_server
+from pipeline.adapters.config import Settings
+from pipeline.adapters.ledger import db
+from pipeline.core.catalog import load_catalog
+from pipeline.shell.context import Context
+from pipeline.shell.listen import Receiver, bind, build_receiver, make_app, make_server
 
 PATH = "/gemini-webhook"
 

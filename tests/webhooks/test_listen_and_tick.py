@@ -32,8 +32,8 @@ def test_listen_and_ticks_together_never_do_anything_twice(tmp_path, pg_url: str
             made = client.webhooks.create(
                 uri=live.url, subscribed_events=["batch.succeeded", "batch.failed"]
             )
-            from pipeline.delivery import JwksCache, Verifier
-            from pipeline.listen import _audiences, jwks_url
+            from pipeline.adapters.delivery import JwksCache, Verifier
+            from pipeline.shell.listen import _audiences, jwks_url
 
             live.receiver.verifier = Verifier(
                 (str(made.new_signing_secret),), JwksCache(jwks_url(live.ctx)), _audiences(live.ctx)

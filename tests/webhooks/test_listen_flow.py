@@ -144,7 +144,7 @@ def test_dynamic_webhook_of_the_spec_is_verified_by_the_jwks(drill: Drill) -> No
 
 def _with_secret(live: Any, secret: str) -> Any:
     """The live receiver's verifier, now holding the secret `webhooks create` returned."""
-    from pipeline.delivery import JwksCache, Verifier
-    from pipeline.listen import _audiences, jwks_url
+    from pipeline.adapters.delivery import JwksCache, Verifier
+    from pipeline.shell.listen import _audiences, jwks_url
 
     return Verifier((secret,), JwksCache(jwks_url(live.ctx)), _audiences(live.ctx))

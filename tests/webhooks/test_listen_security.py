@@ -16,7 +16,7 @@ from faults_helpers import Drill
 from keys import OTHER_SECRET, SECRET, KeyPair, body, hmac_headers, jwt_headers
 from live import Live, ledger_text, live_listen
 
-from pipeline.metrics import listen_text
+from pipeline.shell.metrics import listen_text
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import pytest
 from faults_helpers import Drill
 from live import wait_for
 
-from pipeline.catalog import load_catalog
-from pipeline.errors import SpecError
-from pipeline.spec import parse_spec
-from pipeline.submit import run_identity
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import SpecError
+from pipeline.core.spec import parse_spec
+from pipeline.shell.submit import run_identity
 
 BASE = """name = "n"
 model = "gemini-3-pro-image-preview"

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from keys import OTHER_SECRET, SECRET, KeyPair, body, hmac_headers, jwt_headers
 
-from pipeline.delivery import JwksCache, Refused, Verifier, read_event
+from pipeline.adapters.delivery import JwksCache, Refused, Verifier, read_event
 
 AUD = "https://hooks.example.test/gemini-webhook"
 

@@ -11,8 +11,8 @@ from faults_helpers import Drill
 from google import genai
 from live import live_listen, wait_for
 
-from pipeline.delivery import JwksCache, Verifier
-from pipeline.listen import MetricsWriter, _audiences, jwks_url
+from pipeline.adapters.delivery import JwksCache, Verifier
+from pipeline.shell.listen import MetricsWriter, _audiences, jwks_url
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
