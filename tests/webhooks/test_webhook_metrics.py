@@ -38,6 +38,7 @@ def test_end_to_stored_by_webhook_and_by_poll(drill: Drill, tmp_path) -> None:
         writer.write()
     client.webhooks.delete(id=made.id)
     spec = drill.write_spec(2, per_batch=2, name="polled")
+    spec.write_text(spec.read_text().replace('uri = "out"', 'uri = "out-polled"'))
     submitted = drill.cli("submit", str(spec), "--no-cache")  # the same prompts: not cached
     assert submitted.code == 0, submitted.err
     polled = submitted.out.strip()
