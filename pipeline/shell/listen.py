@@ -435,6 +435,12 @@ def listen(
     writer = MetricsWriter(receiver, metrics_out) if metrics_out else None
     if writer is not None:
         writer.start()
+    if not ctx.settings.webhook_secrets:
+        log.warning(
+            "listen_no_secret",
+            detail="NANOBATCH_WEBHOOK_SECRET is unset: static (HMAC) deliveries are refused, "
+            "dynamic (JWT) ones still checked against the JWKS",
+        )
     log.info(
         "listen_started",
         url=address.url,
