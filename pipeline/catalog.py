@@ -38,6 +38,10 @@ class ModelInfo:
     """Thinking/text tokens expected per request, for estimates."""
     batch: Rates
     standard: Rates
+    max_reference_images: int = 0
+    """Reference (input) images one request may carry."""
+    reference_image_tokens: int = 0
+    """Input tokens one reference image counts."""
 
     def rates(self, mode: str) -> Rates:
         """The batch or standard rates; ValueError for any other mode."""
@@ -59,6 +63,8 @@ class Catalog:
     models: dict[str, ModelInfo]
     source: str
     date: str
+    references_source: str = ""
+    """Where the reference-image limits and tokens per model come from."""
 
     def get(self, name: str) -> ModelInfo:
         """The model's info; KeyError if unknown (callers turn that into a SpecError)."""
@@ -92,6 +98,8 @@ def _model(name: str, raw: Mapping[str, Any]) -> ModelInfo:
         thinking_allowance=int(raw.get("thinking_allowance", 0)),
         batch=_rates(raw["batch"]),
         standard=_rates(raw["standard"]),
+        max_reference_images=int(raw.get("max_reference_images", 0)),
+        reference_image_tokens=int(raw.get("reference_image_tokens", 0)),
     )
 
 
@@ -99,7 +107,12 @@ def parse_catalog(text: str) -> Catalog:
     """Build a Catalog from the text of a models.toml file."""
     data = tomllib.loads(text)
     models = {name: _model(name, raw) for name, raw in data["models"].items()}
-    return Catalog(models=models, source=str(data["source"]), date=str(data["date"]))
+    return Catalog(
+        models=models,
+        source=str(data["source"]),
+        date=str(data["date"]),
+        references_source=str(data.get("references_source", "")),
+    )
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,7 @@ import re
 import string
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,10 @@ SIZE_COLUMN = "image_size"
 """A column with this name overrides [image] size per row."""
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_ENQUEUED_TOKENS = 2_000_000
+MAX_VARIANTS = 8
 
 _TOP_KEYS = ("name", "model", "fallback_model", "input", "image", "output", "limits")
-_INPUT_KEYS = ("path", "id_column", "prompt", "prompt_column", "encoding")
+_INPUT_KEYS = ("path", "id_column", "prompt", "prompt_column", "encoding", "images", "variants")
 _IMAGE_KEYS = ("aspect_ratio", "size")
 _OUTPUT_KEYS = ("uri", "overwrite")
 _LIMIT_KEYS = ("max_attempts", "budget_usd", "max_requests_per_batch", "max_enqueued_tokens")
@@ -57,6 +58,10 @@ class InputSpec:
     """A template over columns, `{column}` placeholders; exactly one of prompt / prompt_column."""
     prompt_column: str | None
     encoding: str = "utf-8"
+    images: tuple[str, ...] = ()
+    """Columns holding reference images, in the order they are sent (CONTRACT section 9)."""
+    variants: int = 1
+    """Images per row: keys K.v1..K.vN, each sent with generationConfig.seed = n (N > 1)."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,39 @@ def _input(data: Mapping[str, Any], base: Path, ctx: _Ctx) -> InputSpec:
     elif not prompt_column:
         raise ctx.bad("input.prompt_column", prompt_column, "must name a column")
     encoding = _encoding(ctx.string(table, "encoding", "input"), ctx)
-    return InputSpec(Path(_local_path(path, base)), id_column, prompt, prompt_column, encoding)
+    return InputSpec(
+        Path(_local_path(path, base)),
+        id_column,
+        prompt,
+        prompt_column,
+        encoding,
+        _images(table.get("images"), ctx),
+        _variants(table.get("variants", 1), ctx),
+    )
+
+
+def _images(value: Any, ctx: _Ctx) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ctx.bad(
+            "input.images",
+            value,
+            "must be a list of column names",
+            'e.g. images = ["product_photo", "style_ref"]',
+        )
+    for column in value:
+        if value.count(column) > 1:
+            raise ctx.bad("input.images", value, f"names the column {column!r} twice")
+    return tuple(value)
+
+
+def _variants(value: Any, ctx: _Ctx) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VARIANTS:
+        raise ctx.bad(
+            "input.variants", value, "images per row", f"a whole number from 1 to {MAX_VARIANTS}"
+        )
+    return value
 
 
 def _image(data: Mapping[str, Any], info: catalog.ModelInfo, ctx: _Ctx) -> ImageSpec:
@@ -398,16 +435,29 @@ def template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
 
 
 def required_columns(spec: JobSpec) -> tuple[str, ...]:
-    """Columns the input must have: the id column, then template fields or the prompt column."""
+    """Columns the input must have: the id column, then template fields or the prompt column,
+    then the reference image columns."""
     others = (
         template_fields(spec) if spec.input.prompt_column is None else (spec.input.prompt_column,)
     )
-    return tuple(dict.fromkeys((spec.input.id_column, *others)))
+    return tuple(dict.fromkeys((spec.input.id_column, *others, *spec.input.images)))
 
 
 def optional_columns(spec: JobSpec) -> tuple[str, ...]:
     """Columns read when present: per-row aspect_ratio and image_size overrides."""
     return (RATIO_COLUMN, SIZE_COLUMN)
+
+
+def spec_record(spec: JobSpec) -> dict[str, Any]:
+    """The spec as a plain dict, for a run's identity and `runs.spec_json`. Keys a spec added
+    later are left out while they hold their defaults, so a spec written before them keeps
+    the identity (and finds the runs) it had."""
+    record = asdict(spec)
+    defaults = InputSpec(Path(), "", None, None)
+    for key in ("images", "variants"):
+        if record["input"][key] == getattr(defaults, key):
+            del record["input"][key]
+    return record
 
 
 def resolve_output_uri(template: str, *, job: str, date: str, run: str) -> str:

@@ -15,7 +15,6 @@ import math
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +29,7 @@ from pipeline.ledger import repo
 from pipeline.ledger.db import session_scope
 from pipeline.log import get_logger
 from pipeline.manifest import write_csv
-from pipeline.spec import JobSpec, resolve_output_uri
+from pipeline.spec import JobSpec, resolve_output_uri, spec_record
 from pipeline.states import BatchState
 from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
 
@@ -47,7 +46,7 @@ CLAIM_TTL_S = 60.0
 def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
     """Same spec + same input + same resolved output (+ date) = same run."""
     canonical = json.dumps(
-        {"spec": asdict(spec), "input": input_sha, "output": output_template, "date": date},
+        {"spec": spec_record(spec), "input": input_sha, "output": output_template, "date": date},
         sort_keys=True,
         default=str,
     )
@@ -56,7 +55,7 @@ def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str,
 
 def _spec_json(spec: JobSpec) -> str:
     """The spec as recorded with its run (`runs.spec_json`)."""
-    return json.dumps(asdict(spec), default=str, sort_keys=True)
+    return json.dumps(spec_record(spec), default=str, sort_keys=True)
 
 
 def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
