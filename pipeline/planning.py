@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import expand, inputs, shard
 from pipeline.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.errors import SpecError
+from pipeline.references import ReferenceBook
 from pipeline.spec import JobSpec, parse_spec, required_columns
 from pipeline.values import nanos_to_usd, usd_to_nanos
 
@@ -29,16 +30,21 @@ def load_spec(path: Path, catalog: Catalog | None = None) -> JobSpec:
     return parse_spec(text, path.resolve(), catalog or load_catalog())
 
 
-def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
+def expansion(
+    spec: JobSpec, info: ModelInfo, book: ReferenceBook | None = None
+) -> Iterator[expand.Expanded]:
     """Items and rejects of the spec's table, a block at a time, streamed; InputError for a
-    missing column."""
+    missing column. Reference images are read through `book` (by default one that reads
+    local files only: gs:// objects are checked at submit)."""
     present = inputs.check_columns(
         spec.input.path, required_columns(spec), OVERRIDE_COLUMNS, spec.input.encoding
     )
     columns = [*required_columns(spec), *sorted(present)]
     path, encoding = spec.input.path, spec.input.encoding
-    repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding)
+    repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding, spec.input.variants)
     blocks = inputs.read_blocks(path, list(dict.fromkeys(columns)), encoding)
+    if book is None and spec.input.images:
+        book = ReferenceBook(spec.source.parent)
     return expand.expand_columns(
         spec,
         info,
@@ -46,6 +52,7 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
         repeated_keys=repeated,
         has_ratio_column="aspect_ratio" in present,
         has_size_column="image_size" in present,
+        references=book,
     )
 
 
@@ -73,6 +80,9 @@ class Plan:
     rejects: list[expand.Reject] = field(default_factory=list)
     budget_nanos: int | None = None
     """The spec's [limits] budget_usd."""
+    references: int = 0
+    """Reference images sent with the items (one per item and image, variants included)."""
+    variants: int = 1
 
     @property
     def warnings(self) -> list[str]:
@@ -109,6 +119,8 @@ class Plan:
             },
             "quota_windows": self.quota_windows,
             "max_enqueued_tokens": self.max_enqueued_tokens,
+            "references": self.references,
+            "variants": self.variants,
             "budget_usd": nanos_to_usd(self.budget_nanos)
             if self.budget_nanos is not None
             else None,
@@ -125,6 +137,7 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
         model=spec.model,
         max_enqueued_tokens=spec.limits.max_enqueued_tokens,
         budget_nanos=usd_to_nanos(budget) if budget is not None else None,
+        variants=spec.input.variants,
     )
     packer = shard.Packer(shard.limits_for(spec))
     for block in expansion(spec, info):
@@ -132,6 +145,7 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
         plan.rejects.extend(block.rejects[: max(0, keep_rejects - len(plan.rejects))])
         items = block.items
         _count_items(plan, items)
+        plan.references += sum(map(len, items.refs))
         lengths = list(map(len, expand.request_lines(items)))
         plan.batches += len(packer.starts(lengths, items.tokens()))
     plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)

@@ -26,6 +26,11 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
     assert isinstance(est, dict)
     click.echo(f"job {plan.job}  model {plan.model}")
     click.echo(f"items {plan.items}  rejected rows {plan.rejected}  batches {plan.batches}")
+    if plan.references or plan.variants > 1:
+        click.echo(
+            f"  {plan.variants} variant(s) per row; {plan.references} reference image(s) sent, "
+            "their input tokens included below"
+        )
     for size, line in est["by_size"].items():
         click.echo(
             f"  {size:<40} {line['items']:>8} items  batch ${line['batch_usd']:.4f}"
