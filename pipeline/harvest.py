@@ -22,13 +22,14 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, update
 
-from pipeline import naming, policy, pricing, results
-from pipeline.catalog import Catalog
+from pipeline import naming, policy, pricing, results, uploads
+from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
 from pipeline.errors import ObjectConflict
 from pipeline.ledger import repo
 from pipeline.log import get_logger
+from pipeline.refimage import reference_metadata
 from pipeline.states import BatchState
 from pipeline.storage import ObjectStore
 from pipeline.values import Usage, nanos_to_decimal_str
@@ -155,9 +156,13 @@ class _Harvest:
         with ctx.engine.connect() as conn:
             rows = repo.batch_attempts(conn, batch.id)
             self.prior = repo.item_totals(conn, [r.item_id for r in rows])
+            shas = {sha for r in rows if r.refs for sha in r.refs.split(",")}
+            self.upload_shas = repo.upload_names_of(conn, sorted(shas)) if shas else {}
         self.todo = {r.key: r for r in rows if r.outcome is None}
         self.rows = {r.key: r for r in rows}
         self.seen: set[str] = set()
+        self.gone: set[str] = set()
+        """Uploads lines found gone or expired (marked stale before their lines' records)."""
 
     def consume(self, lines: Iterator[bytes]) -> None:
         pending: list[Record] = []
@@ -183,6 +188,8 @@ class _Harvest:
             log.warning("results_line_unparsable", batch=self.batch.display_name)
             return None
         outcome = results.classify_line(line)
+        if outcome.kind == "final" and self.upload_shas:
+            outcome = self._file_gone(line, outcome)
         if outcome.image_b64 is not None:
             image = results.payload_bytes(outcome.image_b64, payloads)
             outcome = dataclasses.replace(outcome, image_b64=image)  # type: ignore[arg-type]
@@ -206,6 +213,24 @@ class _Harvest:
         if outcome.kind != "succeeded":
             return base
         return self._store(base, row, outcome)
+
+    def _file_gone(self, line: Any, outcome: results.LineOutcome) -> results.LineOutcome:
+        """A line that failed because a reference image it sent is gone or expired is tried
+        again (a new batch uploads the image afresh), not failed for good."""
+        row = self.todo.get(outcome.key or "")
+        if row is None or not row.refs:
+            return outcome
+        mine = set(row.refs.split(","))
+        names = [
+            f"files/{file_id}"
+            for file_id in sorted(results.files_gone(line))
+            if self.upload_shas.get(f"files/{file_id}") in mine
+        ]
+        if not names:
+            return outcome
+        self.gone.update(names)
+        reason = f"reference image {', '.join(names)} gone or expired ({outcome.reason})"
+        return dataclasses.replace(outcome, kind="retry", reason=reason[:500])
 
     def _store(self, base: Record, row: Any, outcome: results.LineOutcome) -> Record:
         assert outcome.image_b64 is not None and outcome.mime is not None
@@ -244,6 +269,7 @@ class _Harvest:
             "nanobatch-output-text-tokens": str(total.output_text),
             "nanobatch-thinking-tokens": str(total.thinking),
             "nanobatch-cost-usd": nanos_to_decimal_str(rec.cost_nanos + prior.get("cost_nanos", 0)),
+            **reference_metadata(row.refs, row.seed),
         }
 
     def _commit(self, records: list[Record]) -> None:
@@ -254,6 +280,8 @@ class _Harvest:
                 fresh.append(rec)
         now = self.ctx.now()
         self.store.sync()  # the images these records point at are on disk first
+        # Before the items go back to the queue: a batch formed from them must not reuse it.
+        uploads.mark_gone(self.ctx, self.gone)
         with self.ctx.engine.begin() as conn:
             apply_records(conn, self.run, self.batch, fresh, self.rows, now)
         crashpoint("harvest.committed")
@@ -346,21 +374,42 @@ def apply_records(
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         row = rows[rec.key]
+        refused = _fallback_refused(run.fallback_model, row.refs)
         nxt = policy.decide(
             rec.outcome,
             safety=rec.safety,
             tries_after=row.tries + 1,
             max_attempts=run.max_attempts,
             model=batch.model,
-            fallback_model=run.fallback_model,
+            fallback_model=None if refused else run.fallback_model,
             fallback_used=row.fallback_used,
         )
+        if refused and nxt.state == "failed" and rec.reason and not row.fallback_used:
+            rec = dataclasses.replace(rec, reason=f"{rec.reason}; {refused}"[:1000])
         groups.setdefault(nxt.state, []).append(_item_params(rec, nxt, batch, now))
     for state, params in groups.items():
         _move_items(conn, state, params, batch.id)
         repo.item_events(
             conn, run.id, [p["iid"] for p in params], "in_batch", state, None, now, batch.id
         )
+
+
+def _fallback_refused(fallback: str | None, refs: str | None) -> str | None:
+    """Why the fallback model is not tried for an item with these reference images (it
+    accepts fewer than the item has), or None."""
+    if not fallback or not refs:
+        return None
+    count = refs.count(",") + 1
+    try:
+        limit = load_catalog().get(fallback).max_reference_images
+    except KeyError:
+        return None
+    if count <= limit:
+        return None
+    return (
+        f"fallback_model {fallback} not tried: it accepts at most {limit} reference images, "
+        f"this item has {count}"
+    )
 
 
 def _attempt_params(rec: Record) -> dict[str, Any]:

@@ -66,7 +66,10 @@ class _Recorder:
         spool: Path | None,
     ):
         self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
-        self.spool = spool
+        # Lines with reference images name their uploads, made when the batch is created:
+        # their files are built then, not now.
+        self.spool = None if spec.input.images else spool
+        self.rich = bool(spec.input.images) or spec.input.variants > 1
         self.written: list[shardfile.ShardWriter] = []
         """Files written so far: removed again if the run is not recorded."""
         # A ledger with no stored image of another run cannot serve this one from the cache.
@@ -77,6 +80,9 @@ class _Recorder:
 
     def items(self, items: expand.Items) -> None:
         """Record a slice of items: cached content stays queued, the rest is packed."""
+        if items.refs:
+            distinct = {ref.sha256: ref for refs in items.refs for ref in refs}
+            repo.insert_run_references(self.conn, self.run_id, distinct.values())
         hashes = expand.prompt_hashes(self.model, items)
         self.done.items += len(items)
         self.done.est_nanos += sum(e.batch_nanos for e in items.estimates)
@@ -133,6 +139,9 @@ class _Recorder:
         """Insert the items' rows (repo.ITEM_ROW order), all in `state` and `batch_id`."""
         if not len(items):
             return
+        extra: list[Any] = []
+        if self.rich:
+            extra = [items.seeds or itertools.repeat(None), items.ref_text()]
         rows = list(
             # strict=False: repeat() is endless; the zip ends with the item columns.
             zip(
@@ -145,10 +154,11 @@ class _Recorder:
                 items.sizes,
                 itertools.repeat(self.model),
                 tokens,
+                *extra,
                 strict=False,
             )
         )
-        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id)
+        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id, rich=self.rich)
 
     def _open_batch(self) -> None:
         self.close()

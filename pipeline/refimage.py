@@ -66,3 +66,14 @@ def too_large(size: int) -> str | None:
 
 def not_an_image() -> str:
     return f"is not a {KINDS} image (judged by its content, not its name)"
+
+
+def reference_metadata(refs: str | None, seed: int | None) -> dict[str, str]:
+    """Object metadata of an item's image: `nanobatch-references` (the sha256s, comma-separated,
+    in order) and `nanobatch-seed`, for the items that have them."""
+    found: dict[str, str] = {}
+    if refs:
+        found["nanobatch-references"] = refs
+    if seed is not None:
+        found["nanobatch-seed"] = str(seed)
+    return found

@@ -24,6 +24,8 @@ ITEM_FIELDS = (
     "cost_usd",
     "cached",
     "error",
+    "references",
+    "seed",
 )
 _STATUS = {"queued": "pending", "in_batch": "pending"}
 
@@ -44,7 +46,14 @@ def item_row(item: Any, sums: Mapping[str, Any]) -> dict[str, Any]:
         "cost_usd": nanos_to_usd(int(sums["cost_nanos"])),
         "cached": bool(item.cached),
         "error": item.error if item.state != "succeeded" else None,
+        "references": item.refs.split(",") if item.refs else [],
+        "seed": item.seed,
     }
+
+
+def flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row for a flat table (CSV): `references` as comma-separated sha256s."""
+    return {**row, "references": ",".join(row["references"])}
 
 
 @dataclass

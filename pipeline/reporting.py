@@ -55,7 +55,7 @@ def render_report(
     elif fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=list(report.ITEM_FIELDS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(map(report.flat_row, rows))
     else:
         _write_table(stream, run, rows, summary)
 
@@ -121,6 +121,8 @@ REPORT_SCHEMA = pa.schema(
         ("cost_usd", pa.float64()),
         ("cached", pa.bool_()),
         ("error", pa.string()),
+        ("references", pa.list_(pa.string())),
+        ("seed", pa.int64()),
     ]
 )
 

@@ -198,6 +198,23 @@ def classify_line(line: Mapping[str, Any]) -> LineOutcome:
     return LineOutcome(key, "succeeded", None, False, image[0], image[1], usage)
 
 
+GONE_CODES: Final = frozenset({5, 7, 403, 404})
+"""NOT_FOUND and PERMISSION_DENIED (and their HTTP twins): what the service answers for a
+fileData naming a file that is missing or expired."""
+_FILE_ID: Final = re.compile(r"(?:\bfiles/|\bFile )([a-z0-9][a-z0-9-]{0,39})\b")
+
+
+def files_gone(line: Mapping[str, Any]) -> set[str]:
+    """Ids of the Files API files a per-line NOT_FOUND / PERMISSION_DENIED error names (the
+    service: "You do not have permission to access the File <id> or it may not exist.");
+    empty for any other line. Whether the line referenced them is the caller's to check."""
+    error = line.get("error")
+    if not isinstance(error, Mapping) or _code(error.get("code")) not in GONE_CODES:
+        return set()
+    message = error.get("message")
+    return set(_FILE_ID.findall(message)) if isinstance(message, str) else set()
+
+
 # An image payload inside a results line: `"data": "<base64>"`. Base64 holds no quote or
 # backslash, so the value ends at the next quote; a line where that is not so is parsed whole.
 _DATA_VALUE: Final = re.compile(rb'"data"\s*:\s*"')

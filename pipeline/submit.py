@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline import expand, inputs, intake, pricing, shard, shardfile
+from pipeline import expand, inputs, intake, pricing, shard, shardfile, uploads
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
@@ -29,6 +29,7 @@ from pipeline.ledger import repo
 from pipeline.ledger.db import session_scope
 from pipeline.log import get_logger
 from pipeline.manifest import write_csv
+from pipeline.references import ReferenceBook
 from pipeline.spec import JobSpec, resolve_output_uri, spec_record
 from pipeline.states import BatchState
 from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
@@ -117,11 +118,14 @@ def _record_run(
                 conn,
                 _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
             )
+            book = None
+            if spec.input.images:
+                book = ReferenceBook(spec.source.parent, gcs=uploads.gcs_opener(ctx))
             done = intake.record_expansion(
                 conn,
                 run_id,
                 spec,
-                expansion(spec, info),
+                expansion(spec, info, book),
                 now,
                 use_cache=use_cache,
                 spool=ctx.settings.spool_dir,
@@ -210,7 +214,13 @@ class _Queued(NamedTuple):
 
     def line_length(self) -> int:
         r = self.row
-        return len(expand.request_line(r.key, r.prompt, r.aspect_ratio, self.size))
+        files = [("image/jpeg", expand.PLACEHOLDER_URI)] * _ref_count(r.refs)
+        return len(expand.request_line(r.key, r.prompt, r.aspect_ratio, self.size, files, r.seed))
+
+
+def _ref_count(refs: str | None) -> int:
+    """How many reference images an item's `refs` (comma-separated sha256s) names."""
+    return refs.count(",") + 1 if refs else 0
 
 
 def _pack_model(
@@ -223,7 +233,7 @@ def _pack_model(
     queued = []
     for row in rows:
         size = expand.effective_size(info, row.image_size)
-        queued.append(_Queued(row, size, estimate(size, row.prompt)))
+        queued.append(_Queued(row, size, estimate(size, row.prompt, _ref_count(row.refs))))
     made = 0
     for group in shard.pack(
         queued, size=_Queued.line_length, tokens=lambda q: q.estimate.tokens, limits=limits
@@ -290,6 +300,8 @@ class Submitter:
                 self._adopt(batch, found, "reconciled by display name")
                 return True
         file_name = batch.file_name or self._upload(batch)
+        if file_name is None:
+            return False
         if batch.state == "queued":
             with ctx.engine.begin() as conn:
                 repo.transition_batch(
@@ -317,12 +329,21 @@ class Submitter:
         self._adopt(batch, remote, "created")
         return True
 
-    def _upload(self, batch: repo.BatchRow) -> str:
+    def _upload(self, batch: repo.BatchRow) -> str | None:
+        """The batch's request file uploaded (its reference images first); None when none of
+        its items can be sent any more (the batch is then cancelled)."""
         ctx = self.ctx
         spool = ctx.settings.spool_dir
         path = shardfile.written(spool, batch.display_name, batch.shard_sha256)
         if path is None:  # not written when the run was recorded, or changed since
-            path = self._build_file(batch, spool)
+            with ctx.engine.connect() as conn:
+                has_refs = repo.run_has_references(conn, batch.run_id)
+            files: dict[str, tuple[str, str]] = {}
+            if has_refs:
+                files = uploads.prepare(ctx, batch, batch.run_id).files
+                if not self._has_items(batch):
+                    return None
+            path = self._build_file(batch, spool, files)
         remote = ctx.backend.upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
@@ -331,16 +352,36 @@ class Submitter:
         log.info("batch_uploaded", run=batch.run_id, batch=batch.display_name, file=remote.name)
         return remote.name
 
-    def _build_file(self, batch: repo.BatchRow, spool: Path) -> Path:
-        """The batch's JSONL, built from its rows in the ledger."""
+    def _has_items(self, batch: repo.BatchRow) -> bool:
+        """Whether the batch still has items to send; if not, it is cancelled, never created."""
+        ctx = self.ctx
+        with ctx.engine.begin() as conn:
+            if any(True for _ in repo.batch_request_rows(conn, batch.id, chunk=1)):
+                return True
+            repo.transition_batch(
+                conn,
+                batch.id,
+                BatchState(batch.state),
+                BatchState.CANCELLED,
+                ctx.now(),
+                "no item left to send (reference images could not be uploaded)",
+            )
+        return False
+
+    def _build_file(
+        self, batch: repo.BatchRow, spool: Path, files: dict[str, tuple[str, str]]
+    ) -> Path:
+        """The batch's JSONL, built from its rows in the ledger; `files` gives each reference
+        image's (mime type, file uri)."""
         spool.mkdir(parents=True, exist_ok=True)
         path = shardfile.path_for(spool, batch.display_name)
         info = load_catalog().get(batch.model)
         with self.ctx.engine.connect() as conn, path.open("wb") as out:
-            for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
+            for key, prompt, ratio, size, seed, refs in repo.batch_request_rows(conn, batch.id):
                 # What the batch's model accepts (a fallback model may take no size).
                 sent = expand.effective_size(info, size)
-                out.write(expand.request_line(key, prompt, ratio, sent))
+                parts = [files[sha] for sha in refs.split(",")] if refs else ()
+                out.write(expand.request_line(key, prompt, ratio, sent, parts, seed))
         return path
 
     def _adopt(self, batch: repo.BatchRow, remote: RemoteBatch, how: str) -> None:

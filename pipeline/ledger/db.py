@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URL: Final = "sqlite:///.nanobatch/ledger.db"
 #: The newest revision in `migrations/versions`; a test checks it against the scripts.
-HEAD_REVISION: Final = "0005_batches_shard_sha256"
+HEAD_REVISION: Final = "0006_references"
 MIGRATIONS_DIR: Final = Path(pipeline.__file__).resolve().parent.parent / "migrations"
 #: pg_advisory_xact_lock key of the migration lock (the bytes of "nbmigrat" as an int64).
 MIGRATION_LOCK_KEY: Final = 0x6E626D6967726174

@@ -150,6 +150,49 @@ class Item(Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    """generationConfig.seed of a variant (None without variants)."""
+    refs: Mapped[str | None] = mapped_column(Text)
+    """The reference images' sha256s, comma-separated, in the order they are sent."""
+
+
+class RunReference(Base):
+    """Where a run reads one of its reference images (by sha256), for its uploads."""
+
+    __tablename__ = "run_references"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    """An absolute local path or a gs://bucket/object uri."""
+    mime: Mapped[str] = mapped_column(String(50))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """A reference image uploaded through the Files API. The row is written (`uploading`,
+    with the file name nanobatch chose) before the upload, so a kill between the upload and
+    its record is found again by that name instead of uploading twice; `active` once the
+    service's uri and expiry are recorded; `stale` when a line found the file gone."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        CheckConstraint(_in("state", ["uploading", "active", "stale"]), "state"),
+        Index("ix_uploads_sha256", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    """files/<id>, chosen before the upload."""
+    uri: Mapped[str | None] = mapped_column(Text)
+    mime: Mapped[str] = mapped_column(String(50))
+    state: Mapped[str] = mapped_column(String(20))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """The service's expirationTime."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Attempt(Base):

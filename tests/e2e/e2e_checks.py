@@ -50,6 +50,8 @@ ITEM_FIELDS: dict[str, Any] = {
     "cost_usd": (int, float),
     "cached": bool,
     "error": (str, type(None)),
+    "references": list,
+    "seed": (int, type(None)),
 }
 ITEM_STATUSES = {"succeeded", "failed", "pending", "cancelled"}
 

@@ -18,7 +18,18 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.ledger import db
 
-TABLES = {"runs", "batches", "items", "attempts", "rejects", "events", "leases", "alembic_version"}
+TABLES = {
+    "runs",
+    "batches",
+    "items",
+    "attempts",
+    "rejects",
+    "events",
+    "leases",
+    "run_references",
+    "uploads",
+    "alembic_version",
+}
 WORKERS = 4
 
 
