@@ -81,9 +81,7 @@ class GeminiBackend:
     ) -> RemoteFile:
         """Upload a reference image from a seekable stream as `name` (files/<id>, chosen by
         the caller so a lost answer can be found again); ApiError 409 when it exists."""
-        config = types.UploadFileConfig(
-            mime_type=mime, name=name, display_name=display_name[:120]
-        )
+        config = types.UploadFileConfig(mime_type=mime, name=name, display_name=display_name[:120])
         file = self._call(lambda: self._client.files.upload(file=stream, config=config))
         return _file(file)
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.emulator import lines, models
+from pipeline.emulator import lines, models, references
 from pipeline.emulator.state import FileRec, State
 from pipeline.emulator.wire import (
     API,
@@ -213,11 +213,14 @@ class Batches:
     ) -> dict[str, Any] | None:
         faults = self.state.get_faults()
         fault = faults.line_fault(key)
+        gone, refs = references.check(request, self._files_at(batch))
         if err is not None and (fault is None or fault.kind not in ("missing", "error")):
             out: dict[str, Any] | None = {"error": {"code": 3, "message": err}}
+        elif gone is not None and (fault is None or fault.kind not in ("missing", "error")):
+            out = {"error": gone}
         else:
             out = lines.serve(
-                batch.model, key, request, fault, self.state.config.image_scale, batch.id
+                batch.model, key, request, fault, self.state.config.image_scale, batch.id, refs
             )
         outcome = "missing" if out is None else fault.kind if fault else "ok"
         if out is not None and fault is None and "error" in out:
@@ -229,6 +232,11 @@ class Batches:
             name = "failedRequestCount" if "error" in out else "successfulRequestCount"
             batch.stats[name] = batch.stats.get(name, 0) + 1
         return out
+
+    def _files_at(self, batch: Batch) -> references.Lookup:
+        """The files a batch's lines may name: those live when it started running."""
+        when = batch.created + timedelta(seconds=self.state.config.pending_seconds)
+        return references.files_at(self.state, when)
 
     def _produce_inline(self, batch: Batch) -> None:
         results: list[dict[str, Any]] = []

@@ -244,9 +244,16 @@ def _h(*parts: str) -> bytes:
 
 
 def serve(
-    model: str, key: str, request: Any, fault: LineFault | None, scale: float, salt: str
+    model: str,
+    key: str,
+    request: Any,
+    fault: LineFault | None,
+    scale: float,
+    salt: str,
+    refs: str = "",
 ) -> dict[str, Any] | None:
-    """The output of one request line (without its key), or None when the line goes missing."""
+    """The output of one request line (without its key), or None when the line goes missing.
+    ``refs``: what the line's reference images and seed add to its image (`references.check`)."""
     if fault is not None and fault.kind == "missing":
         return None
     if fault is not None and fault.kind == "error":
@@ -264,7 +271,7 @@ def serve(
         return {"response": {"candidates": [cand], **_usage(model, p, [], 0, 0), **meta}}
     if (fault is not None and fault.kind == "text_only") or not p.want_image:
         return {"response": _text_only(model, p, meta)}
-    return {"response": _image_response(model, p, scale, meta)}
+    return {"response": _image_response(model, p, scale, meta, refs)}
 
 
 def _code_message(fault: LineFault) -> str:
@@ -283,7 +290,9 @@ def _text_only(model: str, p: Parsed, meta: dict[str, Any]) -> dict[str, Any]:
     return {"candidates": [cand], **_usage(model, p, [], n, 0), **meta}
 
 
-def _image_response(model: str, p: Parsed, scale: float, meta: dict[str, Any]) -> dict[str, Any]:
+def _image_response(
+    model: str, p: Parsed, scale: float, meta: dict[str, Any], refs: str = ""
+) -> dict[str, Any]:
     w, h = models.pixel_size(model, p.ratio, p.size, scale)
     digest = _h(model, p.prompt, p.ratio, p.size)
     parts: list[dict[str, Any]] = []
@@ -299,7 +308,7 @@ def _image_response(model: str, p: Parsed, scale: float, meta: dict[str, Any]) -
         text = _caption(p.prompt, text_n)
         parts.append({"text": text, "thoughtSignature": signature} if gemini3 else {"text": text})
     image: dict[str, Any] = {
-        "inlineData": {"mimeType": "image/png", "data": png_base64(_seed(model, p), w, h)}
+        "inlineData": {"mimeType": "image/png", "data": png_base64(_seed(model, p) + refs, w, h)}
     }
     if gemini3:
         image["thoughtSignature"] = signature

@@ -1218,9 +1218,7 @@ def not_send_items(
         )
         conn.execute(
             update(ITEMS)
-            .where(
-                ITEMS.c.id.in_(chunk), ITEMS.c.state == "in_batch", ITEMS.c.batch_id == batch.id
-            )
+            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "in_batch", ITEMS.c.batch_id == batch.id)
             .values(state="failed", final=True, error=reason[:500], finished_at=now)
         )
         item_events(conn, batch.run_id, chunk, "in_batch", "failed", reason[:500], now, batch.id)

@@ -17,8 +17,8 @@ from pipeline import expand, inputs
 from pipeline.catalog import load_catalog
 from pipeline.expand import Block, Item, Reject, expand_columns, in_row_order, request_line
 from pipeline.pricing import Estimator
-from pipeline.refimage import MAX_REFERENCE_BYTES, Ref, sniff_mime
 from pipeline.references import HashingReader, ReferenceBook
+from pipeline.refimage import MAX_REFERENCE_BYTES, Ref, sniff_mime
 from pipeline.spec import JobSpec, parse_spec
 
 CAT = load_catalog()
