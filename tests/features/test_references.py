@@ -346,7 +346,9 @@ def test_fallback_model_is_not_used_for_more_references_than_it_accepts(
     for name in ("a", "b", "c", "d"):
         make_image(folder / "pics" / f"{name}.png", (ord(name), 1, 2))
     images = ("i1", "i2", "i3", "i4")
-    many = {"key": "many", "prompt": "x"} | {c: f"pics/{n}.png" for c, n in zip(images, "abcd")}
+    many = {"key": "many", "prompt": "x"} | {
+        c: f"pics/{n}.png" for c, n in zip(images, "abcd", strict=True)
+    }
     one = {"key": "one", "prompt": "y", "i1": "pics/a.png", "i2": "", "i3": "", "i4": ""}
     emu.faults = FaultPlan(line_faults=[LineFault(kind="error", code=3, keys=["many", "one"])])
     ctx = context(tmp_path, emu)
