@@ -364,3 +364,47 @@ def test_fallback_model_is_not_used_for_more_references_than_it_accepts(
     assert items["one"]["attempts"] == 2  # its one try on the fallback model
     models = {(e["batch"], e["key"]) for e in lines_sent(emu)}
     assert ("many" in {k for _, k in models}) and len(models) == 3
+
+
+@pytest.mark.gcs
+def test_gs_references_are_checked_at_submit_and_streamed_into_the_upload(
+    tmp_path: Path, emu: Emulator, gcs_env: str, pics: dict[str, bytes]
+) -> None:
+    """gs:// cells pass `plan` unchecked; `submit` reads each object once (kind, size, hash)
+    and rejects a row naming a missing one; the upload streams the object from GCS."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from pipeline.planning import load_spec, make_plan
+
+    bucket = storage.Client(project="nanobatch-test", credentials=AnonymousCredentials()).bucket(
+        gcs_env
+    )
+    bucket.blob("refs/red.png").upload_from_string(pics["red"], content_type="image/png")
+    bucket.blob("refs/notes.png").upload_from_string(b"plain text", content_type="image/png")
+    rows = [
+        {"key": "a", "prompt": "a shoe", "photo": f"gs://{gcs_env}/refs/red.png"},
+        {"key": "b", "prompt": "a boot", "photo": f"gs://{gcs_env}/refs/red.png"},
+        {"key": "gone", "prompt": "a hat", "photo": f"gs://{gcs_env}/refs/nope.png"},
+        {"key": "text", "prompt": "a cap", "photo": f"gs://{gcs_env}/refs/notes.png"},
+    ]
+    spec = write_ref_job(tmp_path / "job", "gcs", rows, images=("photo",))
+    catalog = load_catalog()
+    plan = make_plan(load_spec(spec, catalog), catalog)
+    assert (plan.items, plan.rejected, plan.references) == (4, 0, 4)
+    ctx = context(tmp_path, emu)
+    run_id = submit(ctx, spec)
+    assert run_ticks(ctx, emu, run_id) == "finished"
+    report = report_json(ctx, run_id)
+    items = items_of(report)
+    assert sorted(items) == ["a", "b"]
+    assert items["a"]["references"] == items["b"]["references"] == [sha(pics["red"])]
+    assert report["summary"]["rejected"] == 2
+    with ctx.engine.connect() as conn:
+        reasons = {r.key: r.reason for r in repo.rejects_of_run(conn, run_id)}
+    assert reasons["gone"] == (
+        f"reference image in column 'photo': no such object gs://{gcs_env}/refs/nope.png"
+    )
+    assert reasons["text"].startswith(f"reference image in column 'photo': gs://{gcs_env}/refs/")
+    assert "is not a PNG, JPEG, WebP, HEIC or HEIF image" in reasons["text"]
+    assert len(image_uploads(emu)) == 1
