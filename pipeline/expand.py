@@ -378,36 +378,41 @@ class _Rules:
 
     def _references(self, block: Block) -> _JudgedRefs:
         """Each row's reference images in column order (empty cells skipped), or why the row
-        cannot be sent; [] when the spec names no image columns."""
+        cannot be sent; [] when the spec names no image columns. Rows with the same cells
+        share one answer (and one tuple): tables repeat a few images over many rows."""
         if not self.images:
             return []
-        lookup = self.references
-        assert lookup is not None, "a spec with [input] images needs a reference lookup"
         columns = [self._cells(block, name) for name in self.images]
-        limit, model = self.info.max_reference_images, self.info.name
+        memo: dict[tuple[Cell, ...], _Refs | _Bad] = {}
         out: _JudgedRefs = []
         for cells in zip(*columns, strict=True):
-            found: list[Ref] = []
-            problem: _Bad | None = None
-            for name, cell in zip(self.images, cells, strict=True):
-                if cell is UNDECODABLE:
-                    problem = _Bad(f"reference image in column '{name}' does not decode")
-                    break
-                text = cell.strip() if isinstance(cell, str) else ""
-                if not text:
-                    continue
-                ref = lookup(text)
-                if isinstance(ref, str):
-                    problem = _Bad(f"reference image in column '{name}': {ref}")
-                    break
-                found.append(ref)
-            if problem is None and len(found) > limit:
-                problem = _Bad(
-                    f"{len(found)} reference images, more than the {limit} {model} accepts "
-                    "(pipeline/data/models.toml)"
-                )
-            out.append(problem if problem is not None else tuple(found))
+            found = memo.get(cells)
+            if found is None:
+                found = memo[cells] = self._row_references(cells)
+            out.append(found)
         return out
+
+    def _row_references(self, cells: tuple[Cell, ...]) -> _Refs | _Bad:
+        lookup = self.references
+        assert lookup is not None, "a spec with [input] images needs a reference lookup"
+        found: list[Ref] = []
+        for name, cell in zip(self.images, cells, strict=True):
+            if cell is UNDECODABLE:
+                return _Bad(f"reference image in column '{name}' does not decode")
+            text = cell.strip() if isinstance(cell, str) else ""
+            if not text:
+                continue
+            ref = lookup(text)
+            if isinstance(ref, str):
+                return _Bad(f"reference image in column '{name}': {ref}")
+            found.append(ref)
+        limit, model = self.info.max_reference_images, self.info.name
+        if len(found) > limit:
+            return _Bad(
+                f"{len(found)} reference images, more than the {limit} {model} accepts "
+                "(pipeline/data/models.toml)"
+            )
+        return tuple(found)
 
     @staticmethod
     def _cells(block: Block, column: str) -> Sequence[Cell]:
@@ -573,19 +578,49 @@ def request_lines(items: Items, file_of: FileOf | None = None) -> list[bytes]:
     ]
 
 
+def line_lengths(items: Items) -> list[int]:
+    """The byte length of each item's request line, its reference images sent with the
+    longest file uri: what packing measures before the images are uploaded. Counted, not
+    built, for the images (a part's length depends only on its mime type)."""
+    if not items.refs:
+        return list(map(len, request_lines(items)))
+    base = map(len, request_lines(dataclasses.replace(items, refs=())))
+    extra: dict[str, int] = {}
+    for refs in items.refs:
+        for ref in refs:
+            if ref.mime not in extra:
+                extra[ref.mime] = len(_file_parts([_placeholder(ref)]).encode())
+    # A line with images is the same line with their parts inserted before the text part.
+    return [
+        n + sum(extra[r.mime] for r in refs) if refs else n
+        for n, refs in zip(base, items.refs, strict=True)
+    ]
+
+
 def _placeholder(ref: Ref) -> tuple[str, str]:
     return ref.mime or "image/jpeg", PLACEHOLDER_URI
 
 
 def _rich_lines(items: Items, file_of: FileOf) -> list[bytes]:
+    """Lines of items with seeds or reference images: the tail built once per (ratio, size,
+    seed), the file parts once per distinct tuple of images."""
     seeds = items.seeds or itertools.repeat(None)
     refs = items.refs or itertools.repeat(())
-    return [
-        request_line(key, prompt, ratio, size, [file_of(r) for r in item_refs], seed)
-        for key, prompt, ratio, size, seed, item_refs in zip(
-            items.keys, items.prompts, items.ratios, items.sizes, seeds, refs, strict=False
-        )
-    ]
+    tails: dict[tuple[str, str, int | None], str] = {}
+    mids: dict[tuple[Ref, ...], str] = {(): _LINE_MID}
+    out = []
+    for key, prompt, ratio, size, seed, item_refs in zip(
+        items.keys, items.prompts, items.ratios, items.sizes, seeds, refs, strict=False
+    ):
+        tail = tails.get((ratio, size, seed))
+        if tail is None:
+            tail = tails[(ratio, size, seed)] = _line_tail(ratio, size, seed)
+        mid = mids.get(item_refs)
+        if mid is None:
+            parts = _file_parts([file_of(r) for r in item_refs])
+            mid = mids[item_refs] = f'{_LINE_PARTS}{parts}{{"text":'
+        out.append(f"{_LINE_HEAD}{_json_str(key)}{mid}{_json_str(prompt)}{tail}".encode())
+    return out
 
 
 def _per_pair(items: Items, build: Callable[[str, str], str]) -> Sequence[str]:

@@ -99,9 +99,11 @@ class _Recorder:
     def _pack(self, items: expand.Items, hashes: list[str]) -> None:
         """Split the items where the packer opens a batch; each run of them goes to its batch
         (the first run to the batch already open, if it does not start a new one)."""
-        lines = expand.request_lines(items)
+        # Only written files need the lines themselves; packing needs their lengths.
+        lines = expand.request_lines(items) if self.spool is not None else None
+        sizes = list(map(len, lines)) if lines is not None else expand.line_lengths(items)
         tokens = items.tokens()
-        bounds = [*self.packer.starts(list(map(len, lines)), tokens), len(items)]
+        bounds = [*self.packer.starts(sizes, tokens), len(items)]
         if bounds[0] > 0:
             self._add(items, hashes, lines, tokens, 0, bounds[0])
         for start, stop in itertools.pairwise(bounds):
@@ -112,7 +114,7 @@ class _Recorder:
         self,
         items: expand.Items,
         hashes: list[str],
-        lines: list[bytes],
+        lines: list[bytes] | None,
         tokens: list[int],
         start: int,
         stop: int,
@@ -125,7 +127,7 @@ class _Recorder:
         batch.tokens += sum(part_tokens)
         batch.nanos += sum(e.batch_nanos for e in part.estimates)
         self._write(part, hashes[start:stop], part_tokens, "in_batch", batch.id)
-        if batch.file is not None:
+        if batch.file is not None and lines is not None:
             batch.file.write(b"".join(lines[start:stop]))
 
     def _write(

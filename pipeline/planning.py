@@ -146,7 +146,7 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
         items = block.items
         _count_items(plan, items)
         plan.references += sum(map(len, items.refs))
-        lengths = list(map(len, expand.request_lines(items)))
+        lengths = expand.line_lengths(items)
         plan.batches += len(packer.starts(lengths, items.tokens()))
     plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
     return plan

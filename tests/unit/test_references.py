@@ -345,3 +345,30 @@ def test_hashing_reader_proves_what_was_read(tmp_path: Path) -> None:
         while reader.read(7):
             pass
         assert reader.sha256() == _sha(PNG * 100)
+
+
+def test_line_lengths_count_what_request_lines_build(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "b.jpg").write_bytes(JPEG)
+    for variants in (1, 3):
+        spec = _spec(tmp_path, variants=variants)
+        (out,) = expand_columns(
+            spec,
+            CAT.get(spec.model),
+            [
+                Block(
+                    1,
+                    3,
+                    {
+                        "id": ["k", "m", "n"],
+                        "p": ["x", "yé", "z"],
+                        "a": ["a.png", "", "b.jpg"],
+                        "b": ["b.jpg", "", ""],
+                    },
+                )
+            ],
+            has_ratio_column=False,
+            has_size_column=False,
+            references=ReferenceBook(tmp_path),
+        )
+        assert expand.line_lengths(out.items) == list(map(len, expand.request_lines(out.items)))
