@@ -257,10 +257,12 @@ class Submitter:
     """One tick's submission pass: reconcile `submitting` batches, then create queued ones
     while the live-batch limit, the enqueued-token quota, budgets and backoff allow."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, keepalive: Callable[[], object] | None = None) -> None:
         self.ctx = ctx
         self._remote_by_display: dict[str, RemoteBatch] | None = None
         self.spend = SpendBook(ctx)
+        self.keepalive = keepalive
+        """Renews the caller's scheduler lease during long work (many image uploads)."""
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
         created = 0
@@ -340,7 +342,7 @@ class Submitter:
                 has_refs = repo.run_has_references(conn, batch.run_id)
             files: dict[str, tuple[str, str]] = {}
             if has_refs:
-                files = uploads.prepare(ctx, batch, batch.run_id).files
+                files = uploads.prepare(ctx, batch, batch.run_id, self._keep(batch)).files
                 if not self._has_items(batch):
                     return None
             path = self._build_file(batch, spool, files)
@@ -351,6 +353,17 @@ class Submitter:
         path.unlink(missing_ok=True)
         log.info("batch_uploaded", run=batch.run_id, batch=batch.display_name, file=remote.name)
         return remote.name
+
+    def _keep(self, batch: repo.BatchRow) -> Callable[[], object]:
+        """Renew the scheduler lease and this batch's claim."""
+        ctx = self.ctx
+
+        def renew() -> None:
+            if self.keepalive is not None:
+                self.keepalive()
+            repo.claim_batch(ctx.engine, batch.id, ctx.settings.worker_id, ctx.now(), CLAIM_TTL_S)
+
+        return renew
 
     def _has_items(self, batch: repo.BatchRow) -> bool:
         """Whether the batch still has items to send; if not, it is cancelled, never created."""

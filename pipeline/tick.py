@@ -64,7 +64,9 @@ def tick(ctx: Context, catalog: Catalog) -> TickResult:
             for run in runs.values():
                 serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
                 result.formed += form_batches(ctx, run, catalog)
-            result.created = Submitter(ctx).run(runs)
+            result.created = Submitter(ctx, keepalive=lambda: _renew_scheduler(ctx, owner)).run(
+                runs
+            )
         finally:
             repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
     result.finished_runs = _close_finished(ctx, runs)

@@ -15,6 +15,7 @@ created (`not_sent`, no try counted), naming the image; the rest of the batch go
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO, Final
@@ -59,9 +60,16 @@ def gcs_opener(ctx: Context) -> GcsOpener:
     return open_object
 
 
-def prepare(ctx: Context, batch: repo.BatchRow, run_id: str) -> Ready:
+def prepare(
+    ctx: Context,
+    batch: repo.BatchRow,
+    run_id: str,
+    keepalive: Callable[[], object] | None = None,
+) -> Ready:
     """Upload (or reuse) every reference image of the batch's unsettled items; items whose
-    image cannot be sent are settled `not_sent` and failed for good, naming it."""
+    image cannot be sent are settled `not_sent` and failed for good, naming it. `keepalive`
+    is called after each image (the caller renews its leases: a thousand uploads take longer
+    than one lease lives)."""
     with ctx.engine.connect() as conn:
         shas = repo.batch_reference_shas(conn, batch.id)
         sources = repo.run_references(conn, run_id, shas)
@@ -77,6 +85,8 @@ def prepare(ctx: Context, batch: repo.BatchRow, run_id: str) -> Ready:
             failed[sha] = str(found)
         else:
             files[sha] = (source.mime, found)
+        if keepalive is not None:
+            keepalive()
     if failed:
         _drop_items(ctx, batch, failed)
     return Ready(files, failed)
@@ -141,9 +151,9 @@ def _upload_new(ctx: Context, source: repo.ReferenceRow, seq: int) -> str:
     for n in range(seq + 1, seq + 1 + NAME_TRIES):
         name = f"files/nb-{source.sha256[:24]}-{n:x}"
         with ctx.engine.begin() as conn:
-            if repo.upload_named(conn, name) is not None:
-                continue
             row = repo.record_upload_intent(conn, source.sha256, name, source.mime, ctx.now())
+        if row is None:  # the name is taken (an earlier upload, or another writer now)
+            continue
         crashpoint("refs.intent")
         found = _send(ctx, row, source)
         if found is not None:

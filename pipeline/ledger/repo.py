@@ -1160,16 +1160,19 @@ def upload_named(conn: Connection, name: str) -> UploadRow | None:
 
 def record_upload_intent(
     conn: Connection, sha256: str, name: str, mime: str, now: datetime
-) -> UploadRow:
-    """The intent to upload an image as `name`, committed before the upload is sent."""
-    conn.execute(
-        insert(UPLOADS).values(
-            sha256=sha256, name=name, mime=mime, state="uploading", created_at=now
-        )
-    )
-    found = upload_named(conn, name)
-    assert found is not None
-    return found
+) -> UploadRow | None:
+    """The intent to upload an image as `name`, committed before the upload is sent; None
+    when another writer took the name first (a savepoint keeps the caller's transaction)."""
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(UPLOADS).values(
+                    sha256=sha256, name=name, mime=mime, state="uploading", created_at=now
+                )
+            )
+    except IntegrityError:
+        return None
+    return upload_named(conn, name)
 
 
 def record_upload_done(
