@@ -382,7 +382,7 @@ class Submitter:
         return False
 
     def _build_file(
-        self, batch: repo.BatchRow, spool: Path, files: dict[str, tuple[str, str]]
+        self, batch: repo.BatchRow, spool: Path, files: dict[str, tuple[str, str]] | None = None
     ) -> Path:
         """The batch's JSONL, built from its rows in the ledger; `files` gives each reference
         image's (mime type, file uri)."""
@@ -393,7 +393,7 @@ class Submitter:
             for key, prompt, ratio, size, seed, refs in repo.batch_request_rows(conn, batch.id):
                 # What the batch's model accepts (a fallback model may take no size).
                 sent = expand.effective_size(info, size)
-                parts = [files[sha] for sha in refs.split(",")] if refs else ()
+                parts = [files[sha] for sha in refs.split(",")] if refs and files else ()
                 out.write(expand.request_line(key, prompt, ratio, sent, parts, seed))
         return path
 

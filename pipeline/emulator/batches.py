@@ -213,7 +213,7 @@ class Batches:
     ) -> dict[str, Any] | None:
         faults = self.state.get_faults()
         fault = faults.line_fault(key)
-        gone, refs = references.check(request, self._files_at(batch))
+        gone, refs = references.check(request, self._reference_files(batch))
         if err is not None and (fault is None or fault.kind not in ("missing", "error")):
             out: dict[str, Any] | None = {"error": {"code": 3, "message": err}}
         elif gone is not None and (fault is None or fault.kind not in ("missing", "error")):
@@ -233,7 +233,7 @@ class Batches:
             batch.stats[name] = batch.stats.get(name, 0) + 1
         return out
 
-    def _files_at(self, batch: Batch) -> references.Lookup:
+    def _reference_files(self, batch: Batch) -> references.Lookup:
         """The files a batch's lines may name: those live when it started running."""
         when = batch.created + timedelta(seconds=self.state.config.pending_seconds)
         return references.files_at(self.state, when)
