@@ -24,8 +24,8 @@ IMAGE_BYTES = 256 * 1024
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.catalog import load_catalog
-    from pipeline.planning import load_spec, make_plan
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.planning import load_spec, make_plan
 
     with common.peak_rss() as sampler:
         t0 = time.perf_counter()

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import click
 
-from pipeline import __version__, drill
-from pipeline.catalog import load_catalog
-from pipeline.config import Settings, load_settings
-from pipeline.context import Context
-from pipeline.errors import Interrupted, PipelineError
-from pipeline.ledger import db
-from pipeline.log import configure_logging, mask_text, register_secret
+from pipeline import __version__
+from pipeline.adapters import drill
+from pipeline.adapters.config import LOG_FORMATS, Settings, load_settings
+from pipeline.adapters.ledger import db
+from pipeline.adapters.log import configure_logging, get_logger, mask_text, register_secret
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import Interrupted, PipelineError
+from pipeline.shell.context import Context
 
 EMULATOR_KEY = "nanobatch-emulator-key"
 
@@ -30,15 +31,56 @@ def _settings(ctx: click.Context) -> Settings:
 def _context(ctx: click.Context) -> Context:
     settings = _settings(ctx)
     engine = db.make_engine(settings.database_url)
+    # The command's connections close with it: `main` also runs in-process (tests, `run`).
+    ctx.call_on_close(engine.dispose)
     db.ensure_schema(engine)
     return Context(settings=settings, engine=engine)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _GlobalOptionsGroup(click.Group):
+    """The root group: its options that take a value (`--log-format`) may also come after
+    the subcommand, anywhere before `--` (`nanobatch tick --log-format json`, as cron lines
+    are written). They are moved in front of the subcommand before click parses."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_options(args, self._global_option_names()))
+
+    def _global_option_names(self) -> frozenset[str]:
+        return frozenset(
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.is_eager
+            for name in param.opts
+        )
+
+
+def hoist_options(args: list[str], names: frozenset[str]) -> list[str]:
+    """`args` with every `NAME VALUE` / `NAME=VALUE` of `names` moved to the front, in order."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in names and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if arg.partition("=")[0] in names and "=" in arg:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+@click.group(cls=_GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nanobatch")
 @click.option(
     "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
+    type=click.Choice(LOG_FORMATS),
     default=None,
     help="Log lines on stderr: key=value on a terminal, JSON lines otherwise "
     "(env: NANOBATCH_LOG_FORMAT).",
@@ -47,6 +89,8 @@ def _context(ctx: click.Context) -> Context:
 def cli(ctx: click.Context, log_format: str | None) -> None:
     """Thousands of images through the Gemini Batch API at half price, with an exact
     account of every image.
+
+    Global options may also follow the command: `nanobatch tick --log-format json`.
 
     \b
     Example:
@@ -71,12 +115,15 @@ def plan(spec: Path, json_: bool) -> None:
 
     Touches no network and no ledger.
     """
-    from pipeline.planning import load_spec, make_plan
-    from pipeline.render import print_plan
+    from pipeline.shell.planning import load_spec, make_plan, nothing_to_do
+    from pipeline.shell.render import print_plan
 
     catalog = load_catalog()
-    result = make_plan(load_spec(spec, catalog), catalog)
+    job = load_spec(spec, catalog)
+    result = make_plan(job, catalog)
     print_plan(result, as_json=json_)
+    if result.items == 0:
+        raise nothing_to_do(job, result.rejected)
 
 
 @cli.command()
@@ -90,7 +137,7 @@ def submit(ctx: click.Context, spec: Path, force: bool, no_cache: bool) -> None:
     The same spec with the same input and output is the same run: submitting it again
     prints the existing run id and spends nothing, unless --force.
     """
-    from pipeline.shell import submit_spec
+    from pipeline.shell.commands import submit_spec
 
     run_id = submit_spec(_context(ctx), spec, force=force, use_cache=not no_cache)
     click.echo(run_id)
@@ -100,14 +147,18 @@ def submit(ctx: click.Context, spec: Path, force: bool, no_cache: bool) -> None:
 @click.pass_context
 def tick(ctx: click.Context) -> None:
     """One cron-safe step over every active run."""
-    from pipeline.tick import tick as do_tick
+    from pipeline.shell.tick import tick as do_tick
 
     result = do_tick(_context(ctx), load_catalog())
-    finished = ", ".join(result.finished_runs) or "-"
-    click.echo(
-        f"harvested {result.harvested}, polled {result.polled}, formed {result.formed}, "
-        f"created {result.created} batches; finished runs: {finished}",
-        err=True,
+    # A log line, not plain text: cron appends stderr to a JSON log (--log-format json).
+    get_logger().info(
+        "tick_done",
+        harvested=result.harvested,
+        polled=result.polled,
+        formed=result.formed,
+        created=result.created,
+        finished_runs=result.finished_runs,
+        held_runs=result.held_runs,
     )
 
 
@@ -136,7 +187,7 @@ def run(
     instead of recording a new one. Exit 0 when every item that was sent succeeded, 3 when
     some failed for good, 130 on Ctrl-C (the run goes on with `run SPEC` or `tick`).
     """
-    from pipeline.shell import run_spec
+    from pipeline.shell.commands import run_spec
 
     with _maybe_emulator(ctx, emulator):
         code = run_spec(
@@ -160,7 +211,10 @@ def _maybe_emulator(ctx: click.Context, enabled: bool) -> Iterator[None]:
     with Emulator(pending_seconds=1.0, running_seconds=2.0) as emu:
         obj = ctx.ensure_object(dict)
         obj["settings"] = _settings(ctx).with_overrides(
-            base_url=emu.url, api_key=EMULATOR_KEY, api_key_variable="GEMINI_API_KEY"
+            base_url=emu.url,
+            api_key=EMULATOR_KEY,
+            api_key_variable="GEMINI_API_KEY",
+            api_key_unused=None,
         )
         click.echo(f"emulator listening on {emu.url}", err=True)
         yield
@@ -172,7 +226,7 @@ def _maybe_emulator(ctx: click.Context, enabled: bool) -> Iterator[None]:
 @click.pass_context
 def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
     """Runs, or one run: items and batches by state, cost, and why work is waiting."""
-    from pipeline.render import print_status
+    from pipeline.shell.render import print_status
 
     print_status(_context(ctx), run_ref, as_json=json_)
 
@@ -192,22 +246,71 @@ def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
 @click.pass_context
 def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None:
     """The per-image account of RUN (a run id, or a job name for its latest run)."""
-    from pipeline.render import write_report
+    from pipeline.shell.render import check_out_file, write_report
 
+    if out is not None:
+        check_out_file(out, f"report.{fmt}")
     write_report(_context(ctx), run_ref, fmt, out)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("fmt", "--format", type=click.Choice(["imagefolder", "webdataset"]), required=True)
+@click.option(
+    "--out", required=True, metavar="PATH", help="A folder (made if needed) or gs://bucket/prefix."
+)
+@click.option(
+    "--shard-max-bytes",
+    type=click.IntRange(min=1),
+    default=1_000_000_000,
+    show_default=True,
+    help="webdataset: most bytes per tar shard.",
+)
+@click.option(
+    "--shard-max-samples",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="webdataset: most samples (image + json) per tar shard.",
+)
+@click.pass_context
+def export(
+    ctx: click.Context,
+    run_ref: str,
+    fmt: str,
+    out: str,
+    shard_max_bytes: int,
+    shard_max_samples: int,
+) -> None:
+    """RUN's succeeded images as a dataset: a Hugging Face imagefolder (images plus
+    metadata.jsonl) or WebDataset tar shards. Running it again gives the same files."""
+    from pipeline.shell.export import export_run
+
+    result = export_run(
+        _context(ctx),
+        run_ref,
+        fmt,
+        out,
+        max_bytes=shard_max_bytes,
+        max_samples=shard_max_samples,
+    )
+    click.echo(result.summary(), err=True)
 
 
 @cli.command()
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Write atomically to this file (node_exporter textfile collector) instead of stdout.",
 )
 @click.pass_context
 def metrics(ctx: click.Context, out: Path | None) -> None:
     """Ledger metrics in the Prometheus text format: items, batches, cost, errors, latency."""
-    from pipeline.metrics import write_metrics
+    from pipeline.shell.metrics import write_metrics
+    from pipeline.shell.render import check_out_file
 
+    if out is not None:
+        check_out_file(out, "nanobatch.prom")
     text = write_metrics(_context(ctx), out)
     if out is None:
         click.echo(text, nl=False)
@@ -219,7 +322,7 @@ def metrics(ctx: click.Context, out: Path | None) -> None:
 @click.pass_context
 def retry(ctx: click.Context, run_ref: str, include_final: bool) -> None:
     """Requeue failed items of RUN; the next tick sends them."""
-    from pipeline.shell import retry_run
+    from pipeline.shell.commands import retry_run
 
     n = retry_run(_context(ctx), run_ref, include_final=include_final)
     click.echo(f"requeued {n} items", err=True)
@@ -236,8 +339,8 @@ def budget(ctx: click.Context, run_ref: str, usd: str) -> None:
 
     Work the old cap held back goes on at the next tick (or `run SPEC` again).
     """
-    from pipeline.shell import set_budget
-    from pipeline.values import nanos_to_usd
+    from pipeline.core.values import nanos_to_usd
+    from pipeline.shell.commands import set_budget
 
     change = set_budget(_context(ctx), run_ref, usd)
     old = "none" if change.old_nanos is None else f"${nanos_to_usd(change.old_nanos):.4f}"
@@ -254,7 +357,7 @@ def budget(ctx: click.Context, run_ref: str, usd: str) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, run_ref: str) -> None:
     """Cancel RUN's live batches and harvest what they finished."""
-    from pipeline.shell import cancel_and_settle
+    from pipeline.shell.commands import cancel_and_settle
 
     cancel_and_settle(_context(ctx), run_ref, load_catalog())
 

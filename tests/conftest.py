@@ -4,10 +4,12 @@ every test from the real environment (no key, no ledger, no state folder of the 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from sqlalchemy import Engine, event
 
 pytest_plugins = ["tests.db_fixture", "tests.gcs_fixture"]
 
@@ -36,3 +38,25 @@ def _fresh_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     logging.getLogger().handlers[:] = []
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@event.listens_for(Engine, "engine_connect")
+def _track_engine(connection: object) -> None:
+    _ENGINES.add(connection.engine)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    """Close the pooled connections of every engine a test used, when the test ends.
+
+    Tests build contexts (and so engines) freely; left to the garbage collector, their pooled
+    connections would close at a random later moment, and with warnings as errors that
+    ResourceWarning would fail whichever test happened to be running then.
+    """
+    yield
+    for engine in list(_ENGINES):
+        engine.dispose()
+    _ENGINES.clear()

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import pytest
 from google.cloud import storage
 
-from pipeline.errors import ObjectConflict, StorageError, UsageError
-from pipeline.storage import SHA256_METADATA_KEY, ObjectNotFound, StoredObject, open_store
-from pipeline.storage.gcs import GcsStore, parse_gs_uri
+from pipeline.adapters.storage import SHA256_METADATA_KEY, ObjectNotFound, StoredObject, open_store
+from pipeline.adapters.storage.gcs import GcsStore, parse_gs_uri
+from pipeline.core.errors import ObjectConflict, StorageError, UsageError
 
 if TYPE_CHECKING:
     from tests.gcs_fixture import GcsServer
@@ -132,6 +132,36 @@ def test_put_file_replaces_and_read_bytes(gcs_env: str, tmp_path: Path) -> None:
     assert blob is not None and blob.content_type == "application/vnd.apache.parquet"
     with pytest.raises(ObjectNotFound, match=r"gone\.png"):
         store.read_bytes(f"gs://{gcs_env}/out/gone.png")
+
+
+def test_put_file_once_is_create_only_and_adopts_same_bytes(gcs_env: str, tmp_path: Path) -> None:
+    """A local file uploaded create-only with its sha256 in metadata; the same bytes again
+    are adopted (the object keeps its generation); other bytes are refused."""
+    store = GcsStore(f"gs://{gcs_env}/wds")
+    src = tmp_path / "s.tar"
+    src.write_bytes(b"tar" * 5000)
+    first = store.put_file_once(
+        "s-000000.tar", src, content_type="application/x-tar", metadata={"nanobatch-job": "j"}
+    )
+    assert (first.uri, first.size, first.adopted) == (
+        f"gs://{gcs_env}/wds/s-000000.tar",
+        15000,
+        False,
+    )
+    blob = _client().bucket(gcs_env).get_blob("wds/s-000000.tar")
+    assert blob is not None and blob.download_as_bytes() == b"tar" * 5000
+    assert blob.content_type == "application/x-tar"
+    assert (blob.metadata or {})[SHA256_METADATA_KEY] == hashlib.sha256(b"tar" * 5000).hexdigest()
+    generation = blob.generation
+
+    again = store.put_file_once("s-000000.tar", src, content_type="application/x-tar", metadata={})
+    assert again.adopted
+    other = tmp_path / "o.tar"
+    other.write_bytes(b"other")
+    with pytest.raises(ObjectConflict, match=r"s-000000\.tar"):
+        store.put_file_once("s-000000.tar", other, content_type="application/x-tar", metadata={})
+    after = _client().bucket(gcs_env).get_blob("wds/s-000000.tar")
+    assert after is not None and after.generation == generation
 
 
 def test_check_writable_leaves_nothing_behind(gcs_env: str) -> None:
@@ -274,3 +304,45 @@ def test_connection_refused_is_retried_then_reported(
     with pytest.raises(StorageError, match=f"gs://{gcs_env}.*after 3 tries"):
         _put(store, "k.png", b"x")
     assert len(sleeps) == 2
+
+
+# -- listing (the names already taken at a location) -------------------------------------
+
+
+def test_iter_names_lists_the_prefix_children_a_page_at_a_time(
+    gcs_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects directly under the prefix, not deeper ones nor hidden ones nor other prefixes."""
+    from pipeline.adapters.storage import gcs
+
+    monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 2)
+    bucket = _client().bucket(gcs_env)
+    for name in ["p/a.png", "p/b.jpg", "p/c.txt", "p/.nanobatch-probe-x", "p/sub/d.png", "q/e.png"]:
+        bucket.blob(name).upload_from_string(b"x")
+    assert sorted(GcsStore(f"gs://{gcs_env}/p").iter_names()) == ["a.png", "b.jpg", "c.txt"]
+    assert sorted(GcsStore(f"gs://{gcs_env}").iter_names()) == []
+    assert list(GcsStore(f"gs://{gcs_env}/nothing-here").iter_names()) == []
+
+
+def test_iter_names_retries_a_page_that_fails(
+    gcs_env: str, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transient error on a later page retries that page, not the whole listing."""
+    from pipeline.adapters.storage import gcs
+
+    monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 1)
+    sleeps: list[float] = []
+    store = GcsStore(f"gs://{gcs_env}/p", sleep=sleeps.append)
+    for i in range(3):
+        _put(store, f"{i}.png", b"x")
+    names = store.iter_names()
+    first = next(names)
+    fault_proxy.fail_next = 1
+    assert sorted([first, *names]) == ["0.png", "1.png", "2.png"]
+    assert len(sleeps) == 1
+
+
+def test_iter_names_of_a_missing_bucket_is_a_storage_error(gcs_env: str) -> None:
+    store = GcsStore("gs://no-such-bucket-nb/x", sleep=_no_sleep)
+    with pytest.raises(StorageError, match=r"cannot list objects in gs://no-such-bucket-nb"):
+        list(store.iter_names())

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import ObjectConflict, StorageError, UsageError
-from pipeline.manifest import MANIFEST_SCHEMA, REJECTS_HEADER, write_csv, write_parquet
-from pipeline.storage import LocalStore, ObjectNotFound, StoredObject, open_store
-from pipeline.storage.retry import backoff_delay, retry_call
+from pipeline.adapters.storage import LocalStore, ObjectNotFound, StoredObject, open_store
+from pipeline.adapters.storage.retry import backoff_delay, retry_call
+from pipeline.core.errors import ObjectConflict, StorageError, UsageError
+from pipeline.shell.manifest import MANIFEST_SCHEMA, REJECTS_HEADER, write_csv, write_parquet
 
 META = {"nanobatch-key": "k"}
 
@@ -304,7 +304,7 @@ def test_put_once_sweeps_a_dead_writers_temp_file(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from pipeline.storage.local import _HOST
+    from pipeline.adapters.storage.local import _HOST
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -318,3 +318,46 @@ def test_put_once_sweeps_a_dead_writers_temp_file(tmp_path: Path) -> None:
     assert not leftover.exists()
     assert live.exists()
     assert (tmp_path / "k.png").read_bytes() == b"image"
+
+
+def test_put_file_once_links_whole_files_adopts_same_and_refuses_other_bytes(
+    tmp_path: Path,
+) -> None:
+    """A file stored create-once: it appears whole under its name, the same bytes again are
+    adopted, other bytes are refused and left alone, and no temporary file stays behind."""
+    store = LocalStore(tmp_path / "out")
+    src = tmp_path / "staged.tar"
+    src.write_bytes(b"shard" * 1000)
+    first = store.put_file_once("s-000000.tar", src, content_type="application/x-tar", metadata={})
+    final = tmp_path / "out" / "s-000000.tar"
+    assert (first.uri, first.size, first.adopted) == (str(final), 5000, False)
+    assert first.sha256 == hashlib.sha256(b"shard" * 1000).hexdigest()
+    assert final.read_bytes() == b"shard" * 1000
+    src.unlink()  # the stored file does not depend on the staged one
+    assert final.read_bytes() == b"shard" * 1000
+
+    src.write_bytes(b"shard" * 1000)
+    again = store.put_file_once("s-000000.tar", src, content_type="application/x-tar", metadata={})
+    assert again.adopted and again.sha256 == first.sha256
+    other = tmp_path / "other.tar"
+    other.write_bytes(b"other")
+    with pytest.raises(ObjectConflict, match=r"s-000000\.tar"):
+        store.put_file_once("s-000000.tar", other, content_type="application/x-tar", metadata={})
+    assert final.read_bytes() == b"shard" * 1000
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_iter_names_lists_the_folder_once(tmp_path: Path) -> None:
+    """Entries directly in the folder, hidden ones (temporary files, probes) left out; a
+    folder not made yet has none; a file where the folder should be is a StorageError."""
+    store = LocalStore(tmp_path / "out")
+    assert list(store.iter_names()) == []
+    _put(store, "a.png", b"a")
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "deeper.png").write_bytes(b"d")
+    (tmp_path / "out" / ".a.png.host.1.tmp").write_bytes(b"t")
+    (tmp_path / "out" / "notes.txt").write_bytes(b"n")
+    assert sorted(store.iter_names()) == ["a.png", "notes.txt", "sub"]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="cannot list the output folder"):
+        list(LocalStore(tmp_path / "file").iter_names())

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.catalog import load_catalog
+from pipeline.adapters.ledger import repo
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
-from pipeline.ledger import repo
-from pipeline.tick import tick
+from pipeline.shell.tick import tick
 from tests.features.helpers import KEY, make_context, run_to_end, submit, write_job
 
 ROWS = [{"key": "a", "prompt": "a lighthouse"}, {"key": "b", "prompt": "a harbour"}]
@@ -95,3 +95,29 @@ def test_dead_url_does_not_stop_the_run(
     assert run.state == "finished"
     with ctx.engine.connect() as conn:
         assert repo.item_counts(conn, run_id) == {"succeeded": 2}
+
+
+def test_notify_logs_show_only_scheme_and_host(
+    receiver: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """`run_notified` and `notify_failed` name the endpoint by scheme and host only: path
+    tokens, query tokens and user info never reach a log line."""
+    from structlog.testing import capture_logs
+
+    from pipeline.shell.notify import send
+
+    url, received = receiver
+    origin = url.removesuffix("/hook")
+    secret_url = url.replace("://", "://user:pw@") + "/T0K3N-path?token=s3cr3t"
+    dead = _dead_url().replace("/hook", "/T0K3N-path?token=s3cr3t")
+    with capture_logs() as logs:
+        assert send(secret_url, {"event": "run_finished"}, run_id="r1")
+        assert not send(dead, {"event": "run_finished"}, run_id="r2", sleep=lambda _: None)
+    assert len(received) == 1
+    (ok,) = [e for e in logs if e["event"] == "run_notified"]
+    (failed,) = [e for e in logs if e["event"] == "notify_failed"]
+    assert ok["url"] == origin
+    assert failed["url"] == dead.split("/T0K3N")[0]
+    for event in logs:
+        text = json.dumps(event, default=str)
+        assert "T0K3N" not in text and "s3cr3t" not in text and "pw@" not in text, text

@@ -19,11 +19,11 @@ import pytest
 from google import genai
 from PIL import Image
 
-from pipeline.catalog import load_catalog
-from pipeline.context import Context
+from pipeline.adapters.ledger import repo
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator, FaultPlan, LineFault
-from pipeline.ledger import repo
-from pipeline.tick import tick
+from pipeline.shell.context import Context
+from pipeline.shell.tick import tick
 from tests.features.helpers import KEY, PRO, make_context, report_json, submit
 
 HOUR = 3600.0
@@ -375,7 +375,7 @@ def test_gs_references_are_checked_at_submit_and_streamed_into_the_upload(
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from pipeline.planning import load_spec, make_plan
+    from pipeline.shell.planning import load_spec, make_plan
 
     bucket = storage.Client(project="nanobatch-test", credentials=AnonymousCredentials()).bucket(
         gcs_env

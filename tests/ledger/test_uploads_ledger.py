@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pipeline.ledger import db, repo
-from pipeline.refimage import Ref
+from pipeline.adapters.ledger import db, repo
+from pipeline.core.refimage import Ref
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import expand, inputs
-from pipeline.catalog import load_catalog
-from pipeline.expand import Block, Item, Reject, expand_columns, in_row_order, request_line
-from pipeline.pricing import Estimator
-from pipeline.references import HashingReader, ReferenceBook
-from pipeline.refimage import MAX_REFERENCE_BYTES, Ref, sniff_mime
-from pipeline.spec import JobSpec, parse_spec
+from pipeline.adapters import inputs
+from pipeline.adapters.references import HashingReader, ReferenceBook
+from pipeline.core import expand
+from pipeline.core.catalog import load_catalog
+from pipeline.core.expand import Block, Item, Reject, expand_columns, in_row_order, request_line
+from pipeline.core.pricing import Estimator
+from pipeline.core.refimage import MAX_REFERENCE_BYTES, Ref, sniff_mime
+from pipeline.core.spec import JobSpec, parse_spec
 
 CAT = load_catalog()
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40

@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from pipeline.results import classify_error, classify_line, decode_image
-from pipeline.values import Usage
+from pipeline.core.results import classify_error, classify_line, decode_image
+from pipeline.core.values import Usage
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 B64 = base64.b64encode(PNG).decode()
@@ -176,7 +176,7 @@ def test_decode_image_alphabets() -> None:
 def test_files_named_by_a_permission_or_not_found_error() -> None:
     """A line failing with 7 or 5 (or HTTP 403/404) names the file it could not read: those
     ids are what harvest matches against the line's reference images."""
-    from pipeline.results import files_gone
+    from pipeline.core.results import files_gone
 
     msg = "You do not have permission to access the File abc123 or it may not exist."
     assert files_gone({"key": "k", "error": {"code": 7, "message": msg}}) == {"abc123"}

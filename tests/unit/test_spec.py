@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.errors import SpecError
-from pipeline.spec import (
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import SpecError
+from pipeline.core.spec import (
     optional_columns,
     parse_spec,
     required_columns,
@@ -273,7 +273,7 @@ def test_reference_and_variant_errors(tmp_path: Path, lines: str, needles: list[
 def test_spec_record_of_a_spec_without_references_is_unchanged(tmp_path: Path) -> None:
     """A run's identity is built from spec_record: a spec that uses neither images nor
     variants records what it did before they existed (same runs found again)."""
-    from pipeline.spec import spec_record
+    from pipeline.core.spec import spec_record
 
     plain = spec_record(_parse(BASE, tmp_path))
     assert "images" not in plain["input"] and "variants" not in plain["input"]

@@ -1,0 +1,596 @@
+"""Harvesting exactly once: stream a finished batch's results file to a spool file, parse it
+line by line in a small thread pool, store each final image once, and record each attempt's
+outcome, tokens and cost in the ledger, many lines per transaction.
+
+Order matters for crash safety: an image is stored before its attempt is recorded, and a
+recorded attempt is never recorded again (`outcome IS NULL` guard). A replay after a kill
+re-reads the spool file, adopts objects already stored with the same sha256, and skips
+attempts already recorded. Nothing is paid twice because nothing is created again.
+
+Paid results never wait on storage: the download runs to its end in its own thread whatever
+the storing does, so a harvest stopped by its run's storage (the run is then held, see
+`holds`) leaves the whole results file in the spool, and `spool_batch` downloads a held
+run's finished batches without storing anything. A held run's later harvest, or the
+`cancel` that ends it (`unstored`: every line recorded with its cost, nothing stored),
+reads the spool file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, update
+
+from pipeline.adapters.drill import crashpoint
+from pipeline.adapters.ledger import repo
+from pipeline.adapters.log import get_logger
+from pipeline.adapters.private import make_private_dir, open_private
+from pipeline.adapters.storage import ObjectStore
+from pipeline.core import naming, policy, pricing, results
+from pipeline.core.catalog import Catalog, load_catalog
+from pipeline.core.errors import ObjectConflict
+from pipeline.core.refimage import reference_metadata
+from pipeline.core.states import BatchState
+from pipeline.core.values import Usage, nanos_to_decimal_str
+from pipeline.shell import uploads
+from pipeline.shell.context import Context
+
+log = get_logger()
+COMMIT_EVERY = 200
+LEASE_TTL_S = 60.0
+
+
+@dataclass(frozen=True)
+class Record:
+    """One attempt's result, ready to be written."""
+
+    attempt_id: int
+    item_id: int
+    key: str
+    outcome: policy.Outcome
+    reason: str | None
+    safety: bool
+    usage: Usage
+    cost_nanos: int
+    standard_nanos: int
+    uri: str | None = None
+    sha256: str | None = None
+
+
+# ── one batch ────────────────────────────────────────────────────────────────
+
+
+def harvest_batch(
+    ctx: Context,
+    batch: repo.BatchRow,
+    run: repo.RunRow,
+    catalog: Catalog,
+    *,
+    unstored: str | None = None,
+) -> bool:
+    """Harvest one `done` batch. False when another tick holds it or harvested it already.
+
+    With `unstored` (the run was cancelled and its storage cannot be used), nothing is
+    stored: every line is recorded with its tokens and cost, and its item, succeeded or to
+    be retried, is cancelled with `unstored` as the reason.
+
+    Side effects: a spool file under the state folder (complete even when storing fails;
+    deleted at the end), one object per succeeded item in the run's output store, attempt
+    and item rows, the batch `harvested`.
+    """
+    owner = ctx.settings.worker_id
+    with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
+        if held is None:
+            return False
+        spool = _Spool(ctx, held)
+        lines = spool.lines()
+        try:
+            _Harvest(ctx, held, run, catalog, unstored).consume(lines)
+        finally:
+            lines.close()  # a harvest its storage stopped still gets the whole file spooled
+        crashpoint("harvest.harvested")
+        spool.path.unlink(missing_ok=True)
+        return True
+
+
+def spool_batch(ctx: Context, batch: repo.BatchRow) -> bool:
+    """Download a `done` batch's results file to the spool, storing nothing (its run is
+    held). False when another tick holds the batch or it is no longer done; True when the
+    file is in the spool."""
+    owner = ctx.settings.worker_id
+    with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
+        if held is None:
+            return False
+        _Spool(ctx, held).download()
+        return True
+
+
+class _Spool:
+    """The results file on local disk, read line by line while it is still downloading.
+
+    A complete spool from an earlier try is reused. Otherwise a thread streams the download
+    into `<name>.part` while `lines()` follows the growing file, so parsing overlaps the
+    download; the complete file is renamed to `<name>.results.jsonl` (a crash before that
+    downloads again; recorded attempts are skipped on the replay either way).
+    """
+
+    POLL_S = 0.005
+
+    def __init__(self, ctx: Context, batch: repo.BatchRow) -> None:
+        self.ctx, self.batch = ctx, batch
+        spool_dir = ctx.settings.spool_dir
+        make_private_dir(spool_dir)
+        self.path = spool_dir / f"{batch.display_name}.results.jsonl"
+        self.part = self.path.with_suffix(".part")
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._size = 0
+
+    def lines(self) -> Generator[bytes, None, None]:
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                yield from fh
+            return
+        assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
+        open_private(self.part).close()  # empty and 0600; the download keeps the mode
+        fetch = threading.Thread(target=self._fetch, name="harvest-download", daemon=True)
+        with self.part.open("rb") as fh:
+            fetch.start()
+            try:
+                yield from self._follow(fh)
+            finally:
+                # Also when the reader stopped early (its storage failed): the download
+                # goes on to its end and is kept, so the paid results wait in the spool.
+                fetch.join()
+                if self._error is None:
+                    self._keep()
+        if self._error is not None:
+            raise self._error
+
+    def download(self) -> None:
+        """The whole results file into the spool, read by nothing, unless it is there."""
+        if self.path.exists():
+            return
+        assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
+        self._size = self.ctx.backend.download(self.batch.output_file, self.part)
+        self._keep()
+
+    def _keep(self) -> None:
+        self.part.replace(self.path)
+        crashpoint("harvest.downloaded")
+        batch = self.batch
+        log.info("batch_downloaded", run=batch.run_id, batch=batch.display_name, bytes=self._size)
+
+    def _fetch(self) -> None:
+        try:
+            assert self.batch.output_file
+            self._size = self.ctx.backend.download(self.batch.output_file, self.part)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def _follow(self, fh: Any) -> Iterator[bytes]:
+        """Whole lines of a file another thread is appending to, until it is complete."""
+        head: list[bytes] = []
+        while True:
+            done = self._done.is_set()
+            piece = fh.readline()
+            if piece.endswith(b"\n"):
+                if head:
+                    head.append(piece)
+                    piece, head = b"".join(head), []
+                yield piece
+            elif piece:
+                head.append(piece)
+            elif done:
+                if self._error is None and head:
+                    yield b"".join(head)
+                return
+            else:
+                self._done.wait(self.POLL_S)
+
+
+class _Harvest:
+    def __init__(
+        self,
+        ctx: Context,
+        batch: repo.BatchRow,
+        run: repo.RunRow,
+        catalog: Catalog,
+        unstored: str | None = None,
+    ):
+        self.ctx, self.batch, self.run = ctx, batch, run
+        self.unstored = unstored
+        self.info = catalog.get(batch.model)
+        self.store: ObjectStore = ctx.store(run.output_uri)
+        with ctx.engine.connect() as conn:
+            rows = repo.batch_attempts(conn, batch.id)
+            self.prior = repo.item_totals(conn, [r.item_id for r in rows])
+            shas = {sha for r in rows if r.refs for sha in r.refs.split(",")}
+            self.upload_shas = repo.upload_names_of(conn, sorted(shas)) if shas else {}
+        self.todo = {r.key: r for r in rows if r.outcome is None}
+        self.rows = {r.key: r for r in rows}
+        self.seen: set[str] = set()
+        self.gone: set[str] = set()
+        """Uploads lines found gone or expired (marked stale before their lines' records)."""
+
+    def consume(self, lines: Iterator[bytes]) -> None:
+        pending: list[Record] = []
+        workers = max(1, self.ctx.settings.harvest_workers)
+        with ThreadPoolExecutor(workers) as pool:
+            for record in _ordered(pool, self._process, self._fresh_lines(lines), workers * 2):
+                if record is not None:
+                    pending.append(record)
+                if len(pending) >= COMMIT_EVERY:
+                    self._commit(pending)
+                    pending = []
+        self._finish(pending)
+
+    def _fresh_lines(self, lines: Any) -> Iterator[bytes]:
+        for raw in lines:
+            if len(raw) > 2 or raw.strip():  # strip() copies: only for the tiny lines
+                yield raw
+
+    def _process(self, raw: bytes) -> Record | None:
+        try:
+            line, payloads = results.parse_line(raw)
+        except ValueError:
+            log.warning("results_line_unparsable", batch=self.batch.display_name)
+            return None
+        outcome = results.classify_line(line)
+        if outcome.kind == "final" and self.upload_shas:
+            outcome = self._file_gone(line, outcome)
+        if outcome.image_b64 is not None:
+            image = results.payload_bytes(outcome.image_b64, payloads)
+            outcome = dataclasses.replace(outcome, image_b64=image)  # type: ignore[arg-type]
+        row = self.todo.get(outcome.key or "")
+        if row is None:
+            return None
+        usage = outcome.usage or Usage()
+        cost = pricing.cost_nanos(self.info.batch, usage)
+        standard = pricing.cost_nanos(self.info.standard, usage)
+        base = Record(
+            row.attempt_id,
+            row.item_id,
+            row.key,
+            outcome.kind,
+            outcome.reason,
+            outcome.safety,
+            usage,
+            cost,
+            standard,
+        )
+        if self.unstored is not None and outcome.kind in ("succeeded", "retry"):
+            return dataclasses.replace(base, outcome="cancelled", reason=self.unstored)
+        if outcome.kind != "succeeded":
+            return base
+        return self._store(base, row, outcome)
+
+    def _file_gone(self, line: Any, outcome: results.LineOutcome) -> results.LineOutcome:
+        """A line that failed because a reference image it sent is gone or expired is tried
+        again (a new batch uploads the image afresh), not failed for good."""
+        row = self.todo.get(outcome.key or "")
+        if row is None or not row.refs:
+            return outcome
+        mine = set(row.refs.split(","))
+        names = [
+            f"files/{file_id}"
+            for file_id in sorted(results.files_gone(line))
+            if self.upload_shas.get(f"files/{file_id}") in mine
+        ]
+        if not names:
+            return outcome
+        self.gone.update(names)
+        reason = f"reference image {', '.join(names)} gone or expired ({outcome.reason})"
+        return dataclasses.replace(outcome, kind="retry", reason=reason[:500])
+
+    def _store(self, base: Record, row: Any, outcome: results.LineOutcome) -> Record:
+        assert outcome.image_b64 is not None and outcome.mime is not None
+        data = results.decode_image(outcome.image_b64)
+        sha = hashlib.sha256(data).hexdigest()
+        name = naming.object_name(row.key, naming.ext_for_mime(outcome.mime))
+        try:
+            stored = self.store.put_once(
+                name,
+                data,
+                content_type=outcome.mime,
+                metadata=self._metadata(base, row),
+                overwrite=self.run.overwrite,
+                sha256=sha,
+            )
+        except ObjectConflict as exc:
+            return dataclasses.replace(base, outcome="final", reason=str(exc), safety=False)
+        crashpoint("harvest.stored")
+        return dataclasses.replace(base, uri=stored.uri, sha256=sha)
+
+    def _metadata(self, rec: Record, row: Any) -> dict[str, str]:
+        prior = self.prior.get(rec.item_id, {})
+        total = rec.usage + Usage(
+            prior.get("input", 0),
+            prior.get("output_image", 0),
+            prior.get("output_text", 0),
+            prior.get("thinking", 0),
+        )
+        return {
+            "nanobatch-run": self.run.id,
+            "nanobatch-key": row.key,
+            "nanobatch-model": self.batch.model,
+            "nanobatch-prompt-sha256": row.prompt_sha256,
+            "nanobatch-input-tokens": str(total.input),
+            "nanobatch-output-image-tokens": str(total.output_image),
+            "nanobatch-output-text-tokens": str(total.output_text),
+            "nanobatch-thinking-tokens": str(total.thinking),
+            "nanobatch-cost-usd": nanos_to_decimal_str(rec.cost_nanos + prior.get("cost_nanos", 0)),
+            **reference_metadata(row.refs, row.seed),
+        }
+
+    def _commit(self, records: list[Record]) -> None:
+        fresh = []
+        for rec in records:
+            if rec.key not in self.seen:  # a key twice in one file: the first line wins
+                self.seen.add(rec.key)
+                fresh.append(rec)
+        now = self.ctx.now()
+        if self.unstored is None:
+            self.store.sync()  # the images these records point at are on disk first
+        # Before the items go back to the queue: a batch formed from them must not reuse it.
+        uploads.mark_gone(self.ctx, self.gone)
+        with self.ctx.engine.begin() as conn:
+            apply_records(conn, self.run, self.batch, fresh, self.rows, now)
+        crashpoint("harvest.committed")
+        repo.claim_batch(
+            self.ctx.engine, self.batch.id, self.ctx.settings.worker_id, now, LEASE_TTL_S
+        )
+
+    def _finish(self, pending: list[Record]) -> None:
+        self._commit(pending)
+        retry = self.batch.remote_state == "JOB_STATE_SUCCEEDED" and self.unstored is None
+        missing_kind: policy.Outcome = "retry" if retry else "cancelled"
+        missing = [
+            _empty(r, missing_kind, "missing from the results file")
+            for key, r in self.todo.items()
+            if key not in self.seen
+        ]
+        now = self.ctx.now()
+        crashpoint("harvest.finish")
+        with self.ctx.engine.begin() as conn:
+            apply_records(conn, self.run, self.batch, missing, self.rows, now)
+            repo.transition_batch(
+                conn,
+                self.batch.id,
+                BatchState.DONE,
+                BatchState.HARVESTED,
+                now,
+                f"{len(self.seen)} lines, {len(missing)} missing",
+                harvested_at=now,
+            )
+        log.info(
+            "batch_harvested",
+            run=self.run.id,
+            batch=self.batch.display_name,
+            lines=len(self.seen),
+            missing=len(missing),
+        )
+
+
+def _ordered(
+    pool: ThreadPoolExecutor,
+    fn: Callable[[bytes], Record | None],
+    lines: Iterator[bytes],
+    window: int,
+) -> Iterator[Record | None]:
+    """fn over lines in a pool, at most `window` in flight (bounded memory), in input order."""
+    inflight: deque[Future[Record | None]] = deque()
+    for raw in lines:
+        inflight.append(pool.submit(fn, raw))
+        if len(inflight) >= window:
+            yield inflight.popleft().result()
+    while inflight:
+        yield inflight.popleft().result()
+
+
+def _empty(row: Any, outcome: policy.Outcome, reason: str) -> Record:
+    return Record(row.attempt_id, row.item_id, row.key, outcome, reason, False, Usage(), 0, 0)
+
+
+# ── writing outcomes ─────────────────────────────────────────────────────────
+
+
+def apply_records(
+    conn: Connection,
+    run: repo.RunRow,
+    batch: repo.BatchRow,
+    records: list[Record],
+    rows: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Record attempts and move their items, guarded so a replay changes nothing."""
+    if not records:
+        return
+    conn.execute(
+        update(repo.ATTEMPTS)
+        .where(repo.ATTEMPTS.c.id == bindparam("aid"), repo.ATTEMPTS.c.outcome.is_(None))
+        .values(
+            outcome=bindparam("outcome"),
+            reason=bindparam("reason"),
+            input_tokens=bindparam("i"),
+            output_image_tokens=bindparam("oi"),
+            output_text_tokens=bindparam("ot"),
+            thinking_tokens=bindparam("th"),
+            cost_nanos=bindparam("cost"),
+            standard_nanos=bindparam("std"),
+            recorded_at=now,
+        ),
+        [_attempt_params(r) for r in records],
+    )
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        row = rows[rec.key]
+        refused = _fallback_refused(run.fallback_model, row.refs)
+        nxt = policy.decide(
+            rec.outcome,
+            safety=rec.safety,
+            tries_after=row.tries + 1,
+            max_attempts=run.max_attempts,
+            model=batch.model,
+            fallback_model=None if refused else run.fallback_model,
+            fallback_used=row.fallback_used,
+        )
+        if refused and nxt.state == "failed" and rec.reason and not row.fallback_used:
+            rec = dataclasses.replace(rec, reason=f"{rec.reason}; {refused}"[:1000])
+        groups.setdefault(nxt.state, []).append(_item_params(rec, nxt, batch, now))
+    for state, params in groups.items():
+        _move_items(conn, state, params, batch.id)
+        repo.item_events(
+            conn, run.id, [p["iid"] for p in params], "in_batch", state, None, now, batch.id
+        )
+
+
+def _fallback_refused(fallback: str | None, refs: str | None) -> str | None:
+    """Why the fallback model is not tried for an item with these reference images (it
+    accepts fewer than the item has), or None."""
+    if not fallback or not refs:
+        return None
+    count = refs.count(",") + 1
+    try:
+        limit = load_catalog().get(fallback).max_reference_images
+    except KeyError:
+        return None
+    if count <= limit:
+        return None
+    return (
+        f"fallback_model {fallback} not tried: it accepts at most {limit} reference images, "
+        f"this item has {count}"
+    )
+
+
+def _attempt_params(rec: Record) -> dict[str, Any]:
+    u = rec.usage
+    return {
+        "aid": rec.attempt_id,
+        "outcome": rec.outcome,
+        "reason": rec.reason,
+        "i": u.input,
+        "oi": u.output_image,
+        "ot": u.output_text,
+        "th": u.thinking,
+        "cost": rec.cost_nanos,
+        "std": rec.standard_nanos,
+    }
+
+
+def _item_params(
+    rec: Record, nxt: policy.Next, batch: repo.BatchRow, now: datetime
+) -> dict[str, Any]:
+    return {
+        "iid": rec.item_id,
+        "uri": rec.uri,
+        "sha": rec.sha256,
+        "err": rec.reason,
+        "final": nxt.final,
+        "model": nxt.model or batch.model,
+        "fb": nxt.model is not None,
+        "now": now,
+        "count": 0 if rec.outcome == "cancelled" else 1,
+    }
+
+
+def _move_items(conn: Connection, state: str, params: list[dict[str, Any]], batch_id: int) -> None:
+    items = repo.ITEMS
+    guard = (
+        items.c.id == bindparam("iid"),
+        items.c.state == "in_batch",
+        items.c.batch_id == batch_id,
+    )
+    tries = items.c.tries + bindparam("count")
+    values: dict[str, Any]
+    if state == "succeeded":
+        values = {
+            "state": state,
+            "uri": bindparam("uri"),
+            "sha256": bindparam("sha"),
+            "error": None,
+            "tries": tries,
+            "finished_at": bindparam("now"),
+        }
+    elif state == "queued":
+        values = {
+            "state": state,
+            "batch_id": None,
+            "error": bindparam("err"),
+            "tries": tries,
+            "model": bindparam("model"),
+            "fallback_used": items.c.fallback_used | bindparam("fb"),
+        }
+    else:
+        values = {
+            "state": state,
+            "error": bindparam("err"),
+            "final": bindparam("final"),
+            "tries": tries,
+            "finished_at": bindparam("now"),
+        }
+    conn.execute(update(items).where(*guard).values(**values), params)
+
+
+# ── batches that ended without output ────────────────────────────────────────
+
+
+def settle_without_output(
+    ctx: Context,
+    conn: Connection,
+    batch: repo.BatchRow,
+    run: repo.RunRow,
+    outcome: policy.Outcome,
+    reason: str,
+) -> None:
+    """Every unrecorded attempt of the batch gets `outcome` (retry or cancelled)."""
+    rows = {r.key: r for r in repo.batch_attempts(conn, batch.id) if r.outcome is None}
+    records = [_empty(r, outcome, reason) for r in rows.values()]
+    apply_records(conn, run, batch, records, rows, ctx.now())
+
+
+def fail_batch_items(ctx: Context, conn: Connection, batch: repo.BatchRow, reason: str) -> None:
+    """A batch the service refused to create: its items fail for good, no try counted."""
+    rows = [r for r in repo.batch_attempts(conn, batch.id) if r.outcome is None]
+    now = ctx.now()
+    conn.execute(
+        update(repo.ATTEMPTS)
+        .where(repo.ATTEMPTS.c.batch_id == batch.id, repo.ATTEMPTS.c.outcome.is_(None))
+        .values(outcome="not_sent", reason=reason, recorded_at=now)
+    )
+    params = [
+        {
+            "iid": r.item_id,
+            "err": reason,
+            "final": True,
+            "now": now,
+            "count": 0,
+            "uri": None,
+            "sha": None,
+            "model": batch.model,
+            "fb": False,
+        }
+        for r in rows
+    ]
+    if params:
+        _move_items(conn, "failed", params, batch.id)
+        repo.item_events(
+            conn,
+            batch.run_id,
+            [p["iid"] for p in params],
+            "in_batch",
+            "failed",
+            reason,
+            now,
+            batch.id,
+        )
