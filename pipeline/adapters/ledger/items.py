@@ -1,0 +1,305 @@
+"""Items: counts, queued work, attempts of a batch, failing, requeueing and cancelling them,
+and the prompt cache's lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+
+from pipeline.adapters.ledger.rows import ATTEMPTS, EVENTS, ITEMS, _chunks
+from pipeline.adapters.ledger.runs import _placeholder
+from pipeline.core.states import (
+    ItemState,
+)
+
+# ── items ────────────────────────────────────────────────────────────────────
+
+
+def item_counts(conn: Connection, run_id: str) -> dict[str, int]:
+    """Items by state; failed split into failed (retryable by `retry`) and failed_final."""
+    rows = conn.execute(
+        select(ITEMS.c.state, ITEMS.c.final, func.count())
+        .where(ITEMS.c.run_id == run_id)
+        .group_by(ITEMS.c.state, ITEMS.c.final)
+    )
+    counts: dict[str, int] = {}
+    for state, final, n in rows:
+        name = "failed_final" if state == ItemState.FAILED and final else state
+        counts[name] = counts.get(name, 0) + n
+    return counts
+
+
+def has_open_items(conn: Connection, run_id: str) -> bool:
+    """Whether any item of the run is still queued or in a batch: the first one found
+    answers (every tick asks it of every active run; counting them read them all)."""
+    found = conn.execute(
+        select(ITEMS.c.id)
+        .where(ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["queued", "in_batch"]))
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def queued_items(conn: Connection, run_id: str, after_id: int, limit: int) -> list[Any]:
+    """Queued items of a run in id order (for forming batches), starting after `after_id`."""
+    return list(
+        conn.execute(
+            select(
+                ITEMS.c.id,
+                ITEMS.c.key,
+                ITEMS.c.prompt,
+                ITEMS.c.aspect_ratio,
+                ITEMS.c.image_size,
+                ITEMS.c.model,
+                ITEMS.c.est_tokens,
+                ITEMS.c.prompt_sha256,
+                ITEMS.c.seed,
+                ITEMS.c.refs,
+            )
+            .where(ITEMS.c.run_id == run_id, ITEMS.c.state == "queued", ITEMS.c.id > after_id)
+            .order_by(ITEMS.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def batch_request_rows(
+    conn: Connection, batch_id: int, chunk: int = 5000
+) -> Iterator[tuple[str, str, str, str, int | None, str | None]]:
+    """(key, prompt, aspect_ratio, image_size, seed, refs) of a batch's items in id order:
+    the JSONL. Items whose attempt is already settled (not sent: a reference image could not
+    be uploaded) are left out.
+
+    Plain SQL fetched a chunk at a time (streamed on PostgreSQL): a batch can hold 100,000
+    items, and compiling and processing an ORM-level select per row cost more than the query."""
+    mark = _placeholder(conn)
+    result = conn.execution_options(stream_results=True).exec_driver_sql(
+        "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size, items.seed, "
+        "items.refs FROM attempts "
+        f"JOIN items ON items.id = attempts.item_id WHERE attempts.batch_id = {mark} "
+        "AND attempts.outcome IS NULL ORDER BY items.id",
+        (batch_id,),
+    )
+    # Through the result, not its DBAPI cursor: with stream_results SQLAlchemy has already
+    # buffered the first rows of a PostgreSQL server-side cursor.
+    try:
+        while rows := result.fetchmany(chunk):
+            yield from rows  # type: ignore[misc]
+    finally:
+        result.close()
+
+
+def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
+    """Every attempt of a batch with its item: what harvest joins result lines against."""
+    return list(
+        conn.execute(
+            select(
+                ATTEMPTS.c.id.label("attempt_id"),
+                ATTEMPTS.c.outcome,
+                ITEMS.c.id.label("item_id"),
+                ITEMS.c.key,
+                ITEMS.c.state,
+                ITEMS.c.tries,
+                ITEMS.c.fallback_used,
+                ITEMS.c.prompt_sha256,
+                ITEMS.c.prompt,
+                ITEMS.c.aspect_ratio,
+                ITEMS.c.image_size,
+                ITEMS.c.batch_id,
+                ITEMS.c.seed,
+                ITEMS.c.refs,
+            )
+            .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
+            .where(ATTEMPTS.c.batch_id == batch_id)
+        )
+    )
+
+
+def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Tokens and cost of each item summed over its recorded attempts."""
+    rows = conn.execute(
+        select(
+            ATTEMPTS.c.item_id,
+            func.sum(ATTEMPTS.c.input_tokens),
+            func.sum(ATTEMPTS.c.output_image_tokens),
+            func.sum(ATTEMPTS.c.output_text_tokens),
+            func.sum(ATTEMPTS.c.thinking_tokens),
+            func.sum(ATTEMPTS.c.cost_nanos),
+        )
+        .where(ATTEMPTS.c.item_id.in_(list(item_ids)), ATTEMPTS.c.outcome.is_not(None))
+        .group_by(ATTEMPTS.c.item_id)
+    )
+    names = ("input", "output_image", "output_text", "thinking", "cost_nanos")
+    return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
+
+
+def open_keys(conn: Connection, run_ids: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    """key -> run id, for those of `keys` that an item of one of `run_ids` has while it is
+    still open (queued or in a batch): names those runs are about to write."""
+    found: dict[str, str] = {}
+    if not run_ids or not keys:
+        return found
+    # The state is checked here, not in SQL: with it there, SQLite walks every open item of
+    # those runs through ix_items_run_state instead of looking the keys up in (run_id, key).
+    for chunk in _chunks(sorted(set(keys)), 500):
+        rows = conn.execute(
+            select(ITEMS.c.key, ITEMS.c.run_id, ITEMS.c.state).where(
+                ITEMS.c.run_id.in_(list(run_ids)), ITEMS.c.key.in_(list(chunk))
+            )
+        )
+        for key, run_id, state in rows:
+            if state in ("queued", "in_batch"):
+                found.setdefault(key, run_id)
+    return found
+
+
+def fail_items_for_good(
+    conn: Connection, run_id: str, reasons: Sequence[tuple[str, str]], from_: str, now: datetime
+) -> int:
+    """Items of the run (by key) in state `from_` fail for good with their reasons, before
+    anything was sent for them: no attempt, no cost (an item just recorded as failed, or a
+    queued one). Guarded; returns how many moved."""
+    moved = 0
+    for chunk in _chunks(list(reasons), 500):
+        ids = dict(
+            conn.execute(
+                select(ITEMS.c.key, ITEMS.c.id).where(
+                    ITEMS.c.run_id == run_id,
+                    ITEMS.c.key.in_([key for key, _ in chunk]),
+                    ITEMS.c.state == from_,
+                )
+            ).all()
+        )
+        params = [{"iid": ids[k], "err": r} for k, r in chunk if k in ids]
+        if not params:
+            continue
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id == bindparam("iid"), ITEMS.c.state == from_)
+            .values(state="failed", final=True, error=bindparam("err"), finished_at=now),
+            params,
+        )
+        conn.execute(
+            insert(EVENTS),
+            [
+                {
+                    "at": now,
+                    "run_id": run_id,
+                    "batch_id": None,
+                    "item_id": p["iid"],
+                    "from_state": None if from_ == "failed" else from_,
+                    "to_state": "failed",
+                    "detail": p["err"][:500],
+                }
+                for p in params
+            ],
+        )
+        moved += len(params)
+    return moved
+
+
+def requeue_items(conn: Connection, run_id: str, *, include_final: bool, now: datetime) -> int:
+    """`retry`: failed (and with include_final, failed for good) items back to queued."""
+    cond = [ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["failed", "cancelled"])]
+    if not include_final:
+        cond.append(or_(ITEMS.c.final.is_(False), ITEMS.c.state == "cancelled"))
+    ids = [r[0] for r in conn.execute(select(ITEMS.c.id).where(*cond))]
+    for chunk in _chunks(ids, 500):
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state.in_(["failed", "cancelled"]))
+            .values(state="queued", final=False, error=None, batch_id=None, tries=0)
+        )
+        item_events(conn, run_id, chunk, "failed", "queued", "retry requested", now)
+    return len(ids)
+
+
+def cancel_open_items(conn: Connection, run_id: str, now: datetime) -> int:
+    """Queued items of a cancelled run become cancelled (in-batch ones wait for the batch)."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            select(ITEMS.c.id).where(ITEMS.c.run_id == run_id, ITEMS.c.state == "queued")
+        )
+    ]
+    for chunk in _chunks(ids, 500):
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "queued")
+            .values(state="cancelled", error="run cancelled", finished_at=now)
+        )
+        item_events(conn, run_id, chunk, "queued", "cancelled", "run cancelled", now)
+    return len(ids)
+
+
+def item_events(
+    conn: Connection,
+    run_id: str,
+    item_ids: Iterable[int],
+    from_: str | None,
+    to: str,
+    detail: str | None,
+    now: datetime,
+    batch_id: int | None = None,
+) -> None:
+    rows = [
+        {
+            "at": now,
+            "run_id": run_id,
+            "batch_id": batch_id,
+            "item_id": i,
+            "from_state": from_,
+            "to_state": to,
+            "detail": detail,
+        }
+        for i in item_ids
+    ]
+    if rows:
+        conn.execute(insert(EVENTS), rows)
+
+
+def any_stored_image(conn: Connection, exclude_run: str) -> bool:
+    """Whether another run has any stored image (else the prompt cache cannot hit)."""
+    found = conn.execute(select(ITEMS.c.id).where(*_stored_elsewhere(exclude_run)).limit(1)).first()
+    return found is not None
+
+
+def cached_hashes(conn: Connection, hashes: Iterable[str], exclude_run: str) -> set[str]:
+    """Which of these content hashes another run has a stored image for (prompt cache).
+
+    Raw SQL with a literal state (so SQLite can use the partial index ix_items_cache), in
+    chunks of 1,000: recording a run asks this for every item."""
+    found: set[str] = set()
+    mark = _placeholder(conn)
+    for chunk in _chunks(sorted(set(hashes)), 1000):
+        sql = (
+            "SELECT prompt_sha256 FROM items WHERE state = 'succeeded' AND prompt_sha256 IN "
+            f"({', '.join([mark] * len(chunk))}) AND run_id <> {mark} AND uri IS NOT NULL"
+        )
+        found.update(row[0] for row in conn.exec_driver_sql(sql, (*chunk, exclude_run)))
+    return found
+
+
+def _stored_elsewhere(exclude_run: str) -> tuple[Any, ...]:
+    """Items the prompt cache can serve from: succeeded, stored, of another run. The state is
+    a literal, not a bound parameter: only then can SQLite use the partial index on
+    prompt_sha256 (ix_items_cache, WHERE state = 'succeeded'); `cached_hashes` spells the
+    same conditions in raw SQL."""
+    return (
+        ITEMS.c.state == literal_column("'succeeded'"),
+        ITEMS.c.run_id != exclude_run,
+        ITEMS.c.uri.is_not(None),
+    )
