@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection
 
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
@@ -37,7 +37,7 @@ from pipeline.adapters.storage import ObjectStore
 from pipeline.core import naming, policy, pricing, results
 from pipeline.core.catalog import Catalog
 from pipeline.core.errors import ObjectConflict
-from pipeline.core.states import BatchState
+from pipeline.core.states import BatchState, ItemState
 from pipeline.core.values import Usage, nanos_to_decimal_str
 from pipeline.shell.context import Context
 
@@ -384,112 +384,37 @@ def apply_records(
     rows: dict[str, Any],
     now: datetime,
 ) -> None:
-    """Record attempts and move their items, guarded so a replay changes nothing."""
-    if not records:
-        return
-    conn.execute(
-        update(repo.ATTEMPTS)
-        .where(repo.ATTEMPTS.c.id == bindparam("aid"), repo.ATTEMPTS.c.outcome.is_(None))
-        .values(
-            outcome=bindparam("outcome"),
-            reason=bindparam("reason"),
-            input_tokens=bindparam("i"),
-            output_image_tokens=bindparam("oi"),
-            output_text_tokens=bindparam("ot"),
-            thinking_tokens=bindparam("th"),
-            cost_nanos=bindparam("cost"),
-            standard_nanos=bindparam("std"),
-            recorded_at=now,
-        ),
-        [_attempt_params(r) for r in records],
+    """Decide each record's next item state (the policy) and record them in the ledger."""
+    outcomes = [_outcome(rec, rows[rec.key], run, batch) for rec in records]
+    repo.record_outcomes(conn, run.id, batch.id, outcomes, now)
+
+
+def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> repo.AttemptOutcome:
+    nxt = policy.decide(
+        rec.outcome,
+        safety=rec.safety,
+        tries_after=row.tries + 1,
+        max_attempts=run.max_attempts,
+        model=batch.model,
+        fallback_model=run.fallback_model,
+        fallback_used=row.fallback_used,
     )
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
-        row = rows[rec.key]
-        nxt = policy.decide(
-            rec.outcome,
-            safety=rec.safety,
-            tries_after=row.tries + 1,
-            max_attempts=run.max_attempts,
-            model=batch.model,
-            fallback_model=run.fallback_model,
-            fallback_used=row.fallback_used,
-        )
-        groups.setdefault(nxt.state, []).append(_item_params(rec, nxt, batch, now))
-    for state, params in groups.items():
-        _move_items(conn, state, params, batch.id)
-        repo.item_events(
-            conn, run.id, [p["iid"] for p in params], "in_batch", state, None, now, batch.id
-        )
-
-
-def _attempt_params(rec: Record) -> dict[str, Any]:
-    u = rec.usage
-    return {
-        "aid": rec.attempt_id,
-        "outcome": rec.outcome,
-        "reason": rec.reason,
-        "i": u.input,
-        "oi": u.output_image,
-        "ot": u.output_text,
-        "th": u.thinking,
-        "cost": rec.cost_nanos,
-        "std": rec.standard_nanos,
-    }
-
-
-def _item_params(
-    rec: Record, nxt: policy.Next, batch: repo.BatchRow, now: datetime
-) -> dict[str, Any]:
-    return {
-        "iid": rec.item_id,
-        "uri": rec.uri,
-        "sha": rec.sha256,
-        "err": rec.reason,
-        "final": nxt.final,
-        "model": nxt.model or batch.model,
-        "fb": nxt.model is not None,
-        "now": now,
-        "count": 0 if rec.outcome == "cancelled" else 1,
-    }
-
-
-def _move_items(conn: Connection, state: str, params: list[dict[str, Any]], batch_id: int) -> None:
-    items = repo.ITEMS
-    guard = (
-        items.c.id == bindparam("iid"),
-        items.c.state == "in_batch",
-        items.c.batch_id == batch_id,
+    return repo.AttemptOutcome(
+        attempt_id=rec.attempt_id,
+        item_id=rec.item_id,
+        outcome=rec.outcome,
+        reason=rec.reason,
+        usage=rec.usage,
+        cost_nanos=rec.cost_nanos,
+        standard_nanos=rec.standard_nanos,
+        state=ItemState(nxt.state),
+        final=nxt.final,
+        model=nxt.model or batch.model,
+        fallback=nxt.model is not None,
+        uri=rec.uri,
+        sha256=rec.sha256,
+        tried=rec.outcome != "cancelled",
     )
-    tries = items.c.tries + bindparam("count")
-    values: dict[str, Any]
-    if state == "succeeded":
-        values = {
-            "state": state,
-            "uri": bindparam("uri"),
-            "sha256": bindparam("sha"),
-            "error": None,
-            "tries": tries,
-            "finished_at": bindparam("now"),
-        }
-    elif state == "queued":
-        values = {
-            "state": state,
-            "batch_id": None,
-            "error": bindparam("err"),
-            "tries": tries,
-            "model": bindparam("model"),
-            "fallback_used": items.c.fallback_used | bindparam("fb"),
-        }
-    else:
-        values = {
-            "state": state,
-            "error": bindparam("err"),
-            "final": bindparam("final"),
-            "tries": tries,
-            "finished_at": bindparam("now"),
-        }
-    conn.execute(update(items).where(*guard).values(**values), params)
 
 
 # ── batches that ended without output ────────────────────────────────────────
@@ -511,36 +436,4 @@ def settle_without_output(
 
 def fail_batch_items(ctx: Context, conn: Connection, batch: repo.BatchRow, reason: str) -> None:
     """A batch the service refused to create: its items fail for good, no try counted."""
-    rows = [r for r in repo.batch_attempts(conn, batch.id) if r.outcome is None]
-    now = ctx.now()
-    conn.execute(
-        update(repo.ATTEMPTS)
-        .where(repo.ATTEMPTS.c.batch_id == batch.id, repo.ATTEMPTS.c.outcome.is_(None))
-        .values(outcome="not_sent", reason=reason, recorded_at=now)
-    )
-    params = [
-        {
-            "iid": r.item_id,
-            "err": reason,
-            "final": True,
-            "now": now,
-            "count": 0,
-            "uri": None,
-            "sha": None,
-            "model": batch.model,
-            "fb": False,
-        }
-        for r in rows
-    ]
-    if params:
-        _move_items(conn, "failed", params, batch.id)
-        repo.item_events(
-            conn,
-            batch.run_id,
-            [p["iid"] for p in params],
-            "in_batch",
-            "failed",
-            reason,
-            now,
-            batch.id,
-        )
+    repo.refuse_batch_items(conn, batch.run_id, batch.id, batch.model, reason, ctx.now())

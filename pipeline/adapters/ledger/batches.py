@@ -20,11 +20,13 @@ from sqlalchemy import (
     update,
 )
 
+from pipeline.adapters.ledger.items import transition_items
 from pipeline.adapters.ledger.rows import ATTEMPTS, BATCHES, ITEMS, BatchRow, RunRow, _batch, _event
-from pipeline.core.errors import StaleTransition
+from pipeline.core.errors import InvalidTransition, StaleTransition
 from pipeline.core.states import (
     LIVE_BATCH_STATES,
     BatchState,
+    ItemState,
     check_batch_transition,
 )
 
@@ -119,18 +121,22 @@ def create_batch(
     # guarded UPDATE moves exactly them; any other count means another writer got in between
     # and the transaction is rolled back.
     lo, hi = items[0].id, items[-1].id
-    moved = conn.execute(
-        update(ITEMS)
-        .where(
-            ITEMS.c.run_id == run.id,
-            ITEMS.c.id.between(lo, hi),
-            ITEMS.c.state == "queued",
-            ITEMS.c.model == model,
-        )
-        .values(state="in_batch", batch_id=batch_id)
-    ).rowcount
+    moved = transition_items(
+        conn,
+        run.id,
+        [item.id for item in items],
+        ItemState.QUEUED,
+        ItemState.IN_BATCH,
+        now,
+        where=[ITEMS.c.run_id == run.id, ITEMS.c.id.between(lo, hi), ITEMS.c.model == model],
+        values={"batch_id": batch_id},
+        events=False,  # the batch's `queued` event counts them
+    )
     if moved != len(items):
-        raise StaleTransition(f"items of run {run.id} were taken by another tick")
+        raise StaleTransition(
+            f"items {lo}..{hi} of run {run.id}: {moved} of {len(items)} were still queued, "
+            "another tick took the others"
+        )
     close_batch(conn, run.id, batch_id, model, len(items), est_tokens, est_nanos, now)
     return batch_id
 
@@ -202,7 +208,10 @@ def transition_batch(
     **values: Any,
 ) -> None:
     """The one way a batch changes state: a guarded update plus its event row."""
-    check_batch_transition(from_, to)
+    try:
+        check_batch_transition(from_, to)
+    except InvalidTransition as exc:
+        raise InvalidTransition(f"batch {batch_id}: {exc}") from None
     result = conn.execute(
         update(BATCHES)
         .where(BATCHES.c.id == batch_id, BATCHES.c.state == from_.value)

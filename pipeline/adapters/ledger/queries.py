@@ -15,10 +15,9 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    update,
 )
 
-from pipeline.adapters.ledger.items import _stored_elsewhere
+from pipeline.adapters.ledger.items import _stored_elsewhere, transition_items
 from pipeline.adapters.ledger.rows import (
     ATTEMPTS,
     BATCHES,
@@ -26,9 +25,9 @@ from pipeline.adapters.ledger.rows import (
     REJECTS,
     RUNS,
     RunRow,
-    _event,
     _run,
 )
+from pipeline.core.states import ItemState
 
 # ── reports ──────────────────────────────────────────────────────────────────
 
@@ -161,23 +160,24 @@ def mark_cached(
 ) -> bool:
     """A queued item served from the prompt cache: succeeded, cached, no attempt (guarded).
     `model` is the model that made the image (the source's: a fallback model may have)."""
-    moved = conn.execute(
-        update(ITEMS)
-        .where(ITEMS.c.id == item_id, ITEMS.c.state == "queued")
-        .values(
-            state="succeeded",
-            cached=True,
-            uri=uri,
-            sha256=sha256,
-            error=None,
-            finished_at=now,
-            model=model,
-        )
-    ).rowcount
-    if moved != 1:
-        return False
-    _event(conn, run_id, None, item_id, "queued", "succeeded", detail[:500], now)
-    return True
+    moved = transition_items(
+        conn,
+        run_id,
+        [item_id],
+        ItemState.QUEUED,
+        ItemState.SUCCEEDED,
+        now,
+        values={
+            "cached": True,
+            "uri": uri,
+            "sha256": sha256,
+            "error": None,
+            "finished_at": now,
+            "model": model,
+        },
+        detail=detail[:500],
+    )
+    return moved == 1
 
 
 def cache_savings(conn: Connection, run_id: str) -> int:
