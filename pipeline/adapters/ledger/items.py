@@ -176,14 +176,17 @@ def transition_items(
     details: Sequence[str | None] | None = None,
     batch_id: int | None = None,
 ) -> int:
-    """The one way items change state: each (from, to) pair is checked against
-    ITEM_TRANSITIONS, then one guarded UPDATE (`state IN from_` plus `guard`), then an event
+    """The one way items change state: the (from, to) pair is checked against
+    ITEM_TRANSITIONS, then one guarded UPDATE (`state = from_` plus `guard`), then an event
     row per item. Returns how many rows moved; zero (someone moved them first) writes no event.
+    An invalid pair raises InvalidTransition naming the items, the run and both states.
 
     `from_` None means the items were inserted in state `to` in this transaction and only
     their other columns are set now (the event says created: from None). The moved rows are
     `item_ids` (an IN list, in chunks, with `values`), or, with `rows`, one executemany whose
-    parameter sets carry `iid` and whatever bind parameters `values` names. `details` gives
+    parameter sets carry `iid` and whatever bind parameters `values` names (an executemany
+    reports only a total, so once any row moved every item gets its event: harvest's
+    callers hold the batch's lease, so none of its items moves under them). `details` gives
     each item's event detail (parallel to `item_ids`); otherwise `detail` is everyone's.
     With `where`, those conditions pick the rows instead of `item_ids` (a ranged update of
     many consecutive items); `events=False` leaves the event to the caller (a batch's event
