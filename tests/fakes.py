@@ -140,4 +140,4 @@ class FakeBackend:
 
 
 def _check_port(fake: FakeBackend) -> BatchBackend:
-    return fake  # mypy proves FakeBackend satisfies the port
+    return fake  # `mypy --explicit-package-bases tests/fakes.py` proves it fits the port
