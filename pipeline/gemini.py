@@ -57,7 +57,9 @@ class GeminiBackend:
         options = types.HttpOptions(base_url=base_url, timeout=120_000) if base_url else None
         self._key = api_key
         self._key_variable = key_variable
-        self._client = genai.Client(api_key=api_key, http_options=options)
+        # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI must not turn a Developer API run into a
+        # Vertex one (only `[channel] kind = "vertex"` does, through pipeline.vertex).
+        self._client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
         http = self._client._api_client._http_options
         self._base = (http.base_url or "https://generativelanguage.googleapis.com/").rstrip("/")
         self._version = http.api_version or "v1beta"

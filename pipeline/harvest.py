@@ -24,9 +24,10 @@ from sqlalchemy import Connection, bindparam, update
 
 from pipeline import naming, policy, pricing, results
 from pipeline.catalog import Catalog
-from pipeline.context import Context
+from pipeline.context import Context, channel_of
 from pipeline.drill import crashpoint
 from pipeline.errors import ObjectConflict
+from pipeline.gemini import BatchBackend
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.private import make_private_dir, open_private
@@ -69,7 +70,7 @@ def harvest_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog:
     with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
         if held is None:
             return False
-        spool = _Spool(ctx, held)
+        spool = _Spool(ctx, held, ctx.backend_for(run))
         _Harvest(ctx, held, run, catalog).consume(spool.lines())
         crashpoint("harvest.harvested")
         spool.path.unlink(missing_ok=True)
@@ -87,8 +88,8 @@ class _Spool:
 
     POLL_S = 0.005
 
-    def __init__(self, ctx: Context, batch: repo.BatchRow) -> None:
-        self.ctx, self.batch = ctx, batch
+    def __init__(self, ctx: Context, batch: repo.BatchRow, backend: BatchBackend) -> None:
+        self.ctx, self.batch, self.backend = ctx, batch, backend
         spool_dir = ctx.settings.spool_dir
         make_private_dir(spool_dir)
         self.path = spool_dir / f"{batch.display_name}.results.jsonl"
@@ -121,7 +122,7 @@ class _Spool:
     def _fetch(self) -> None:
         try:
             assert self.batch.output_file
-            self._size = self.ctx.backend.download(self.batch.output_file, self.part)
+            self._size = self.backend.download(self.batch.output_file, self.part)
         except BaseException as exc:
             self._error = exc
         finally:
@@ -151,7 +152,7 @@ class _Spool:
 class _Harvest:
     def __init__(self, ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog: Catalog):
         self.ctx, self.batch, self.run = ctx, batch, run
-        self.info = catalog.get(batch.model)
+        self.info = catalog.for_channel(channel_of(run).kind).get(batch.model)
         self.store: ObjectStore = ctx.store(run.output_uri)
         with ctx.engine.connect() as conn:
             rows = repo.batch_attempts(conn, batch.id)
@@ -264,9 +265,9 @@ class _Harvest:
 
     def _finish(self, pending: list[Record]) -> None:
         self._commit(pending)
-        missing_kind: policy.Outcome = (
-            "retry" if self.batch.remote_state == "JOB_STATE_SUCCEEDED" else "cancelled"
-        )
+        # A line missing from the output is retried, whatever the batch's end (a Vertex job
+        # that ran out of time keeps the rows it finished), unless the run was cancelled.
+        missing_kind: policy.Outcome = "cancelled" if self.run.state == "cancelled" else "retry"
         missing = [
             _empty(r, missing_kind, "missing from the results file")
             for key, r in self.todo.items()

@@ -28,7 +28,7 @@ log = get_logger()
 def submit_spec(ctx: Context, spec_path: Path, *, force: bool, use_cache: bool) -> str:
     """Record the run (or find the identical one) and submit what the quota allows."""
     catalog = load_catalog()
-    spec = load_spec(spec_path, catalog)
+    spec = load_spec(spec_path, catalog, ctx.settings.channel_defaults)
     run_id, created = create_run(ctx, spec, catalog, force=force, use_cache=use_cache)
     if not created:
         log.info("run_exists", run=run_id, hint="use --force for a new run")
@@ -52,7 +52,7 @@ def run_spec(
     from pipeline.render import write_report
 
     catalog = load_catalog()
-    spec = load_spec(spec_path, catalog)
+    spec = load_spec(spec_path, catalog, ctx.settings.channel_defaults)
     run_id: str | None = None
     progress: RunProgress | None = None
     try:

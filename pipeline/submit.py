@@ -15,14 +15,13 @@ import math
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline import expand, inputs, intake, pricing, shard, shardfile
 from pipeline.catalog import Catalog, load_catalog
-from pipeline.context import Context
+from pipeline.context import Context, channel_of
 from pipeline.drill import crashpoint
 from pipeline.errors import (
     ApiError,
@@ -37,7 +36,7 @@ from pipeline.ledger.db import session_scope
 from pipeline.log import get_logger
 from pipeline.manifest import write_csv
 from pipeline.private import make_private_dir, open_private
-from pipeline.spec import JobSpec, resolve_output_uri
+from pipeline.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
 from pipeline.states import BatchState
 from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
 
@@ -54,7 +53,7 @@ CLAIM_TTL_S = 60.0
 def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
     """Same spec + same input + same resolved output (+ date) = same run."""
     canonical = json.dumps(
-        {"spec": asdict(spec), "input": input_sha, "output": output_template, "date": date},
+        {"spec": spec_record(spec), "input": input_sha, "output": output_template, "date": date},
         sort_keys=True,
         default=str,
     )
@@ -63,7 +62,7 @@ def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str,
 
 def _spec_json(spec: JobSpec) -> str:
     """The spec as recorded with its run (`runs.spec_json`)."""
-    return json.dumps(asdict(spec), default=str, sort_keys=True)
+    return json.dumps(spec_record(spec), default=str, sort_keys=True)
 
 
 def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
@@ -120,7 +119,7 @@ def _record_run(
 ) -> None:
     from pipeline.planning import expansion, nothing_to_do
 
-    info = catalog.get(spec.model)
+    info = catalog.for_channel(spec.channel.kind).get(spec.model)
     now = ctx.now()
     with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
         rejects_csv = Path(tmp) / "rejects.csv"
@@ -189,6 +188,7 @@ def _run_values(
         "overwrite": spec.output.overwrite,
         "use_cache": use_cache,
         "created_at": now,
+        "channel": spec.channel.to_json(),
     }
 
 
@@ -231,7 +231,7 @@ class _Queued(NamedTuple):
 def _pack_model(
     ctx: Context, run: repo.RunRow, catalog: Catalog, model: str, rows: list[Any], limits: Any
 ) -> int:
-    info = catalog.get(model)
+    info = catalog.for_channel(channel_of(run).kind).get(model)
     estimate = pricing.Estimator(info)
     # Items moved to the fallback model keep the size asked of the primary: send (and
     # estimate) what this batch's model accepts, e.g. no imageSize for gemini-2.5-flash-image.
@@ -264,10 +264,12 @@ class Submitter:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._remote_by_display: dict[str, RemoteBatch] | None = None
+        self._remote_by_display: dict[str | None, dict[str, RemoteBatch]] = {}
         self.spend = SpendBook(ctx)
+        self.runs: dict[str, repo.RunRow] = {}
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
+        self.runs = dict(runs)
         created = 0
         with self.ctx.engine.connect() as conn:
             pending = repo.batches_in(conn, ["submitting", "queued"])
@@ -300,7 +302,7 @@ class Submitter:
     def _create(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx
         if batch.state == "submitting":
-            found = self._find_remote(batch.display_name)
+            found = self._find_remote(run, batch.display_name)
             if found is not None:
                 self._adopt(batch, found, "reconciled by display name")
                 return True
@@ -319,7 +321,7 @@ class Submitter:
             self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
-            remote = ctx.backend.create_batch(batch.model, file_name, batch.display_name)
+            remote = ctx.backend_for(run).create_batch(batch.model, file_name, batch.display_name)
         except AuthError:
             raise
         except TransientApiError as exc:
@@ -338,7 +340,7 @@ class Submitter:
         path = shardfile.written(spool, batch.display_name, batch.shard_sha256)
         if path is None:  # not written when the run was recorded, or changed since
             path = self._build_file(batch, spool)
-        remote = ctx.backend.upload_jsonl(path, batch.display_name)
+        remote = ctx.backend_for(self._run_of(batch)).upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
             repo.update_batch(conn, batch.id, file_name=remote.name, file_uploaded_at=ctx.now())
@@ -350,7 +352,7 @@ class Submitter:
         """The batch's JSONL, built from its rows in the ledger."""
         make_private_dir(spool)
         path = shardfile.path_for(spool, batch.display_name)
-        info = load_catalog().get(batch.model)
+        info = load_catalog().for_channel(self._channel(batch).kind).get(batch.model)
         with self.ctx.engine.connect() as conn, open_private(path) as out:
             for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
                 # What the batch's model accepts (a fallback model may take no size).
@@ -425,12 +427,24 @@ class Submitter:
             fail_batch_items(ctx, conn, batch, f"batch create refused: {exc}"[:500])
         log.error("batch_create_refused", batch=batch.display_name, error=str(exc)[:300])
 
-    def _find_remote(self, display_name: str) -> RemoteBatch | None:
-        if self._remote_by_display is None:
-            self._remote_by_display = {
-                r.display_name: r for r in self.ctx.backend.list_batches() if r.display_name
+    def _find_remote(self, run: repo.RunRow, display_name: str) -> RemoteBatch | None:
+        """The service's batch with this display name, if the create took effect (its answer
+        may have been lost): one listing per channel per pass."""
+        if run.channel not in self._remote_by_display:
+            backend = self.ctx.backend_for(run)
+            self._remote_by_display[run.channel] = {
+                r.display_name: r for r in backend.list_batches() if r.display_name
             }
-        return self._remote_by_display.get(display_name)
+        return self._remote_by_display[run.channel].get(display_name)
+
+    def _run_of(self, batch: repo.BatchRow) -> repo.RunRow:
+        if batch.run_id not in self.runs:
+            with self.ctx.engine.connect() as conn:
+                self.runs[batch.run_id] = repo.get_run(conn, batch.run_id)
+        return self.runs[batch.run_id]
+
+    def _channel(self, batch: repo.BatchRow) -> ChannelSpec:
+        return channel_of(self._run_of(batch))
 
 
 class SpendBook:
@@ -480,9 +494,11 @@ def waiting_reason(
         return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
     with ctx.engine.connect() as conn:
         limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
-        if repo.live_batch_count(conn) >= limit:
+        vertex = run.channel is not None
+        if repo.live_batch_count(conn, vertex) >= limit:
             return f"{limit} batches are live (the service's limit)"
-        used = repo.live_tokens(conn, batch.model)
+        # Vertex AI batch prediction has no enqueued-token quota.
+        used = 0 if vertex else repo.live_tokens(conn, batch.model)
         if used and used + batch.est_tokens > run.max_enqueued_tokens:
             return (
                 f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "

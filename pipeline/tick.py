@@ -194,7 +194,7 @@ def cancel_run(ctx: Context, run_id: str) -> int:
     asked = 0
     for batch in live:
         if batch.remote_name:
-            ctx.backend.cancel_batch(batch.remote_name)
+            ctx.backend_for(run).cancel_batch(batch.remote_name)
             asked += 1
     log.info("run_cancelled", run=run_id, live_batches=asked)
     return asked

@@ -75,6 +75,9 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    channel: Mapped[str | None] = mapped_column(Text)
+    """Where the run's batches go: NULL for the Gemini Developer API, else the resolved
+    `[channel]` as JSON (kind, project, location, staging_uri)."""
 
 
 class Batch(Base):

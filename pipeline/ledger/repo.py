@@ -70,6 +70,8 @@ class RunRow:
     created_at: datetime
     finished_at: datetime | None
     spec_path: str
+    channel: str | None = None
+    """NULL: the Gemini Developer API; else the run's `[channel]` as JSON."""
 
 
 @dataclass(frozen=True)
@@ -595,22 +597,29 @@ def batch_state_counts(conn: Connection, run_id: str) -> dict[str, int]:
 
 
 def live_tokens(conn: Connection, model: str) -> int:
-    """Estimated enqueued tokens of the model's live batches (all runs)."""
+    """Estimated enqueued tokens of the model's live batches on the Developer API (all runs;
+    Vertex AI batch prediction has no enqueued-token quota, so its batches do not count)."""
     return int(
         conn.execute(
-            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0)).where(
+            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0))
+            .select_from(BATCHES.join(RUNS, RUNS.c.id == BATCHES.c.run_id))
+            .where(
                 BATCHES.c.model == model,
                 BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]),
+                RUNS.c.channel.is_(None),
             )
         ).scalar_one()
     )
 
 
-def live_batch_count(conn: Connection) -> int:
+def live_batch_count(conn: Connection, vertex: bool = False) -> int:
+    """Live batches on the Developer API, or (vertex=True) on Vertex AI: each service has
+    its own limit."""
+    on_channel = RUNS.c.channel.is_not(None) if vertex else RUNS.c.channel.is_(None)
     return conn.execute(
         select(func.count())
-        .select_from(BATCHES)
-        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]))
+        .select_from(BATCHES.join(RUNS, RUNS.c.id == BATCHES.c.run_id))
+        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]), on_channel)
     ).scalar_one()
 
 
