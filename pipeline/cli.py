@@ -158,6 +158,7 @@ def tick(ctx: click.Context) -> None:
         formed=result.formed,
         created=result.created,
         finished_runs=result.finished_runs,
+        held_runs=result.held_runs,
     )
 
 

@@ -6,6 +6,13 @@ Order matters for crash safety: an image is stored before its attempt is recorde
 recorded attempt is never recorded again (`outcome IS NULL` guard). A replay after a kill
 re-reads the spool file, adopts objects already stored with the same sha256, and skips
 attempts already recorded. Nothing is paid twice because nothing is created again.
+
+Paid results never wait on storage: the download runs to its end in its own thread whatever
+the storing does, so a harvest stopped by its run's storage (the run is then held, see
+`holds`) leaves the whole results file in the spool, and `spool_batch` downloads a held
+run's finished batches without storing anything. A held run's later harvest, or the
+`cancel` that ends it (`unstored`: every line recorded with its cost, nothing stored),
+reads the spool file.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import dataclasses
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,20 +67,48 @@ class Record:
 # ── one batch ────────────────────────────────────────────────────────────────
 
 
-def harvest_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog: Catalog) -> bool:
+def harvest_batch(
+    ctx: Context,
+    batch: repo.BatchRow,
+    run: repo.RunRow,
+    catalog: Catalog,
+    *,
+    unstored: str | None = None,
+) -> bool:
     """Harvest one `done` batch. False when another tick holds it or harvested it already.
 
-    Side effects: a spool file under the state folder (deleted at the end), one object per
-    succeeded item in the run's output store, attempt and item rows, the batch `harvested`.
+    With `unstored` (the run was cancelled and its storage cannot be used), nothing is
+    stored: every line is recorded with its tokens and cost, and its item, succeeded or to
+    be retried, is cancelled with `unstored` as the reason.
+
+    Side effects: a spool file under the state folder (complete even when storing fails;
+    deleted at the end), one object per succeeded item in the run's output store, attempt
+    and item rows, the batch `harvested`.
     """
     owner = ctx.settings.worker_id
     with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
         if held is None:
             return False
         spool = _Spool(ctx, held, ctx.backend_for(run))
-        _Harvest(ctx, held, run, catalog).consume(spool.lines())
+        lines = spool.lines()
+        try:
+            _Harvest(ctx, held, run, catalog, unstored).consume(lines)
+        finally:
+            lines.close()  # a harvest its storage stopped still gets the whole file spooled
         crashpoint("harvest.harvested")
         spool.path.unlink(missing_ok=True)
+        return True
+
+
+def spool_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
+    """Download a `done` batch's results file to the spool, storing nothing (its run is
+    held). False when another tick holds the batch or it is no longer done; True when the
+    file is in the spool."""
+    owner = ctx.settings.worker_id
+    with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
+        if held is None:
+            return False
+        _Spool(ctx, held, ctx.backend_for(run)).download()
         return True
 
 
@@ -98,7 +133,7 @@ class _Spool:
         self._error: BaseException | None = None
         self._size = 0
 
-    def lines(self) -> Iterator[bytes]:
+    def lines(self) -> Generator[bytes, None, None]:
         if self.path.exists():
             with self.path.open("rb") as fh:
                 yield from fh
@@ -111,9 +146,23 @@ class _Spool:
             try:
                 yield from self._follow(fh)
             finally:
+                # Also when the reader stopped early (its storage failed): the download
+                # goes on to its end and is kept, so the paid results wait in the spool.
                 fetch.join()
+                if self._error is None:
+                    self._keep()
         if self._error is not None:
             raise self._error
+
+    def download(self) -> None:
+        """The whole results file into the spool, read by nothing, unless it is there."""
+        if self.path.exists():
+            return
+        assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
+        self._size = self.backend.download(self.batch.output_file, self.part)
+        self._keep()
+
+    def _keep(self) -> None:
         self.part.replace(self.path)
         crashpoint("harvest.downloaded")
         batch = self.batch
@@ -150,8 +199,16 @@ class _Spool:
 
 
 class _Harvest:
-    def __init__(self, ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog: Catalog):
+    def __init__(
+        self,
+        ctx: Context,
+        batch: repo.BatchRow,
+        run: repo.RunRow,
+        catalog: Catalog,
+        unstored: str | None = None,
+    ):
         self.ctx, self.batch, self.run = ctx, batch, run
+        self.unstored = unstored
         self.info = catalog.for_channel(channel_of(run).kind).get(batch.model)
         self.store: ObjectStore = ctx.store(run.output_uri)
         with ctx.engine.connect() as conn:
@@ -205,6 +262,8 @@ class _Harvest:
             cost,
             standard,
         )
+        if self.unstored is not None and outcome.kind in ("succeeded", "retry"):
+            return dataclasses.replace(base, outcome="cancelled", reason=self.unstored)
         if outcome.kind != "succeeded":
             return base
         return self._store(base, row, outcome)
@@ -255,7 +314,8 @@ class _Harvest:
                 self.seen.add(rec.key)
                 fresh.append(rec)
         now = self.ctx.now()
-        self.store.sync()  # the images these records point at are on disk first
+        if self.unstored is None:
+            self.store.sync()  # the images these records point at are on disk first
         with self.ctx.engine.begin() as conn:
             apply_records(conn, self.run, self.batch, fresh, self.rows, now)
         crashpoint("harvest.committed")
@@ -267,7 +327,8 @@ class _Harvest:
         self._commit(pending)
         # A line missing from the output is retried, whatever the batch's end (a Vertex job
         # that ran out of time keeps the rows it finished), unless the run was cancelled.
-        missing_kind: policy.Outcome = "cancelled" if self.run.state == "cancelled" else "retry"
+        retry = self.run.state != "cancelled" and self.unstored is None
+        missing_kind: policy.Outcome = "retry" if retry else "cancelled"
         missing = [
             _empty(r, missing_kind, "missing from the results file")
             for key, r in self.todo.items()

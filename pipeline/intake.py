@@ -4,7 +4,9 @@ million-row table is read, checked and recorded without a second pass over the i
 Items come column by column (`expand.Items`, a block at a time) and are hashed, packed and
 written a slice at a time, with no object per row.
 
-Items whose content another run already stored stay `queued`: the tick serves them from the
+Items whose image name is taken at the output location (`taken`) are recorded failed for good
+and never packed, so nothing is sent for them. Items whose content another run already
+stored stay `queued`: the tick serves them from the
 prompt cache or, on a miss, forms them into batches then (`submit.form_batches`, which also
 packs retried items). Everything happens in the caller's transaction: a crash records nothing.
 
@@ -27,6 +29,7 @@ from pipeline import expand, shard, shardfile
 from pipeline.drill import crashpoint
 from pipeline.ledger import repo
 from pipeline.spec import JobSpec
+from pipeline.taken import TakenNames
 
 CHUNK = 5000
 """Rows per executemany, and per prompt-cache lookup."""
@@ -39,6 +42,8 @@ so at most what one tick can submit."""
 class Recorded:
     items: int = 0
     rejects: int = 0
+    failed: int = 0
+    """Items failed for good before anything was sent (their name is taken)."""
     batches: int = 0
     est_nanos: int = 0
     """Batch-price estimate of every item."""
@@ -64,9 +69,11 @@ class _Recorder:
         now: datetime,
         use_cache: bool,
         spool: Path | None,
+        taken: TakenNames | None,
     ):
         self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
         self.spool = spool
+        self.taken = taken if taken is not None and not taken.idle else None
         self.written: list[shardfile.ShardWriter] = []
         """Files written so far: removed again if the run is not recorded."""
         # A ledger with no stored image of another run cannot serve this one from the cache.
@@ -76,7 +83,9 @@ class _Recorder:
         self.done = Recorded()
 
     def items(self, items: expand.Items) -> None:
-        """Record a slice of items: cached content stays queued, the rest is packed."""
+        """Record a slice of items: cached content stays queued (the cache or, on a miss,
+        `form_batches` checks its name later), items whose name is taken fail, the rest is
+        packed."""
         hashes = expand.prompt_hashes(self.model, items)
         self.done.items += len(items)
         self.done.est_nanos += sum(e.batch_nanos for e in items.estimates)
@@ -87,8 +96,32 @@ class _Recorder:
             self._write(queued, [hashes[i] for i in cached], queued.tokens(), "queued", None)
             rest = [i for i, sha in enumerate(hashes) if sha not in hits]
             items, hashes = items.pick(rest), [hashes[i] for i in rest]
+        if len(items) and self.taken is not None:
+            items, hashes = self._fail_taken(self.taken, items, hashes)
         if len(items):
             self._pack(items, hashes)
+
+    def _fail_taken(
+        self, taken: TakenNames, items: expand.Items, hashes: list[str]
+    ) -> tuple[expand.Items, list[str]]:
+        """Record the items whose name is taken as failed for good; return the others."""
+        reasons = taken.among(self.conn, items.keys)
+        if not reasons:
+            return items, hashes
+        failed = sorted(reasons)
+        part = items.pick(failed)
+        self._write(part, [hashes[i] for i in failed], part.tokens(), "failed", None)
+        repo.fail_items_for_good(
+            self.conn,
+            self.run_id,
+            [(items.keys[i], reasons[i]) for i in failed],
+            "failed",
+            self.now,
+        )
+        self.done.failed += len(failed)
+        self.done.est_nanos -= sum(e.batch_nanos for e in part.estimates)  # never sent
+        keep = [i for i in range(len(items)) if i not in reasons]
+        return items.pick(keep), [hashes[i] for i in keep]
 
     def _pack(self, items: expand.Items, hashes: list[str]) -> None:
         """Split the items where the packer opens a batch; each run of them goes to its batch
@@ -192,10 +225,12 @@ def record_expansion(
     *,
     use_cache: bool,
     spool: Path | None = None,
+    taken: TakenNames | None = None,
 ) -> Recorded:
     """Write the run's items (packed into queued batches) and rejects; return the counts.
-    With `spool`, the first batches' files are written there too (removed again on error)."""
-    recorder = _Recorder(conn, run_id, spec, now, use_cache, spool)
+    With `spool`, the first batches' files are written there too (removed again on error).
+    With `taken`, items whose image name is taken at the output location fail for good."""
+    recorder = _Recorder(conn, run_id, spec, now, use_cache, spool, taken)
     try:
         _record(recorder, conn, run_id, blocks)
     except BaseException:

@@ -1,7 +1,8 @@
 """Streaming writers for the run's tables: manifest.parquet and rejects.csv.
 
-Owns `MANIFEST_SCHEMA` (the report's item fields plus prompt, aspect_ratio, image_size) and
-the writers. Rows are written in record batches as they arrive, so memory does not grow
+Owns `MANIFEST_SCHEMA` (the report's item fields plus prompt, aspect_ratio, image_size), the
+merged forms a location shared by several runs gets (a `run` column added last), and the
+writers. Rows are written in record batches as they arrive, so memory does not grow
 with the number of rows. Writers produce a local file; the caller stores it with
 `ObjectStore.put_file`.
 """
@@ -42,6 +43,11 @@ MANIFEST_SCHEMA = pa.schema(
 )
 """One row per harvested item. key, status and attempts are never null; uri and sha256 are
 null for an item with no stored image, error is null for a success."""
+
+MERGED_MANIFEST_SCHEMA = MANIFEST_SCHEMA.append(pa.field("run", pa.string(), nullable=False))
+"""manifest.parquet at a location several runs share: every run's rows, each with its run."""
+MERGED_REJECTS_HEADER = (*REJECTS_HEADER, "run")
+"""rejects.csv at a location several runs share: every run's rejects, each with its run."""
 
 
 def _chunks(

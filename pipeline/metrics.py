@@ -4,7 +4,8 @@ from cron, written to a temporary file and renamed), and the same numbers per ru
 `status --json` (`metrics` key).
 
 Series: items by run and state (active runs and the latest run of each job), batches by
-state, active runs, cost and images per model, cost per image, attempts and errors by
+state, active runs, held runs by reason and how long each has been held, cost and images
+per model, cost per image, attempts and errors by
 reason class, error rate by class, batch turnaround (created in the ledger -> finished) and
 queue wait (created in the ledger -> submitted) as summaries over the last 24 hours, and
 today's spend against the daily cap.
@@ -17,12 +18,13 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pipeline.context import Context
 from pipeline.ledger import repo
+from pipeline.policy import HoldReason
 from pipeline.states import BatchState
 from pipeline.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 
@@ -193,6 +195,7 @@ def render(ctx: Context) -> str:
         _batches(out, repo.batch_counts_by_state(conn))
         out.family("nanobatch_runs_active", "gauge", "Runs in state active.")
         out.sample("nanobatch_runs_active", sum(1 for r in runs if r.state == "active"))
+        _held(out, runs, now)
         _costs(out, repo.cost_by_model(conn))
         _error_metrics(out, *_errors(repo.attempt_reasons(conn)))
         turnaround, wait = _durations(repo.batch_times(conn, since=now - WINDOW))
@@ -235,6 +238,30 @@ def _items(out: _Writer, runs: list[repo.RunRow], rows: Iterable[Any]) -> None:
                 job=run.job,
                 state=state,
             )
+
+
+def _held(out: _Writer, runs: list[repo.RunRow], now: datetime) -> None:
+    """Held runs (CONTRACT section 6): a count per reason code, and each held run's age."""
+    held = [r for r in runs if r.state == "active" and r.hold_reason is not None]
+    out.family(
+        "nanobatch_runs_held",
+        "gauge",
+        "Active runs held because their own storage, input or batch files fail, by reason.",
+    )
+    for reason in HoldReason:
+        out.sample(
+            "nanobatch_runs_held", sum(1 for r in held if r.hold_reason == reason), reason=reason
+        )
+    out.family("nanobatch_run_held_seconds", "gauge", "Seconds since each held run was held.")
+    for run in held:
+        since = as_utc(run.hold_since) if run.hold_since is not None else now
+        out.sample(
+            "nanobatch_run_held_seconds",
+            round(max(0.0, (now - since).total_seconds()), 3),
+            run=run.id,
+            job=run.job,
+            reason=str(run.hold_reason),
+        )
 
 
 def _batches(out: _Writer, counts: dict[str, int]) -> None:

@@ -37,6 +37,10 @@ _KNOWN_EXT = {
 }
 _MAX_FALLBACK_EXT = 10
 
+IMAGE_EXTS = frozenset(_KNOWN_EXT.values())
+"""Extensions an image nanobatch stores can have: the service may answer PNG or JPEG (or
+another image type), so an item's name is known only up to its extension before it is made."""
+
 
 def is_plain_key(key: str) -> bool:
     """True when the key is used as the object name unchanged (1-200 safe chars, not . or ..)."""
@@ -68,3 +72,10 @@ def ext_for_mime(mime: str) -> str:
     subtype = subtype.removeprefix("x-").removeprefix("vnd.")
     ext = re.sub(r"[^a-z0-9]", "", subtype)[:_MAX_FALLBACK_EXT]
     return ext or "bin"
+
+
+def image_stem(name: str) -> str | None:
+    """The stem of an image's object name ("k1.v1.png" -> "k1.v1"), or None when `name` does
+    not end in an image extension (manifest.parquet, notes.txt, a folder with no extension)."""
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and stem and ext in IMAGE_EXTS else None

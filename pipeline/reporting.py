@@ -1,5 +1,6 @@
-"""Rendering the account: `report` in table, json, jsonl, csv and parquet, the run's
-`manifest.parquet` beside its images, and `status`. Streams item rows from the ledger, so
+"""Rendering the account: `report` in table, json, jsonl, csv and parquet, the run's tables
+beside its images (`manifest.parquet`, `rejects.csv`, laid out as `location` says), and
+`status`. Streams item rows from the ledger, so
 memory does not grow with the number of items.
 """
 
@@ -9,20 +10,21 @@ import csv
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 
-from pipeline import manifest, report
+from pipeline import location, manifest, report
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context
 from pipeline.drill import crashpoint
 from pipeline.expand import effective_size
 from pipeline.ledger import repo
 from pipeline.metrics import run_metrics
+from pipeline.storage import ObjectStore
 from pipeline.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
@@ -126,30 +128,104 @@ REPORT_SCHEMA = pa.schema(
 
 
 def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
-    """Rewrite `manifest.parquet` beside the run's images: one row per harvested item."""
+    """After a harvest: rewrite the run's manifest beside its images (see `write_tables`)."""
+    with ctx.engine.connect() as conn:
+        write_tables(ctx, conn, run, manifest=True, rejects=False)
+
+
+def write_tables(
+    ctx: Context,
+    conn: Any,
+    run: repo.RunRow,
+    *,
+    manifest: bool,
+    rejects: bool,
+    present: Container[str] | None = None,
+) -> None:
+    """Write the run's tables at its output location, reading the ledger through `conn`
+    (at submit, the recording transaction: the new run's rows are not committed yet).
+
+    A location with one run: `manifest.parquet` (one row per harvested item) and/or
+    `rejects.csv`, as asked, exactly as they always were. A location several runs share
+    (`location`): the run's own rows in manifest-<run>.parquet and rejects-<run>.csv, and
+    every run's rows in manifest.parquet and rejects.csv with a `run` column, all rebuilt
+    from the ledger, so no run's rows are lost whoever writes last. With `present` (the
+    per-run tables a listing of the location found, given at submit), another run's own
+    tables are written too when they are missing: the location has just become shared, and
+    the plain files it wrote before are about to hold everyone's rows.
+    """
+    store = ctx.store(run.output_uri)
+    runs = location.runs_at(ctx, conn, run.output_uri)
+    if run.id not in runs:
+        runs.append(run.id)
+    if len(runs) == 1:
+        if manifest:
+            _put_manifest(store, location.MANIFEST, conn, runs, merged=False)
+        if rejects:
+            _put_rejects(store, location.REJECTS, conn, runs, merged=False)
+        return
+    for other in runs:
+        ours = other == run.id
+        if ours or (
+            present is not None and location.per_run(location.MANIFEST, other) not in present
+        ):
+            _put_manifest(
+                store, location.per_run(location.MANIFEST, other), conn, [other], merged=False
+            )
+        if ours or (
+            present is not None and location.per_run(location.REJECTS, other) not in present
+        ):
+            _put_rejects(
+                store, location.per_run(location.REJECTS, other), conn, [other], merged=False
+            )
+    _put_manifest(store, location.MANIFEST, conn, runs, merged=True)
+    _put_rejects(store, location.REJECTS, conn, runs, merged=True)
+
+
+def _put_manifest(
+    store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
+) -> None:
+    """Stream the harvested items of `run_ids` (in order) into a Parquet file named `name`."""
 
     catalog = load_catalog()
 
     def harvested() -> Iterator[dict[str, Any]]:
-        for entry in _entries(ctx, run.id):
-            item = entry["item"]
-            if item.state in ("queued", "in_batch"):
-                continue
-            row = report.item_row(item, entry)
-            row.update(
-                prompt=item.prompt,
-                aspect_ratio=item.aspect_ratio,
-                image_size=_size_sent(catalog, row["model"], item.image_size),
-            )
-            crashpoint("report.manifest")
-            yield row
+        for run_id in run_ids:
+            for entry in repo.report_rows(conn, run_id, finished_only=True):
+                item = entry["item"]
+                row = report.item_row(item, entry)
+                row.update(
+                    prompt=item.prompt,
+                    aspect_ratio=item.aspect_ratio,
+                    image_size=_size_sent(catalog, row["model"], item.image_size),
+                )
+                if merged:
+                    row["run"] = run_id
+                crashpoint("report.manifest")
+                yield row
 
+    schema = manifest.MERGED_MANIFEST_SCHEMA if merged else manifest.MANIFEST_SCHEMA
     with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
-        path = Path(tmp) / "manifest.parquet"
-        manifest.write_parquet(harvested(), path, manifest.MANIFEST_SCHEMA)
-        ctx.store(run.output_uri).put_file(
-            "manifest.parquet", path, content_type="application/vnd.apache.parquet"
-        )
+        path = Path(tmp) / name
+        manifest.write_parquet(harvested(), path, schema)
+        store.put_file(name, path, content_type=manifest.PARQUET_CONTENT_TYPE)
+
+
+def _put_rejects(
+    store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
+) -> None:
+    """Stream the rejects of `run_ids` (in order) into a CSV file named `name`."""
+
+    def rows() -> Iterator[tuple[object, ...]]:
+        for run_id in run_ids:
+            for r in repo.rejects_of_run(conn, run_id):
+                yield (r.row, r.key, r.reason, run_id) if merged else (r.row, r.key, r.reason)
+
+    header = manifest.MERGED_REJECTS_HEADER if merged else manifest.REJECTS_HEADER
+    with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
+        path = Path(tmp) / name
+        manifest.write_csv(rows(), path, header)
+        store.put_file(name, path, content_type=manifest.CSV_CONTENT_TYPE)
 
 
 def _size_sent(catalog: Catalog, model: str, size: str) -> str:
@@ -173,7 +249,10 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         cached = repo.cached_count(conn, run.id)
         daily = _daily(ctx, conn)
         metrics = run_metrics(conn, run.id)
+    held = held_entry(run)
     waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
+    if held is not None:
+        waiting = held_line(ctx, run)
     items = {
         "pending": counts.get("queued", 0) + counts.get("in_batch", 0),
         "succeeded": counts.get("succeeded", 0),
@@ -197,6 +276,7 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "budget_usd": nanos_to_usd(budget) if budget is not None else None,
         "budget_left_usd": nanos_to_usd(budget - spent - reserved) if budget is not None else None,
         "waiting": waiting,
+        "held": held,
         "cached": cached,
         "daily": daily,
         "metrics": metrics,
@@ -204,6 +284,33 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "finished_at": _iso(run.finished_at),
         "age_s": round((ctx.now() - as_utc(run.created_at)).total_seconds(), 1),
     }
+
+
+def held_entry(run: repo.RunRow) -> dict[str, Any] | None:
+    """`status --json`'s `held`: why an active run is held, since when, and its next try."""
+    if run.state != "active" or run.hold_reason is None:
+        return None
+    return {
+        "reason": run.hold_reason,
+        "detail": run.hold_detail,
+        "since": _iso(run.hold_since),
+        "retry_at": _iso(run.hold_not_before),
+        "tries": run.hold_tries,
+    }
+
+
+def held_line(ctx: Context, run: repo.RunRow) -> str:
+    """`status`'s one `waiting` line for a held run: its problem and when it is retried."""
+    until = run.hold_not_before
+    if until is None or as_utc(until) <= ctx.now():
+        when = "retrying at the next tick"
+    else:
+        when = f"retrying after {as_utc(until):%Y-%m-%d %H:%M:%S} UTC"
+    tries = f"{run.hold_tries} failed {'try' if run.hold_tries == 1 else 'tries'}"
+    return (
+        f"held ({run.hold_reason}): {run.hold_detail}; {when} ({tries}; "
+        f"`nanobatch cancel {run.id}` ends the run)"
+    )
 
 
 def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:

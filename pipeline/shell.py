@@ -18,6 +18,7 @@ from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.planning import load_spec
 from pipeline.progress import RunProgress
+from pipeline.reporting import held_line
 from pipeline.submit import create_run, latest_active_run, waiting_reason
 from pipeline.tick import cancel_run, run_until_done, settle_cancelled, sweep_spool, tick
 from pipeline.values import usd_to_nanos
@@ -102,11 +103,18 @@ def _resume_hint(spec_path: Path, run_id: str | None) -> str:
 def _check_stuck(
     ctx: Context, run_id: str, counts: dict[str, int], progress: RunProgress | None
 ) -> None:
-    """Stop `run` when nothing is live and the queued work can never go (a budget)."""
+    """Stop `run` when its run is held, or when nothing is live and the queued work can
+    never go (a budget)."""
     if progress is not None:
         progress.show(counts)
     with ctx.engine.connect() as conn:
         run = repo.get_run(conn, run_id)
+    if run.state == "active" and run.hold_reason is not None:
+        raise RuntimeFailure(
+            f"run {run_id} is {held_line(ctx, run)}. Its finished results wait in the spool; "
+            "once the problem is fixed, `nanobatch tick` (cron) tries it again after the backoff"
+        )
+    with ctx.engine.connect() as conn:
         if run.state != "active" or repo.batches_in(
             conn, ["submitting", "running", "done"], run_id
         ):

@@ -52,7 +52,10 @@ BATCH_TRANSITIONS: Final[Mapping[BatchState, frozenset[BatchState]]] = {
 }
 
 ITEM_TRANSITIONS: Final[Mapping[ItemState, frozenset[ItemState]]] = {
-    ItemState.QUEUED: frozenset({ItemState.IN_BATCH, ItemState.SUCCEEDED, ItemState.CANCELLED}),
+    # QUEUED -> FAILED: its name is taken at the output location (pipeline.taken).
+    ItemState.QUEUED: frozenset(
+        {ItemState.IN_BATCH, ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED}
+    ),
     ItemState.IN_BATCH: frozenset(
         {ItemState.QUEUED, ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED}
     ),

@@ -9,17 +9,18 @@ name against the service's list and only created again if none exists.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
-import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pipeline import expand, inputs, intake, pricing, shard, shardfile
+from pipeline import expand, inputs, intake, location, pricing, shard, shardfile
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.context import Context, channel_of
 from pipeline.drill import crashpoint
@@ -33,12 +34,17 @@ from pipeline.errors import (
 from pipeline.gemini import RemoteBatch
 from pipeline.ledger import repo
 from pipeline.ledger.db import session_scope
+from pipeline.location import Listing
 from pipeline.log import get_logger
-from pipeline.manifest import write_csv
 from pipeline.private import make_private_dir, open_private
+from pipeline.reporting import write_tables
 from pipeline.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
 from pipeline.states import BatchState
+from pipeline.taken import TakenNames
 from pipeline.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
+
+if TYPE_CHECKING:
+    from pipeline.holds import Isolation
 
 log = get_logger()
 BACKOFF_MAX_S = 1800.0
@@ -82,7 +88,9 @@ def create_run(
     """Record the run, its items and rejects (one transaction), write rejects.csv.
 
     Returns (run id, created). An existing identical run is returned as is, spending nothing.
-    Side effects: ledger rows; `rejects.csv` in the run's output location.
+    Items whose image name is taken at the output location are recorded failed for good
+    (`taken`). Side effects: ledger rows; `rejects.csv` (and, when items failed or the
+    location is shared, the manifest tables) in the run's output location.
     """
     now = ctx.now()
     date = now.strftime("%Y-%m-%d")
@@ -95,14 +103,19 @@ def create_run(
         return existing.id, False
     run_id = f"{spec.name}-{now.strftime('%Y%m%d')}-{identity[:8]}"
     output_uri = resolve_output_uri(spec.output.uri, job=spec.name, date=date, run=run_id)
+    store = ctx.store(output_uri)
     try:
-        ctx.store(output_uri).check_writable()
+        store.check_writable()
     except StorageError as exc:
         raise StorageError(
             f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
             "written."
         ) from exc
-    _record_run(ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache)
+    # Listed before the recording transaction opens: a long listing holds no ledger lock.
+    with Listing.of(store) as listing:
+        _record_run(
+            ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache, listing
+        )
     return run_id, True
 
 
@@ -116,43 +129,51 @@ def _record_run(
     output_uri: str,
     date: str,
     use_cache: bool,
+    listing: Listing,
 ) -> None:
     from pipeline.planning import expansion, nothing_to_do
 
     info = catalog.for_channel(spec.channel.kind).get(spec.model)
     now = ctx.now()
-    with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
-        rejects_csv = Path(tmp) / "rejects.csv"
-        with session_scope(ctx.engine) as session:
-            conn = session.connection()
-            repo.insert_run(
-                conn,
-                _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
-            )
-            done = intake.record_expansion(
-                conn,
-                run_id,
-                spec,
-                expansion(spec, info),
-                now,
-                use_cache=use_cache,
-                spool=ctx.settings.spool_dir,
-            )
-            if done.items == 0:  # raised inside the transaction: nothing is recorded
-                raise nothing_to_do(spec, done.rejects)
-            repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
-            write_csv(
-                (
-                    {"row": r.row, "key": r.key, "reason": r.reason}
-                    for r in repo.rejects_of_run(conn, run_id)
-                ),
-                rejects_csv,
-                ["row", "key", "reason"],
-            )
-            # Written before the commit: a crash leaves no run, and a rerun rewrites the same file.
-            ctx.store(output_uri).put_file("rejects.csv", rejects_csv, content_type="text/csv")
+    with session_scope(ctx.engine) as session:
+        conn = session.connection()
+        repo.insert_run(
+            conn,
+            _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
+        )
+        taken = None
+        if not spec.output.overwrite:
+            neighbours = location.runs_at(ctx, conn, output_uri)
+            taken = TakenNames(run_id, ctx.store(output_uri), listing, neighbours)
+        done = intake.record_expansion(
+            conn,
+            run_id,
+            spec,
+            expansion(spec, info),
+            now,
+            use_cache=use_cache,
+            spool=ctx.settings.spool_dir,
+            taken=taken,
+        )
+        if done.items == 0:  # raised inside the transaction: nothing is recorded
+            raise nothing_to_do(spec, done.rejects)
+        repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
+        # Written before the commit: a crash leaves no run, and a rerun rewrites the same files.
+        write_tables(
+            ctx,
+            conn,
+            repo.get_run(conn, run_id),
+            manifest=done.failed > 0,
+            rejects=True,
+            present=listing.tables,
+        )
     log.info(
-        "run_created", run=run_id, items=done.items, rejected=done.rejects, batches=done.batches
+        "run_created",
+        run=run_id,
+        items=done.items,
+        rejected=done.rejects,
+        batches=done.batches,
+        name_taken=done.failed,
     )
 
 
@@ -196,23 +217,58 @@ def _run_values(
 
 
 def form_batches(ctx: Context, run: repo.RunRow, catalog: Catalog) -> int:
-    """Pack the run's queued items into queued batches (per model). Returns batches made."""
+    """Pack the run's queued items into queued batches (per model). Returns batches made.
+
+    Queued items whose image name is taken at the output location fail for good first
+    (`taken`; the location is listed once per call, and only when items are queued)."""
+    with contextlib.ExitStack() as stack:
+        return _form_batches(ctx, run, catalog, stack)
+
+
+def _form_batches(
+    ctx: Context, run: repo.RunRow, catalog: Catalog, stack: contextlib.ExitStack
+) -> int:
     made = 0
     limits = shard.ShardLimits(
         run.max_requests_per_batch, run.max_batch_bytes, run.max_enqueued_tokens
     )
     after = 0
+    taken: TakenNames | None = None
     while True:
         with ctx.engine.connect() as conn:
             rows = repo.queued_items(conn, run.id, after, 20_000)
         if not rows:
             return made
         after = rows[-1].id
+        if not run.overwrite:
+            if taken is None:
+                store = ctx.store(run.output_uri)
+                listing = stack.enter_context(Listing.of(store))
+                with ctx.engine.connect() as conn:
+                    neighbours = location.runs_at(ctx, conn, run.output_uri)
+                taken = TakenNames(run.id, store, listing, neighbours)
+            rows = _drop_taken(ctx, run, taken, rows)
         by_model: dict[str, list[Any]] = {}
         for row in rows:
             by_model.setdefault(row.model, []).append(row)
         for model, model_rows in by_model.items():
             made += _pack_model(ctx, run, catalog, model, model_rows, limits)
+
+
+def _drop_taken(ctx: Context, run: repo.RunRow, taken: TakenNames, rows: list[Any]) -> list[Any]:
+    """Queued items whose name is taken fail for good, before anything is sent for them;
+    returns the others."""
+    if taken.idle:
+        return rows
+    with ctx.engine.begin() as conn:
+        reasons = taken.among(conn, [r.key for r in rows])
+        if reasons:
+            failures = [(rows[i].key, reason) for i, reason in sorted(reasons.items())]
+            repo.fail_items_for_good(conn, run.id, failures, "queued", ctx.now())
+    if not reasons:
+        return rows
+    log.warning("items_name_taken", run=run.id, items=len(reasons))
+    return [row for i, row in enumerate(rows) if i not in reasons]
 
 
 class _Queued(NamedTuple):
@@ -262,13 +318,16 @@ class Submitter:
     """One tick's submission pass: reconcile `submitting` batches, then create queued ones
     while the live-batch limit, the enqueued-token quota, budgets and backoff allow."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, isolation: Isolation | None = None) -> None:
         self.ctx = ctx
         self._remote_by_display: dict[str | None, dict[str, RemoteBatch]] = {}
         self.spend = SpendBook(ctx)
+        self.isolation = isolation
         self.runs: dict[str, repo.RunRow] = {}
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
+        """Create what may be created; with an Isolation, each batch's upload and create is
+        its run's unit (a held run is skipped; a run whose files fail is held)."""
         self.runs = dict(runs)
         created = 0
         with self.ctx.engine.connect() as conn:
@@ -277,10 +336,13 @@ class Submitter:
             run = runs.get(batch.run_id)
             if run is None or run.state != "active":
                 continue
+            iso = self.isolation
+            if iso is not None and not iso.ready(run):
+                continue
             if self._waiting_reason(batch, run) is not None:
                 continue
-            if self._submit_one(batch, run):
-                created += 1
+            with iso.unit(run) if iso is not None else nullcontext():
+                created += self._submit_one(batch, run)
         return created
 
     def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:

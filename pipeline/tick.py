@@ -7,6 +7,9 @@ Overlapping ticks are safe: each batch is claimed with a lease before it is harv
 submitted, and creating batches happens under one scheduler lease, so two ticks never
 create the same batch or harvest the same result; a dead holder delays others by at most
 the lease's TTL (60 s).
+
+Runs are isolated (`holds`): each run's harvest, cache, forming and creating is one unit,
+and a run whose own storage, input or batch files fail is held while the others go on.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pipeline import shardfile
 from pipeline.cache import serve_from_cache
 from pipeline.catalog import Catalog
 from pipeline.context import Context
-from pipeline.errors import TransientApiError
-from pipeline.harvest import harvest_batch, settle_without_output
+from pipeline.errors import StorageError, TransientApiError
+from pipeline.harvest import harvest_batch, settle_without_output, spool_batch
+from pipeline.holds import Isolation, detail_of
 from pipeline.ledger import repo
 from pipeline.log import get_logger
 from pipeline.notify import notify_finished
@@ -46,30 +50,52 @@ class TickResult:
     formed: int = 0
     created: int = 0
     finished_runs: list[str] = field(default_factory=list)
+    held_runs: dict[str, str] = field(default_factory=dict)
+    """Runs held at the end of the step, with their reason codes."""
 
 
 def tick(ctx: Context, catalog: Catalog) -> TickResult:
-    """One step over every active run. Side effects: API calls, stored images, ledger rows."""
+    """One step over every active run. Side effects: API calls, stored images, ledger rows.
+
+    Raises only for the step itself (the ledger, the spool disk, the key, a bug), and, after
+    every run had its turn, for a throttling or unreachable service."""
     result = TickResult()
     sweep_spool(ctx)
     runs = _active_runs(ctx)
     if not runs:
         return result
-    result.harvested = _harvest_done(ctx, runs, catalog)
+    iso = Isolation(ctx)
+    for run in runs.values():
+        iso.ready(run)  # a held run whose backoff has passed is tried again from the start
+    result.harvested = _harvest_done(ctx, runs, catalog, iso)
     result.polled = poll_batches(ctx, runs)
-    result.harvested += _harvest_done(ctx, runs, catalog)
+    result.harvested += _harvest_done(ctx, runs, catalog, iso)
     owner = ctx.settings.worker_id
     if repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
         try:
             for run in runs.values():
-                serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
-                result.formed += form_batches(ctx, run, catalog)
-            result.created = Submitter(ctx).run(runs)
+                if not iso.ready(run):
+                    continue
+                with iso.unit(run):
+                    serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
+                    result.formed += form_batches(ctx, run, catalog)
+            result.created = Submitter(ctx, iso).run(runs)
         finally:
             repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
-    result.finished_runs = _close_finished(ctx, runs)
+    iso.release()
+    result.finished_runs = _close_finished(ctx, runs, iso)
+    result.held_runs = _held(runs, iso)
     notify_finished(ctx)
+    iso.raise_deferred()
     return result
+
+
+def _held(runs: dict[str, repo.RunRow], iso: Isolation) -> dict[str, str]:
+    held = {run_id: reason.value for run_id, reason in iso.held.items()}
+    for run in runs.values():
+        if run.state == "active" and run.hold_reason and iso.still_held(run):
+            held.setdefault(run.id, run.hold_reason)
+    return dict(sorted(held.items()))
 
 
 def _renew_scheduler(ctx: Context, owner: str) -> bool:
@@ -119,26 +145,65 @@ def _active_runs(ctx: Context) -> dict[str, repo.RunRow]:
     return runs
 
 
-def _harvest_done(ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog) -> int:
+def _harvest_done(
+    ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog, iso: Isolation
+) -> int:
+    """Harvest every `done` batch of these runs, each run in its own unit; a held run's
+    batches are only downloaded to the spool. Then each touched run's manifest."""
     with ctx.engine.connect() as conn:
         done = repo.batches_in(conn, ["done"])
     harvested = 0
     touched: set[str] = set()
     for batch in done:
         run = runs.get(batch.run_id)
-        if run is not None and harvest_batch(ctx, batch, run, catalog):
-            harvested += 1
-            touched.add(run.id)
-    for run_id in touched:
-        write_run_manifest(ctx, runs[run_id])
+        if run is None:
+            continue
+        if not iso.ready(run):
+            with iso.unit(run):
+                _keep_for_later(ctx, batch, run, catalog)
+            continue
+        with iso.unit(run):
+            if _harvest(ctx, batch, run, catalog):
+                harvested += 1
+                touched.add(run.id)
+    # A run tried again after a hold gets its manifest written even with nothing to harvest
+    # (the hold may have stopped the write of the last one).
+    for run in runs.values():
+        again = run.id in iso.retried and run.id not in iso.manifests
+        if (run.id in touched or again) and iso.ready(run):
+            with iso.unit(run):
+                write_run_manifest(ctx, run)
+                iso.manifests.add(run.id)
     return harvested
 
 
-def _close_finished(ctx: Context, runs: dict[str, repo.RunRow]) -> list[str]:
+def _harvest(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog: Catalog) -> bool:
+    """Harvest a batch; a cancelled run whose storage fails gets its lines recorded without
+    storing (it is not held: it has ended)."""
+    try:
+        return harvest_batch(ctx, batch, run, catalog)
+    except StorageError as exc:
+        if run.state == "active":
+            raise
+        reason = f"run cancelled; its image was not stored: {detail_of(exc)}"
+        return harvest_batch(ctx, batch, run, catalog, unstored=reason)
+
+
+def _keep_for_later(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalog: Catalog) -> None:
+    """A held run's finished batch: its results go to the spool (they expire on the service
+    48 h after the batch ends) and wait there; a cancelled held run's are recorded, unstored."""
+    if run.state == "active":
+        spool_batch(ctx, batch, run)
+        return
+    reason = f"run cancelled while held; its image was not stored: {run.hold_detail}"
+    harvest_batch(ctx, batch, run, catalog, unstored=reason[:500])
+
+
+def _close_finished(ctx: Context, runs: dict[str, repo.RunRow], iso: Isolation) -> list[str]:
     finished = []
     for run in runs.values():
-        if run.state != "active":
-            continue
+        if run.state != "active" or iso.still_held(run):
+            continue  # a held run finishes once its try goes through (its manifest, say)
         with ctx.engine.begin() as conn:
             if repo.has_open_items(conn, run.id):
                 continue
@@ -177,7 +242,9 @@ def run_until_done(
 
 def cancel_run(ctx: Context, run_id: str) -> int:
     """Cancel a run's live batches; queued work is dropped; finished output is harvested by
-    the next tick. Returns how many remote batches were asked to cancel."""
+    the next tick (a held run's is recorded with its cost but not stored: its hold stays
+    on the cancelled run, so nothing tries its storage again). Returns how many remote
+    batches were asked to cancel."""
     now = ctx.now()
     with ctx.engine.begin() as conn:
         run = repo.get_run(conn, run_id)
@@ -206,4 +273,6 @@ def settle_cancelled(ctx: Context, catalog: Catalog, run_id: str) -> None:
         run = repo.get_run(conn, run_id)
     runs = {run.id: run}
     poll_batches(ctx, runs)
-    _harvest_done(ctx, runs, catalog)
+    iso = Isolation(ctx)
+    _harvest_done(ctx, runs, catalog, iso)
+    iso.raise_deferred()

@@ -25,6 +25,8 @@ from pipeline.emulator.state import Config, State
 from pipeline.emulator.vertex import VertexJobs
 
 __all__ = [
+    "QUICK_TIMING",
+    "REALISTIC_TIMING",
     "BatchFault",
     "Clock",
     "DownloadFault",
@@ -33,7 +35,25 @@ __all__ = [
     "HttpFault",
     "LineFault",
     "serve",
+    "timing",
 ]
+
+# (pending, running) seconds of `serve` on the emulator clock. Quick: a person trying it sees a
+# small batch finish in seconds. Realistic: a file batch in the Batch API cookbook sat PENDING
+# about 5 minutes before it ran (https://github.com/google-gemini/cookbook Batch_mode.ipynb).
+QUICK_TIMING = (2.0, 3.0)
+REALISTIC_TIMING = (300.0, 600.0)
+
+
+def timing(
+    realistic: bool, pending_seconds: float | None, running_seconds: float | None
+) -> tuple[float, float]:
+    """(pending, running) seconds for `serve`: the quick or realistic defaults, unless given."""
+    pending, running = REALISTIC_TIMING if realistic else QUICK_TIMING
+    return (
+        pending if pending_seconds is None else pending_seconds,
+        running if running_seconds is None else running_seconds,
+    )
 
 
 class Emulator:
@@ -173,11 +193,13 @@ def serve(
     faults: FaultPlan | str | Path | None = None,
     image_scale: float = 1.0,
     data_dir: Path | None = None,
+    pending_seconds: float = QUICK_TIMING[0],
+    running_seconds: float = QUICK_TIMING[1],
     **options: Any,
 ) -> None:
     """Serve until SIGINT or SIGTERM; print one line "emulator listening on URL" first.
 
-    ``options`` are passed on to ``Emulator`` (pending_seconds, enqueued_token_quota, ...).
+    ``options`` are passed on to ``Emulator`` (enqueued_token_quota, max_live_batches, ...).
     """
     plan = FaultPlan.from_file(faults) if isinstance(faults, str | Path) else faults
     emu = Emulator(
@@ -188,6 +210,8 @@ def serve(
         faults=plan,
         image_scale=image_scale,
         data_dir=data_dir,
+        pending_seconds=pending_seconds,
+        running_seconds=running_seconds,
         **options,
     ).start()
     try:

@@ -7,7 +7,6 @@ is read line by line from disk and the results file is written line by line to d
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -20,14 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.emulator import lines, models
-from pipeline.emulator.state import FileRec, State
+from pipeline.emulator.schema import Schema
+from pipeline.emulator.state import FileRec, State, sha256_field
 from pipeline.emulator.wire import (
     API,
     QUOTA_MESSAGE,
     ApiError,
+    bad_request,
     batch_missing,
+    injected,
+    model_missing,
     new_id,
     pick,
+    quota_details,
+    retry_delay,
     rfc3339,
 )
 
@@ -36,6 +41,13 @@ SUCCEEDED, FAILED = "BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED"
 CANCELLED, EXPIRED = "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"
 LIVE = frozenset({PENDING, RUNNING})
 MAX_AGE = timedelta(hours=48)
+# The create body's message and the Operation's @type names, per kind of batch.
+CREATE_MESSAGE = {
+    "generate": "BatchGenerateContentRequest",
+    "embed": "AsyncBatchEmbedContentRequest",
+}
+METHOD = {"generate": "batchGenerateContent", "embed": "asyncBatchEmbedContent"}
+RESOURCE = {"generate": "GenerateContentBatch", "embed": "EmbedContentBatch"}
 END_ERRORS = {
     FAILED: {"code": 13, "message": "Batch failed."},
     CANCELLED: {"code": 1, "message": "Operation cancelled."},
@@ -63,7 +75,14 @@ class Batch:
     output_file: str | None = None
     inline_out: list[dict[str, Any]] | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    version: str = "v1beta"
+    """The API version segment of the create: type URLs in its lines' errors use it."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """ "embed" for an embedding batch, else "generate"."""
+        return lines.batch_kind(self.model)
 
 
 class Batches:
@@ -76,20 +95,23 @@ class Batches:
 
     # --- create ----------------------------------------------------------------------------
 
-    def create(self, model: str, body: dict[str, Any]) -> Batch:
-        """Validate, check limits and store a new PENDING batch."""
+    def create(
+        self, model: str, body: dict[str, Any], version: str = "v1beta", kind: str = "generate"
+    ) -> Batch:
+        """Validate, check limits and store a new PENDING batch.
+
+        ``kind`` is the method asked: "generate" (batchGenerateContent) or "embed"
+        (asyncBatchEmbedContent); the body is parsed as that method's request message."""
         fault = self.state.get_faults().http_error("create")
         if fault is not None:
-            raise ApiError(fault.status, fault.message or _default_message(fault.status))
-        if model not in models.MODELS:
-            raise ApiError(
-                404,
-                f"models/{model} is not found for API version v1beta, or is not supported "
-                "for batchGenerateContent. Call ListModels to see the list of available models "
-                "and their supported methods.",
-            )
-        spec = pick(body, "batch", default=body)
-        batch = self._new_batch(model, spec)
+            raise injected(fault.status, fault.message)
+        if models.kind(model) is None or lines.batch_kind(model) != kind:
+            raise model_missing(model, version, METHOD[kind])
+        found = Schema.load().validate(CREATE_MESSAGE[kind], body, version=version)
+        if found:
+            raise bad_request(found)
+        batch = self._new_batch(model, pick(body, "batch") or {})
+        batch.version = version
         self.refresh_all()
         with self.state.lock:
             self._check_limits(batch)
@@ -110,6 +132,8 @@ class Batches:
         if isinstance(name, str) and name:
             path, keys, tokens = self._copy_input(bid, model, name.removeprefix("files/"))
             return Batch(bid, model, display, now, keys, tokens, input_path=path, input_file=name)
+        if isinstance(requests, dict):
+            requests = [requests]  # proto JSON: one object for a repeated field is a list of one
         if isinstance(requests, list) and requests:
             keys = [_inline_key(r, i) for i, r in enumerate(requests)]
             tokens = sum(lines.request_tokens(model, pick(r, "request")) for r in requests)
@@ -130,15 +154,30 @@ class Batches:
     def _check_limits(self, batch: Batch) -> None:
         live = [b for b in self.items.values() if b.state in LIVE]
         if len(live) >= self.state.config.max_live_batches:
+            delay = self._retry_after(live)
             raise ApiError(
                 429,
                 "You have reached the maximum number of concurrent batch jobs "
                 f"({self.state.config.max_live_batches}). " + QUOTA_MESSAGE,
+                quota_details("concurrent_batches", None, delay),
             )
-        enqueued = sum(b.tokens for b in live if b.model == batch.model)
+        same_model = [b for b in live if b.model == batch.model]
+        enqueued = sum(b.tokens for b in same_model)
         quota = self.state.config.quota(batch.model)
         if enqueued + batch.tokens > quota:
-            raise ApiError(429, QUOTA_MESSAGE, _quota_details(batch.model, quota))
+            delay = self._retry_after(same_model)
+            raise ApiError(
+                429, QUOTA_MESSAGE, quota_details("enqueued_tokens", (batch.model, quota), delay)
+            )
+
+    def _retry_after(self, live: list[Batch]) -> str:
+        """RetryInfo.retryDelay: wall seconds until the first of ``live`` ends (at least 1 s)."""
+        cfg = self.state.config
+        now = self.state.clock.now()
+        run = timedelta(seconds=cfg.pending_seconds + cfg.running_seconds)
+        ends = [min(b.created + run, b.created + MAX_AGE) for b in live]
+        wait = min(((e - now).total_seconds() for e in ends), default=0.0)
+        return retry_delay(wait / self.state.clock.speed)
 
     # --- lookup and lifecycle --------------------------------------------------------------
 
@@ -217,7 +256,15 @@ class Batches:
             out: dict[str, Any] | None = {"error": {"code": 3, "message": err}}
         else:
             out = lines.serve(
-                batch.model, key, request, fault, self.state.config.image_scale, batch.id
+                batch.model,
+                key,
+                request,
+                fault,
+                self.state.config.image_scale,
+                batch.id,
+                version=batch.version,
+                checked=True,  # the line (file) or the create body (inline) was checked
+                files=self._files_at(batch),
             )
         outcome = "missing" if out is None else fault.kind if fault else "ok"
         if out is not None and fault is None and "error" in out:
@@ -229,6 +276,12 @@ class Batches:
             name = "failedRequestCount" if "error" in out else "successfulRequestCount"
             batch.stats[name] = batch.stats.get(name, 0) + 1
         return out
+
+    def _files_at(self, batch: Batch) -> lines.FileCheck:
+        """Which files a line may name: those live when the batch started running (its output is
+        made lazily, maybe much later, but the service reads the files as it runs)."""
+        when = batch.created + timedelta(seconds=self.state.config.pending_seconds)
+        return lambda file_id: self.state.file_live_at(file_id, when)
 
     def _produce_inline(self, batch: Batch) -> None:
         results: list[dict[str, Any]] = []
@@ -249,7 +302,7 @@ class Batches:
         offsets: list[tuple[int, int]] = []
         with batch.input_path.open("rb") as src, tmp.open("wb") as dst:
             for i, raw in enumerate(_nonblank(src)):
-                key, request, err = lines.decode_line(raw)
+                key, request, err = lines.read_line(raw, batch.kind, batch.version)
                 out = self._serve(batch, batch.keys[i], request, err)
                 if out is None:
                     continue
@@ -275,7 +328,7 @@ class Batches:
     def _finalize_output(
         self, batch: Batch, tmp: Path, final: Path, offsets: list[tuple[int, int]]
     ) -> str:
-        """Move (or, with the shuffle fault, reorder) the results; return the base64 sha256."""
+        """Move (or, with the shuffle fault, reorder) the results; return the sha256Hash."""
         faults = self.state.get_faults()
         hasher = hashlib.sha256()
         if faults.shuffle:
@@ -287,7 +340,7 @@ class Batches:
                 hasher.update(data)
                 dst.write(data)
         tmp.unlink()
-        return base64.b64encode(hasher.digest()).decode("ascii")
+        return sha256_field(hasher.hexdigest())
 
     # --- JSON ------------------------------------------------------------------------------
 
@@ -295,7 +348,7 @@ class Batches:
         """The Operation JSON of a batch (list items leave out inline output)."""
         name = f"batches/{batch.id}"
         meta: dict[str, Any] = {
-            "@type": f"{API}.GenerateContentBatch",
+            "@type": f"{API}.{RESOURCE[batch.kind]}",
             "model": f"models/{batch.model}",
         }
         if batch.display_name:
@@ -314,7 +367,8 @@ class Batches:
         if batch.state not in LIVE:
             op["done"] = True
             if batch.state == SUCCEEDED:
-                op["response"] = {"@type": f"{API}.GenerateContentBatchOutput", **(output or {})}
+                kind = f"{API}.{RESOURCE[batch.kind]}Output"
+                op["response"] = {"@type": kind, **(output or {})}
             else:
                 op["error"] = END_ERRORS[batch.state]
         return op
@@ -360,21 +414,3 @@ def _count_input(model: str, f: Any) -> tuple[list[str], int]:
 def _inline_key(entry: Any, index: int) -> str:
     key = pick(pick(entry, "metadata"), "key")
     return str(key) if key is not None else str(index)
-
-
-def _default_message(status: int) -> str:
-    if status == 429:
-        return QUOTA_MESSAGE
-    if status >= 500:
-        return "The service is currently unavailable."
-    return "Request contains an invalid argument."
-
-
-def _quota_details(model: str, quota: int) -> list[dict[str, Any]]:
-    violation = {
-        "quotaMetric": "generativelanguage.googleapis.com/batch_enqueued_tokens",
-        "quotaId": "BatchEnqueuedTokensPerModelPerProject",
-        "quotaDimensions": {"location": "global", "model": model},
-        "quotaValue": str(quota),
-    }
-    return [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}]

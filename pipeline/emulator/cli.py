@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.emulator import serve
+from pipeline.emulator import QUICK_TIMING, REALISTIC_TIMING, serve, timing
 
 
 @click.command("serve")
@@ -19,8 +19,28 @@ from pipeline.emulator import serve
 )
 @click.option("--image-scale", type=float, default=1.0, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--pending-seconds", type=float, default=60.0, show_default=True)
-@click.option("--running-seconds", type=float, default=120.0, show_default=True)
+@click.option(
+    "--realistic",
+    is_flag=True,
+    help=(
+        f"Service-like timing: PENDING {REALISTIC_TIMING[0]:g} s, then RUNNING "
+        f"{REALISTIC_TIMING[1]:g} s (minutes, as the real service often takes)."
+    ),
+)
+@click.option(
+    "--pending-seconds",
+    type=float,
+    default=None,
+    help=f"Seconds a batch stays PENDING [default: {QUICK_TIMING[0]:g}, "
+    f"{REALISTIC_TIMING[0]:g} with --realistic].",
+)
+@click.option(
+    "--running-seconds",
+    type=float,
+    default=None,
+    help=f"Seconds a batch stays RUNNING [default: {QUICK_TIMING[1]:g}, "
+    f"{REALISTIC_TIMING[1]:g} with --realistic].",
+)
 @click.option("--enqueued-token-quota", type=int, default=2_000_000, show_default=True)
 @click.option("--max-live-batches", type=int, default=100, show_default=True)
 def serve_command(
@@ -31,12 +51,18 @@ def serve_command(
     faults: Path | None,
     image_scale: float,
     data_dir: Path | None,
-    pending_seconds: float,
-    running_seconds: float,
+    realistic: bool,
+    pending_seconds: float | None,
+    running_seconds: float | None,
     enqueued_token_quota: int,
     max_live_batches: int,
 ) -> None:
-    """Run the Gemini Batch API emulator until interrupted."""
+    """Run the Gemini Batch API emulator until interrupted.
+
+    With no flags a small batch finishes in seconds (PENDING 2 s, RUNNING 3 s, on the
+    emulator clock); --realistic gives service-like minutes; --speed runs the clock faster.
+    """
+    pending, running = timing(realistic, pending_seconds, running_seconds)
     serve(
         host=host,
         port=port,
@@ -45,8 +71,8 @@ def serve_command(
         faults=faults,
         image_scale=image_scale,
         data_dir=data_dir,
-        pending_seconds=pending_seconds,
-        running_seconds=running_seconds,
+        pending_seconds=pending,
+        running_seconds=running,
         enqueued_token_quota=enqueued_token_quota,
         max_live_batches=max_live_batches,
     )

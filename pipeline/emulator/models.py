@@ -10,7 +10,21 @@ import math
 PRO_MODELS = frozenset({"gemini-3-pro-image-preview", "gemini-3-pro-image"})
 FLASH25 = "gemini-2.5-flash-image"
 FLASH31 = "gemini-3.1-flash-image-preview"
-MODELS = PRO_MODELS | {FLASH25, FLASH31}
+IMAGE_MODELS = PRO_MODELS | {FLASH25, FLASH31}
+# Text models of the Batch API guide's examples (https://ai.google.dev/gemini-api/docs/batch-api
+# uses gemini-2.5-flash; the models page lists the others). The thinking ones report
+# thoughtsTokenCount (https://ai.google.dev/gemini-api/docs/thinking).
+THINKING_TEXT_MODELS = frozenset(
+    {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro-preview", "gemini-3-flash-preview"}
+)
+TEXT_MODELS = THINKING_TEXT_MODELS | {"gemini-2.5-flash-lite", "gemini-2.0-flash"}
+# Embedding models and their default (largest) output size: gemini-embedding-001 gives 3072
+# values unless outputDimensionality (128..3072) asks for fewer
+# (https://ai.google.dev/gemini-api/docs/embeddings).
+EMBEDDING_MODELS = {"gemini-embedding-001": 3072}
+EMBEDDING_MIN_DIMENSIONS = 128
+GENERATE_MODELS = IMAGE_MODELS | TEXT_MODELS
+MODELS = GENERATE_MODELS | EMBEDDING_MODELS.keys()
 
 BASE_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 FLASH31_EXTRA_RATIOS = ("1:4", "4:1", "1:8", "8:1")
@@ -61,8 +75,25 @@ def ratios(model: str) -> tuple[str, ...]:
 
 
 def sizes(model: str) -> tuple[str, ...]:
-    """The imageSize values the model accepts."""
+    """The imageSize values the model accepts; none for 2.5 Flash Image, whose image is a fixed
+    ~1 MP (https://ai.google.dev/gemini-api/docs/image-generation shows only aspectRatio)."""
+    if model == FLASH25:
+        return ()
     return ("512", "1K", "2K", "4K") if model == FLASH31 else ("1K", "2K", "4K")
+
+
+def default_size(model: str) -> str:
+    """The size of an image when the request names none ("" for a model that takes none)."""
+    return "1K" if sizes(model) else ""
+
+
+def kind(model: str) -> str | None:
+    """ "image", "text" or "embedding"; None for a model the emulator does not serve."""
+    if model in IMAGE_MODELS:
+        return "image"
+    if model in TEXT_MODELS:
+        return "text"
+    return "embedding" if model in EMBEDDING_MODELS else None
 
 
 def pixel_size(model: str, ratio: str, size: str, scale: float = 1.0) -> tuple[int, int]:
@@ -77,7 +108,9 @@ def pixel_size(model: str, ratio: str, size: str, scale: float = 1.0) -> tuple[i
 
 
 def image_tokens(model: str, size: str) -> int:
-    """Output tokens billed for one image of this model and size."""
+    """Output tokens billed for one image of this model and size (0 for other models)."""
+    if model not in IMAGE_MODELS:
+        return 0
     if model == FLASH25:
         return 1290
     if model == FLASH31:

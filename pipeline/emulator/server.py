@@ -12,10 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.emulator import vertex
+from pipeline.emulator import lines, models, vertex
 from pipeline.emulator.batches import Batches
+from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import State
-from pipeline.emulator.wire import ApiError, pick
+from pipeline.emulator.wire import ApiError, bad_request, injected, model_missing, pick
 
 VERSION = re.compile(r"^v\d+(alpha|beta)?\d*$")
 UNREGISTERED = (
@@ -31,6 +32,11 @@ KEY_INVALID = [
     }
 ]
 SEND_BYTES = 1 << 20
+MODEL_METHODS = {
+    "batchGenerateContent": "create",
+    "asyncBatchEmbedContent": "create_embeddings",
+    "countTokens": "count_tokens",
+}
 
 
 class EmulatorServer(ThreadingHTTPServer):
@@ -77,8 +83,9 @@ def _match(method: str, marker: str, rest: list[str], has_upload_id: bool) -> tu
             return kind, [rest[1]]
     if len(rest) == 2 and rest[0] == "models" and method == "POST":
         model, _, verb = rest[1].partition(":")
-        if verb == "batchGenerateContent":
-            return "create", [model]
+        kind = MODEL_METHODS.get(verb)
+        if kind:
+            return kind, [model]
     found = vertex.match(method, rest)
     if found is not None:
         return found
@@ -238,17 +245,17 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {}, {"X-Goog-Upload-Status": "active"})
             return
         self._entry["file"] = f"files/{rec.id}"
-        body = {"file": rec.to_json(self._base(), self._version)}
+        body = {"file": rec.to_json(self._base())}
         self._send_json(200, body, {"X-Goog-Upload-Status": "final"})
 
     def _on_file_get(self, file_id: str) -> None:
         self._entry["file"] = f"files/{file_id}"
         rec = self.server.state.live_file(file_id)
-        self._send_json(200, rec.to_json(self._base(), self._version))
+        self._send_json(200, rec.to_json(self._base()))
 
     def _on_file_list(self) -> None:
         recs, token = self._page(self.server.state.list_files())
-        body: dict[str, Any] = {"files": [r.to_json(self._base(), self._version) for r in recs]}
+        body: dict[str, Any] = {"files": [r.to_json(self._base()) for r in recs]}
         if token:
             body["nextPageToken"] = token
         self._send_json(200, body)
@@ -267,7 +274,7 @@ class Handler(BaseHTTPRequestHandler):
         faults = state.get_faults()
         fault = faults.http_error("download")
         if fault is not None:
-            raise ApiError(fault.status, fault.message or "The service is currently unavailable.")
+            raise injected(fault.status, fault.message)
         drop = faults.drop_download()
         self._entry["status"] = 200
         self.send_response(200)
@@ -314,17 +321,35 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- batches ---------------------------------------------------------------------------
 
-    def _on_create(self, model: str) -> None:
+    def _on_create(self, model: str, kind: str = "generate") -> None:
         batches = self.server.batches
-        batch = batches.create(model.removeprefix("models/"), self._read_json())
+        batch = batches.create(
+            model.removeprefix("models/"), self._read_json(), self._version, kind
+        )
         self._entry["batch"] = f"batches/{batch.id}"
         self._send_json(200, batches.operation(batch))
+
+    def _on_create_embeddings(self, model: str) -> None:
+        self._on_create(model, "embed")
+
+    def _on_count_tokens(self, model: str) -> None:
+        model = model.removeprefix("models/")
+        if models.kind(model) is None:
+            raise model_missing(model, self._version, "countTokens")
+        body = self._read_json()
+        found = Schema.load().validate("CountTokensRequest", body, version=self._version)
+        if found:
+            raise bad_request(found)
+        try:
+            self._send_json(200, lines.count_tokens(model, body))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
 
     def _on_get(self, bid: str) -> None:
         self._entry["batch"] = f"batches/{bid}"
         fault = self.server.state.get_faults().http_error("get")
         if fault is not None:
-            raise ApiError(fault.status, fault.message or "The service is currently unavailable.")
+            raise injected(fault.status, fault.message)
         batches = self.server.batches
         self._send_json(200, batches.operation(batches.get(bid)))
 

@@ -17,11 +17,15 @@ from typing import Any, BinaryIO
 
 from pipeline.emulator.clock import Clock
 from pipeline.emulator.faults import FaultPlan
-from pipeline.emulator.wire import ApiError, file_missing, new_id, rfc3339
+from pipeline.emulator.wire import ApiError, file_missing, new_id, quota_details, rfc3339
 
 FILE_TTL = timedelta(hours=48)
 COPY_BYTES = 1 << 20
 FILE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+# The service writes a File's uri (and downloadUri) with v1beta whatever version was asked
+# (https://ai.google.dev/api/files: "uri": "https://generativelanguage.googleapis.com/v1beta/
+# files/abc123"); clients pass it back in fileData.fileUri.
+FILE_URI_VERSION = "v1beta"
 
 
 @dataclass
@@ -57,7 +61,7 @@ class FileRec:
     display_name: str | None = None
     sha256: str = ""
 
-    def to_json(self, base: str, version: str) -> dict[str, Any]:
+    def to_json(self, base: str) -> dict[str, Any]:
         """The File resource."""
         out: dict[str, Any] = {"name": f"files/{self.id}"}
         if self.display_name:
@@ -69,12 +73,14 @@ class FileRec:
             "updateTime": rfc3339(self.created),
             "expirationTime": rfc3339(self.created + FILE_TTL),
             "sha256Hash": self.sha256,
-            "uri": f"{base}/{version}/files/{self.id}",
+            "uri": f"{base}/{FILE_URI_VERSION}/files/{self.id}",
             "state": "ACTIVE",
             "source": self.source,
         }
         if self.source == "GENERATED":
-            out["downloadUri"] = f"{base}/download/{version}/files/{self.id}:download?alt=media"
+            out["downloadUri"] = (
+                f"{base}/download/{FILE_URI_VERSION}/files/{self.id}:download?alt=media"
+            )
         return out
 
 
@@ -124,6 +130,12 @@ class State:
         if rec is None:
             raise file_missing(file_id)
         return rec
+
+    def file_live_at(self, file_id: str, when: datetime) -> bool:
+        """Whether the file existed here and had not expired at ``when``."""
+        with self.lock:
+            rec = self.files.get(file_id)
+        return rec is not None and rec.created <= when < rec.created + FILE_TTL
 
     def _forget(self, rec: FileRec) -> None:
         self.files.pop(rec.id, None)
@@ -191,6 +203,8 @@ class State:
                 429,
                 "Storage quota exceeded: the project's files may not exceed "
                 f"{self.config.max_storage_bytes} bytes in total.",
+                # Space comes back when files expire or are deleted: no sooner than a minute.
+                quota_details("storage", None, "60s"),
             )
 
     def upload_chunk(
@@ -221,7 +235,7 @@ class State:
                 created=self.clock.now(),
                 path=path,
                 display_name=up.display_name,
-                sha256=base64.b64encode(up.hasher.digest()).decode("ascii"),
+                sha256=sha256_field(up.hasher.hexdigest()),
             )
             self.files[file_id] = rec
         return rec
@@ -239,3 +253,9 @@ def _copy(body: BinaryIO, length: int, up: Upload) -> None:
             up.hasher.update(data)
             up.received += len(data)
             left -= len(data)
+
+
+def sha256_field(hex_digest: str) -> str:
+    """File.sha256Hash as the service fills it: the bytes field holds the hex digest's text, so
+    the JSON is base64 of the 64 hex characters (88 characters)."""
+    return base64.b64encode(hex_digest.encode("ascii")).decode("ascii")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import secrets
 import string
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.emulator.schema import Violation
 
 ALNUM = string.ascii_lowercase + string.digits
 API = "type.googleapis.com/google.ai.generativelanguage.v1main"
@@ -92,3 +96,76 @@ def file_missing(file_id: str) -> ApiError:
 def batch_missing(batch_id: str) -> ApiError:
     """The answer for an unknown batch."""
     return ApiError(404, f"Batch batches/{batch_id} not found.")
+
+
+def bad_request(violations: list[Violation]) -> ApiError:
+    """The 400 for a body that does not parse: every violation in the message (one per line)
+    and in google.rpc.BadRequest details (no ``field`` for the top level), as the service
+    answers."""
+    field_violations = [
+        {"field": v.field, "description": v.description}
+        if v.field
+        else {"description": v.description}
+        for v in violations
+    ]
+    details = [{"@type": f"{RPC}.BadRequest", "fieldViolations": field_violations}]
+    return ApiError(400, "\n".join(v.description for v in violations), details)
+
+
+def model_missing(model: str, version: str, method: str) -> ApiError:
+    """The service's 404 for a model it does not serve (with the version segment asked)."""
+    return ApiError(
+        404,
+        f"models/{model} is not found for API version {version}, or is not supported for "
+        f"{method}. Call ListModels to see the list of available models and their supported "
+        "methods.",
+    )
+
+
+RPC = "type.googleapis.com/google.rpc"
+# The quotas a 429 names in its QuotaFailure. Only the enqueued-token one is documented (the
+# rate-limits page's "Batch Enqueued Tokens"); the metric and id names follow the service's
+# pattern (generativelanguage.googleapis.com/<metric>, <What>Per<Scope>) and are the emulator's.
+QUOTAS = {
+    "enqueued_tokens": ("batch_enqueued_tokens", "BatchEnqueuedTokensPerModelPerProject"),
+    "concurrent_batches": ("batch_concurrent_jobs", "BatchConcurrentJobsPerProject"),
+    "storage": ("file_storage_bytes", "FileStorageBytesPerProject"),
+    "requests": ("generate_content_requests", "GenerateRequestsPerMinutePerProjectPerModel"),
+}
+RATE_LIMITS = "https://ai.google.dev/gemini-api/docs/rate-limits"
+
+
+def quota_details(
+    quota: str, model_value: tuple[str, int] | None, delay: str
+) -> list[dict[str, Any]]:
+    """A 429's details as the service sends them: QuotaFailure, Help, RetryInfo."""
+    metric, quota_id = QUOTAS[quota]
+    violation: dict[str, Any] = {
+        "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
+        "quotaId": quota_id,
+    }
+    if model_value is not None:
+        model, value = model_value
+        violation["quotaDimensions"] = {"location": "global", "model": model}
+        violation["quotaValue"] = str(value)
+    help_link = {"description": "Learn more about Gemini API quotas", "url": RATE_LIMITS}
+    return [
+        {"@type": f"{RPC}.QuotaFailure", "violations": [violation]},
+        {"@type": f"{RPC}.Help", "links": [help_link]},
+        {"@type": f"{RPC}.RetryInfo", "retryDelay": delay},
+    ]
+
+
+def retry_delay(seconds: float) -> str:
+    """RetryInfo.retryDelay (a Duration in JSON: whole seconds, "22s"), at least 1 s."""
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+def injected(status: int, message: str | None) -> ApiError:
+    """An error a fault plan injects; a 429 carries RetryInfo and QuotaFailure like the
+    service's (a per-minute request quota: retry after 30 s)."""
+    if status == 429:
+        return ApiError(429, message or QUOTA_MESSAGE, quota_details("requests", None, "30s"))
+    if status >= 500:
+        return ApiError(status, message or UNAVAILABLE_MESSAGE)
+    return ApiError(status, message or "Request contains an invalid argument.")

@@ -47,9 +47,18 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+HOLD_REASONS = ["storage", "input", "batches"]
+"""`policy.HoldReason`'s values (migration 0006)."""
+
+
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (CheckConstraint(_in("state", ["active", "finished", "cancelled"]), "state"),)
+    __table_args__ = (
+        CheckConstraint(_in("state", ["active", "finished", "cancelled"]), "state"),
+        CheckConstraint(
+            "hold_reason IS NULL OR " + _in("hold_reason", HOLD_REASONS), "hold_reason"
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     identity: Mapped[str] = mapped_column(String(64), unique=True)
@@ -75,6 +84,15 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    hold_reason: Mapped[str | None] = mapped_column(String(20))
+    """Why the run is held (`policy.HoldReason`), NULL when it is not (migration 0006)."""
+    hold_detail: Mapped[str | None] = mapped_column(Text)
+    """The error that holds it, one line, for `status`."""
+    hold_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    hold_not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """No tick tries the held run's storage again before this."""
+    hold_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Tries that failed in a row since the hold began (the backoff's exponent)."""
     channel: Mapped[str | None] = mapped_column(Text)
     """Where the run's batches go: NULL for the Gemini Developer API, else the resolved
     `[channel]` as JSON (kind, project, location, staging_uri)."""

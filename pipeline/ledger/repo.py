@@ -5,7 +5,7 @@ the event row in the same transaction. Zero rows matched means someone else move
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     func,
     insert,
@@ -70,6 +71,11 @@ class RunRow:
     created_at: datetime
     finished_at: datetime | None
     spec_path: str
+    hold_reason: str | None = None
+    hold_detail: str | None = None
+    hold_since: datetime | None = None
+    hold_not_before: datetime | None = None
+    hold_tries: int = 0
     channel: str | None = None
     """NULL: the Gemini Developer API; else the run's `[channel]` as JSON."""
 
@@ -204,6 +210,12 @@ def get_run(conn: Connection, ref: str) -> RunRow:
     return _run(row)
 
 
+def run_outputs(conn: Connection) -> list[tuple[str, str]]:
+    """(run id, output uri) of every run, oldest first: which runs share a location."""
+    query = select(RUNS.c.id, RUNS.c.output_uri).order_by(RUNS.c.created_at, RUNS.c.id)
+    return [(run_id, uri) for run_id, uri in conn.execute(query)]
+
+
 def list_runs(conn: Connection, *, active_only: bool = False) -> list[RunRow]:
     query = select(RUNS).order_by(RUNS.c.created_at)
     if active_only:
@@ -233,6 +245,58 @@ def set_run_budget(conn: Connection, run_id: str, nanos: int, now: datetime) -> 
     conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(budget_nanos=nanos))
     _event(conn, run_id, None, None, state, state, f"budget_nanos {old} -> {nanos}", now)
     return cast(int | None, old)
+
+
+def hold_run(
+    conn: Connection,
+    run_id: str,
+    reason: str,
+    detail: str,
+    now: datetime,
+    delay_s: Callable[[int], float],
+) -> datetime | None:
+    """Hold an active run, or hold it again: its reason code and detail, one more failed try,
+    and no try before now + delay_s(tries). The next try's time; None when the run is no
+    longer active or another tick recorded a try of it first."""
+    row = conn.execute(
+        select(RUNS.c.hold_tries, RUNS.c.hold_since).where(
+            RUNS.c.id == run_id, RUNS.c.state == "active"
+        )
+    ).first()
+    if row is None:
+        return None
+    tries = int(row.hold_tries or 0) + 1
+    until = now + timedelta(seconds=delay_s(tries))
+    moved = conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id, RUNS.c.state == "active", RUNS.c.hold_tries == tries - 1)
+        .values(
+            hold_reason=reason,
+            hold_detail=detail,
+            hold_since=row.hold_since or now,
+            hold_not_before=until,
+            hold_tries=tries,
+        )
+    ).rowcount
+    if moved != 1:
+        return None
+    _event(conn, run_id, None, None, "active", "held", f"{reason}: {detail}"[:500], now)
+    return until
+
+
+def release_hold(conn: Connection, run_id: str, now: datetime) -> bool:
+    """Clear an active run's hold (its try went through); False when it was not held."""
+    moved = conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id, RUNS.c.state == "active", RUNS.c.hold_reason.is_not(None))
+        .values(
+            hold_reason=None, hold_detail=None, hold_since=None, hold_not_before=None, hold_tries=0
+        )
+    ).rowcount
+    if moved != 1:
+        return False
+    _event(conn, run_id, None, None, "held", "active", "hold cleared", now)
+    return True
 
 
 def mark_run_notified(conn: Connection, run_id: str, now: datetime) -> bool:
@@ -356,6 +420,71 @@ def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str
     )
     names = ("input", "output_image", "output_text", "thinking", "cost_nanos")
     return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
+
+
+def open_keys(conn: Connection, run_ids: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    """key -> run id, for those of `keys` that an item of one of `run_ids` has while it is
+    still open (queued or in a batch): names those runs are about to write."""
+    found: dict[str, str] = {}
+    if not run_ids or not keys:
+        return found
+    # The state is checked here, not in SQL: with it there, SQLite walks every open item of
+    # those runs through ix_items_run_state instead of looking the keys up in (run_id, key).
+    for chunk in _chunks(sorted(set(keys)), 500):
+        rows = conn.execute(
+            select(ITEMS.c.key, ITEMS.c.run_id, ITEMS.c.state).where(
+                ITEMS.c.run_id.in_(list(run_ids)), ITEMS.c.key.in_(list(chunk))
+            )
+        )
+        for key, run_id, state in rows:
+            if state in ("queued", "in_batch"):
+                found.setdefault(key, run_id)
+    return found
+
+
+def fail_items_for_good(
+    conn: Connection, run_id: str, reasons: Sequence[tuple[str, str]], from_: str, now: datetime
+) -> int:
+    """Items of the run (by key) in state `from_` fail for good with their reasons, before
+    anything was sent for them: no attempt, no cost (an item just recorded as failed, or a
+    queued one). Guarded; returns how many moved."""
+    moved = 0
+    for chunk in _chunks(list(reasons), 500):
+        ids = dict(
+            conn.execute(
+                select(ITEMS.c.key, ITEMS.c.id).where(
+                    ITEMS.c.run_id == run_id,
+                    ITEMS.c.key.in_([key for key, _ in chunk]),
+                    ITEMS.c.state == from_,
+                )
+            ).all()
+        )
+        params = [{"iid": ids[k], "err": r} for k, r in chunk if k in ids]
+        if not params:
+            continue
+        conn.execute(
+            update(ITEMS)
+            .where(ITEMS.c.id == bindparam("iid"), ITEMS.c.state == from_)
+            .values(state="failed", final=True, error=bindparam("err"), finished_at=now),
+            params,
+        )
+        conn.execute(
+            insert(EVENTS),
+            [
+                {
+                    "at": now,
+                    "run_id": run_id,
+                    "batch_id": None,
+                    "item_id": p["iid"],
+                    "from_state": None if from_ == "failed" else from_,
+                    "to_state": "failed",
+                    "detail": p["err"][:500],
+                }
+                for p in params
+            ],
+        )
+        moved += len(params)
+    return moved
 
 
 def requeue_items(conn: Connection, run_id: str, *, include_final: bool, now: datetime) -> int:
@@ -773,9 +902,14 @@ def release_batch(engine: Engine, batch_id: int, owner: str) -> None:
 # ── reports ──────────────────────────────────────────────────────────────────
 
 
-def report_rows(conn: Connection, run_id: str, chunk: int = 2000) -> Iterator[dict[str, Any]]:
-    """Every item of a run with its attempt sums, in id order: one grouped join, streamed."""
+def report_rows(
+    conn: Connection, run_id: str, chunk: int = 2000, *, finished_only: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every item of a run with its attempt sums, in id order: one grouped join, streamed.
+    With `finished_only`, only items no longer queued or in a batch (the manifest's)."""
     query = _item_sums_query().where(ITEMS.c.run_id == run_id)
+    if finished_only:
+        query = query.where(ITEMS.c.state.not_in(["queued", "in_batch"]))
     yield from _sum_entries(conn.execution_options(yield_per=chunk).execute(query))
 
 

@@ -7,7 +7,7 @@ checks shared by the adapters, and streaming sha256 helpers. No adapter code liv
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,6 +86,11 @@ class ObjectStore(Protocol):
 
     def read_bytes(self, uri: str) -> bytes:
         """Bytes of any object of this store's kind (local path/file:// or gs://)."""
+        ...
+
+    def iter_names(self) -> Iterator[str]:
+        """Names of the objects directly in the location (not in sub-folders, not hidden ones
+        starting with "."), streamed from one listing: a page at a time, never all at once."""
         ...
 
 

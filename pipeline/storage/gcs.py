@@ -15,7 +15,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +40,9 @@ T = TypeVar("T")
 DEFAULT_PROJECT = "nanobatch-local"
 """Project passed to the client when none is given or set in GOOGLE_CLOUD_PROJECT (object
 reads and writes do not use it; it only spares a project lookup)."""
+
+LIST_PAGE_SIZE = 1000
+"""Objects per page of a listing (the JSON API's maximum)."""
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _FIX = (
@@ -236,6 +240,21 @@ class GcsStore:
         except NotFound as exc:
             raise ObjectNotFound(f"{uri} does not exist (any more)") from exc
 
+    def iter_names(self) -> Iterator[str]:
+        """Names directly under the prefix, from one paged listing (delimiter "/", names only),
+        a page in memory at a time; each page request is retried like any other call."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        token: str | None = None
+        while True:
+            page: Callable[[], tuple[list[str], str | None]] = partial(self._list_page, base, token)
+            names, token = self._call(page, "list objects in")
+            for name in names:
+                name = name[len(base) :]
+                if name and not name.startswith("."):
+                    yield name
+            if not token:
+                return
+
     # -- internals -------------------------------------------------------------------------
 
     def _key(self, name: str) -> str:
@@ -286,6 +305,21 @@ class GcsStore:
             )
 
         self._call(upload, "upload to", PreconditionFailed)
+
+    def _list_page(self, base: str, token: str | None) -> tuple[list[str], str | None]:
+        """One page of the listing under `base`: its object names and the next page's token."""
+        blobs = self._client().list_blobs(
+            self.bucket_name,
+            prefix=base or None,
+            delimiter="/",
+            page_token=token,
+            page_size=LIST_PAGE_SIZE,
+            fields="items(name),prefixes,nextPageToken",
+            retry=None,
+        )
+        page = next(blobs.pages, None)
+        names = [blob.name for blob in page] if page is not None else []
+        return names, blobs.next_page_token
 
     def _stored_sha256(self, key: str) -> str | None:
         """sha256 of an object: from its `nanobatch-sha256` metadata, else by download."""

@@ -19,7 +19,7 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -169,9 +169,31 @@ class LocalStore:
         except OSError as exc:
             raise self._storage_error(path, exc) from exc
 
+    def iter_names(self) -> Iterator[str]:
+        """Names in the folder from one directory listing (streamed); none when there is no
+        folder yet. Hidden names (temporary files, probes) are left out."""
+        try:
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    if not entry.name.startswith("."):
+                        yield entry.name
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(
+                f"cannot list the output folder {self.root}: {exc.strerror or exc}. Check "
+                "that the path is a folder this user can read, or change [output] uri."
+            ) from exc
+
     def _settle(self, final: Path, digest: str, existing: str | None, size: int) -> StoredObject:
         """The outcome when `final` already existed: adopt it, or raise ObjectConflict."""
         if existing is None:
+            if final.is_symlink():  # a link to nothing: the name is taken, the target absent
+                raise StorageError(
+                    f"{final} is a dangling symbolic link (to {os.readlink(final)}) where an "
+                    "image must go; remove the link or make it point at a file, then run the "
+                    "tick again"
+                )
             raise StorageError(f"{final} vanished while it was being written; run the tick again")
         if existing != digest:
             raise ObjectConflict(

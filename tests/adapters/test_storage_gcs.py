@@ -304,3 +304,45 @@ def test_connection_refused_is_retried_then_reported(
     with pytest.raises(StorageError, match=f"gs://{gcs_env}.*after 3 tries"):
         _put(store, "k.png", b"x")
     assert len(sleeps) == 2
+
+
+# -- listing (the names already taken at a location) -------------------------------------
+
+
+def test_iter_names_lists_the_prefix_children_a_page_at_a_time(
+    gcs_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects directly under the prefix, not deeper ones nor hidden ones nor other prefixes."""
+    from pipeline.storage import gcs
+
+    monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 2)
+    bucket = _client().bucket(gcs_env)
+    for name in ["p/a.png", "p/b.jpg", "p/c.txt", "p/.nanobatch-probe-x", "p/sub/d.png", "q/e.png"]:
+        bucket.blob(name).upload_from_string(b"x")
+    assert sorted(GcsStore(f"gs://{gcs_env}/p").iter_names()) == ["a.png", "b.jpg", "c.txt"]
+    assert sorted(GcsStore(f"gs://{gcs_env}").iter_names()) == []
+    assert list(GcsStore(f"gs://{gcs_env}/nothing-here").iter_names()) == []
+
+
+def test_iter_names_retries_a_page_that_fails(
+    gcs_env: str, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transient error on a later page retries that page, not the whole listing."""
+    from pipeline.storage import gcs
+
+    monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 1)
+    sleeps: list[float] = []
+    store = GcsStore(f"gs://{gcs_env}/p", sleep=sleeps.append)
+    for i in range(3):
+        _put(store, f"{i}.png", b"x")
+    names = store.iter_names()
+    first = next(names)
+    fault_proxy.fail_next = 1
+    assert sorted([first, *names]) == ["0.png", "1.png", "2.png"]
+    assert len(sleeps) == 1
+
+
+def test_iter_names_of_a_missing_bucket_is_a_storage_error(gcs_env: str) -> None:
+    store = GcsStore("gs://no-such-bucket-nb/x", sleep=_no_sleep)
+    with pytest.raises(StorageError, match=r"cannot list objects in gs://no-such-bucket-nb"):
+        list(store.iter_names())

@@ -345,3 +345,19 @@ def test_put_file_once_links_whole_files_adopts_same_and_refuses_other_bytes(
         store.put_file_once("s-000000.tar", other, content_type="application/x-tar", metadata={})
     assert final.read_bytes() == b"shard" * 1000
     assert _leftovers(tmp_path / "out") == []
+
+
+def test_iter_names_lists_the_folder_once(tmp_path: Path) -> None:
+    """Entries directly in the folder, hidden ones (temporary files, probes) left out; a
+    folder not made yet has none; a file where the folder should be is a StorageError."""
+    store = LocalStore(tmp_path / "out")
+    assert list(store.iter_names()) == []
+    _put(store, "a.png", b"a")
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "deeper.png").write_bytes(b"d")
+    (tmp_path / "out" / ".a.png.host.1.tmp").write_bytes(b"t")
+    (tmp_path / "out" / "notes.txt").write_bytes(b"n")
+    assert sorted(store.iter_names()) == ["a.png", "notes.txt", "sub"]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="cannot list the output folder"):
+        list(LocalStore(tmp_path / "file").iter_names())

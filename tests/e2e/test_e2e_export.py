@@ -5,11 +5,13 @@ one item fails for good, so "only succeeded images" is checked too."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
 import tarfile
 import tracemalloc
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +79,15 @@ def _load_imagefolder(folder: Path, cache: Path) -> Any:
 def _wds_samples(shards: list[Path]) -> list[dict[str, Any]]:
     import webdataset  # a dev dependency: the real consumer, never imported by nanobatch
 
-    dataset = webdataset.WebDataset([str(p) for p in shards], shardshuffle=False)
-    return list(dataset)
+    with warnings.catch_warnings():
+        # webdataset leaves each shard's file to the garbage collector: collect it here, with
+        # its ResourceWarning silenced, rather than fail whichever later test the GC lands in.
+        warnings.simplefilter("ignore", ResourceWarning)
+        dataset = webdataset.WebDataset([str(p) for p in shards], shardshuffle=False)
+        samples = list(dataset)
+        del dataset
+        gc.collect()
+    return samples
 
 
 # ── imagefolder ──────────────────────────────────────────────────────────────

@@ -13,6 +13,9 @@ PLAN_KEYS = {"items", "rejected", "batches", "estimate", "quota_windows"}
 
 def test_submit_twice_is_one_run(e2e: Any) -> None:
     """A second submit prints the same run id and sends nothing; --force makes a new run."""
+    # Each run in its own folder: the forced run's keys would otherwise be names the first
+    # run is making there, and fail before sending (tests/features/test_shared_output.py).
+    e2e.write_spec(output="out/{job}/{run}")
     first = e2e.invoke("submit", str(e2e.spec_path))
     assert first.code == 0, first.stderr
     run_id = first.stdout.strip()

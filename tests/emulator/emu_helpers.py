@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,15 @@ FLASH25 = "gemini-2.5-flash-image"
 FLASH31 = "gemini-3.1-flash-image-preview"
 
 
-def request(prompt: str, ratio: str = "1:1", size: str = "1K") -> dict[str, Any]:
-    """A REST GenerateContentRequest for one image."""
+def request(prompt: str, ratio: str = "1:1", size: str | None = "1K") -> dict[str, Any]:
+    """A REST GenerateContentRequest for one image (no imageSize when ``size`` is None, as
+    gemini-2.5-flash-image requires)."""
+    image: dict[str, Any] = {"aspectRatio": ratio}
+    if size is not None:
+        image["imageSize"] = size
     return {
         "contents": [{"role": "user", "parts": [{"text": prompt}]}],
-        "generationConfig": {
-            "responseModalities": ["IMAGE"],
-            "imageConfig": {"aspectRatio": ratio, "imageSize": size},
-        },
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image},
     }
 
 
@@ -66,3 +69,34 @@ def results(client: Any, job: types.BatchJob, tmp: Path) -> list[dict[str, Any]]
     client.files.download(file=job.dest.file_name, destination=str(dest))
     with dest.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def http(
+    emu: Emulator, method: str, path: str, body: Any = None, key: str = "k"
+) -> tuple[int, Any]:
+    """A raw HTTP call like the documentation's curl examples: (status, parsed JSON body)."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    req = urllib.request.Request(
+        emu.url + path,
+        data=data,
+        method=method,
+        headers={"x-goog-api-key": key, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def line_results(
+    emu: Emulator, client: Any, tmp: Path, rows: list[Any], model: str = PRO, name: str = "job"
+) -> dict[str, dict[str, Any]]:
+    """Upload raw line objects (or strings), run the file batch to the end, return its
+    results by key."""
+    path = tmp / f"{name}.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    job = client.batches.create(model=model, src=upload(client, path).name)
+    return {r.get("key", ""): r for r in results(client, finish(emu, client, job.name), tmp)}

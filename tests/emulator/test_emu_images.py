@@ -33,7 +33,7 @@ def _decode(part: dict[str, Any]) -> Image.Image:
         (PRO, "1:1", "1K", (1024, 1024)),
         (PRO, "16:9", "2K", (2752, 1536)),
         (PRO, "21:9", "4K", (6336, 2688)),
-        (FLASH25, "9:16", "1K", (768, 1344)),
+        (FLASH25, "9:16", None, (768, 1344)),
         (FLASH31, "3:2", "512", (632, 424)),
         (FLASH31, "1:4", "2K", (1024, 4096)),
     ],
@@ -44,7 +44,7 @@ def test_png_size_per_model_ratio_size(
     tmp_path: Path,
     model: str,
     ratio: str,
-    size: str,
+    size: str | None,
     pixels: tuple[int, int],
 ) -> None:
     job = file_batch(client, tmp_path, [("k", request("a lighthouse", ratio, size))], model=model)
@@ -72,7 +72,7 @@ def test_usage_metadata(emu: Emulator, client: Any, tmp_path: Path) -> None:
         total = u["promptTokenCount"] + u["candidatesTokenCount"] + u["thoughtsTokenCount"]
         assert u["totalTokenCount"] == total
         assert out[key]["modelVersion"] == PRO and out[key]["responseId"]
-    job = file_batch(client, tmp_path, [("f", request(prompt))], model=FLASH25, name="f")
+    job = file_batch(client, tmp_path, [("f", request(prompt, size=None))], model=FLASH25, name="f")
     (line,) = results(client, finish(emu, client, job.name), tmp_path)
     u = line["response"]["usageMetadata"]
     assert u["candidatesTokensDetails"][0]["tokenCount"] == 1290 and "thoughtsTokenCount" not in u

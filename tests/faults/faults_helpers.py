@@ -59,6 +59,8 @@ class Drill:
             NANOBATCH_STATE_DIR=str(self.tmp / "state"),
             NANOBATCH_LOG_FORMAT="json",
             NANOBATCH_CREATE_BACKOFF_S="0.01",
+            # The checkout under test, whatever `pipeline` the venv would import otherwise.
+            PYTHONPATH=str(REPO),
         )
         env.update(extra)
         return env

@@ -187,20 +187,31 @@ def test_cancel_mid_flight(tmp_path: Path, sqlite_url: str) -> None:
         assert drill.status(run)["items"]["cancelled"] == 4
 
 
+@pytest.mark.parametrize("when", ["before_submit", "after_submit"])
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_existing_object_with_other_bytes(drill: Drill, overwrite: bool) -> None:
-    """A different object already at the name fails the item for good, unless overwrite."""
+def test_existing_object_with_other_bytes(drill: Drill, overwrite: bool, when: str) -> None:
+    """A different object at the name fails the item for good, unless overwrite: before
+    anything is sent when it is there at submit (no try, nothing paid), and at harvest when it
+    appears after submit (the store's create-only write refuses it)."""
+    drill.write_spec(2, overwrite=overwrite)
     (drill.tmp / "out").mkdir()
-    (drill.tmp / "out" / "img-0.png").write_bytes(b"not this image")
-    run = run_to_end(drill, 2, overwrite=overwrite)
+    if when == "before_submit":
+        (drill.tmp / "out" / "img-0.png").write_bytes(b"not this image")
+    run = drill.submit()
+    if when == "after_submit":
+        (drill.tmp / "out" / "img-0.png").write_bytes(b"not this image")
+    drill.tick_until_done(run)
     row = drill.items()["img-0"]
     if overwrite:
         assert row.state == "succeeded"
         assert (drill.tmp / "out" / "img-0.png").read_bytes() != b"not this image"
     else:
-        assert (row.state, bool(row.final), row.tries) == ("failed", True, 1)
-        assert "overwrite" in row.error
+        tries = 0 if when == "before_submit" else 1
+        assert (row.state, bool(row.final), row.tries) == ("failed", True, tries)
+        assert "overwrite" in row.error and "img-0.png" in row.error
         assert (drill.tmp / "out" / "img-0.png").read_bytes() == b"not this image"
+        sent = [e for e in drill.emu.request_log if e.get("kind") == "line"]
+        assert len([e for e in sent if e["key"] == "img-0"]) == tries
     assert drill.items()["img-1"].state == "succeeded"
     assert drill.report(run)["summary"]["items"] == 2
 

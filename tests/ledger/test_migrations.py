@@ -130,3 +130,41 @@ def test_processes_meet_an_empty_database(empty_db_url: str) -> None:
         assert [row[0] for row in rows] == [db.HEAD_REVISION]
     finally:
         engine.dispose()
+
+
+RUN_INSERT = (
+    "INSERT INTO runs (id, identity, job, state, model, spec_path, spec_json, input_sha256, "
+    "output_uri, run_date, max_attempts, max_enqueued_tokens, max_requests_per_batch, "
+    "max_batch_bytes, overwrite, use_cache, item_count, rejected_count, estimated_nanos, "
+    "created_at) VALUES ('r1', 'i1', 'j', 'active', 'm', 's', '{}', 'h', 'out', '2026-11-28', "
+    "3, 1, 1, 1, false, true, 0, 0, 0, '2026-11-28 00:00:00')"
+)
+BATCH_INSERT = (
+    "INSERT INTO batches (run_id, seq, model, display_name, state, item_count, est_tokens, "
+    "est_nanos, create_tries, created_at) VALUES "
+    "('r1', 1, 'm', 'nb-r1-00001', 'queued', 0, 0, 0, 0, '2026-11-28 00:00:00')"
+)
+
+
+def test_0006_adds_run_holds_to_a_ledger_in_use(engine: Engine) -> None:
+    """0006 adds the hold columns to a ledger with runs and batches in it (no copy of `runs`,
+    which batches reference): existing runs are not held, and an unknown reason is refused."""
+    _alembic(engine, "upgrade", "0005_batches_shard_sha256")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(RUN_INSERT)
+        conn.exec_driver_sql(BATCH_INSERT)
+    _alembic(engine, "upgrade", "head")
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT hold_reason, hold_detail, hold_not_before, hold_tries FROM runs")
+        ).one()
+        assert tuple(row) == (None, None, None, 0)
+        assert conn.execute(text("SELECT count(*) FROM batches")).scalar() == 1
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE runs SET hold_reason = 'storage', hold_tries = 1")
+    with engine.begin() as conn, pytest.raises(IntegrityError, match="ck_runs_hold_reason"):
+        conn.exec_driver_sql("UPDATE runs SET hold_reason = 'weather'")
+    _alembic(engine, "downgrade", "0005_batches_shard_sha256")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM batches")).scalar() == 1
+        assert "hold_reason" not in {c["name"] for c in inspect(conn).get_columns("runs")}

@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from pipeline.naming import ext_for_mime, is_plain_key, object_name, stem_for_key
+from pipeline.naming import (
+    IMAGE_EXTS,
+    ext_for_mime,
+    image_stem,
+    is_plain_key,
+    object_name,
+    stem_for_key,
+)
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -107,3 +114,29 @@ def test_lone_surrogates_do_not_crash() -> None:
 def test_ext_for_mime(mime: str, ext: str) -> None:
     assert ext_for_mime(mime) == ext
     assert re.fullmatch(r"[a-z0-9]{1,10}", ext_for_mime(mime))
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("k1.png", "k1"),
+        ("k1.jpg", "k1"),
+        ("k1.v1.webp", "k1.v1"),
+        (object_name("a b", "png"), stem_for_key("a b")),
+        ("manifest.parquet", None),
+        ("rejects.csv", None),
+        ("notes.txt", None),
+        ("png", None),
+        (".png", None),
+        ("sub", None),
+    ],
+)
+def test_image_stem_inverts_object_name(name: str, stem: str | None) -> None:
+    """The stem of an image name, so a listing can tell which items' names are taken."""
+    assert image_stem(name) == stem
+
+
+def test_every_known_image_type_has_an_image_extension() -> None:
+    for mime in ("image/png", "image/jpeg", "image/webp", "image/heic", "image/avif"):
+        assert ext_for_mime(mime) in IMAGE_EXTS
+        assert image_stem(object_name("k", ext_for_mime(mime))) == "k"

@@ -2,8 +2,8 @@
 Gemini Developer API, else the resolved `[channel]` as JSON), so a tick picks the backend
 and the limits of each run.
 
-Revision ID: 0006_vertex_channel
-Revises: 0005_batches_shard_sha256
+Revision ID: 0007_vertex_channel
+Revises: 0006_run_holds
 Create Date: 2026-11-28
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_vertex_channel"
-down_revision: str | Sequence[str] | None = "0005_batches_shard_sha256"
+revision: str = "0007_vertex_channel"
+down_revision: str | Sequence[str] | None = "0006_run_holds"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
