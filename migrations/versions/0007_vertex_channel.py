@@ -21,10 +21,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("channel", sa.Text(), nullable=True))
+    # A plain ADD COLUMN: on SQLite a batch "move and copy" of `runs` would drop a table that
+    # batches and items reference, and keep 0006's reflected CHECK apart from its column.
+    op.add_column("runs", sa.Column("channel", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("channel")
+    op.execute("ALTER TABLE runs DROP COLUMN channel")
