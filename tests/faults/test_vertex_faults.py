@@ -69,7 +69,7 @@ def test_vertex_lost_create_answer_is_reconciled_by_display_name(vdrill: VertexD
     vdrill.emu.faults = vertex_faults(lost_creates=1)
     vdrill.write_spec(4)
     run = vdrill.submit()
-    assert [e["status"] for e in vdrill.creates()][0] == "lost"
+    assert vdrill.creates()[0]["status"] == "lost"
     assert vdrill.query("SELECT state FROM batches ORDER BY seq")[0][0] == "submitting"
     vdrill.tick_until_done(run)
     check_vertex_exactly_once(vdrill, run, 4)
@@ -115,7 +115,7 @@ def test_vertex_partially_succeeded_is_harvested_and_the_rest_retried(vdrill: Ve
     run = run_to_end(vdrill, 4)
     check_vertex_exactly_once(vdrill, run, 4)
     assert sorted(tries(vdrill).values()) == [1, 1, 1, 2]
-    assert [j["state"] for j in vdrill.jobs()][0] == "JOB_STATE_PARTIALLY_SUCCEEDED"
+    assert vdrill.jobs()[0]["state"] == "JOB_STATE_PARTIALLY_SUCCEEDED"
     assert len(vdrill.jobs()) == 3
 
 
