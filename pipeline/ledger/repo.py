@@ -368,7 +368,7 @@ def batch_request_rows(
     result = conn.execution_options(stream_results=True).exec_driver_sql(
         "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size FROM attempts "
         f"JOIN items ON items.id = attempts.item_id WHERE attempts.batch_id = {mark} "
-        "ORDER BY items.id",
+        "AND attempts.duplicate = 0 ORDER BY items.id",
         (batch_id,),
     )
     # Through the result, not its DBAPI cursor: with stream_results SQLAlchemy has already
@@ -399,9 +399,24 @@ def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
                 ITEMS.c.batch_id,
             )
             .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
-            .where(ATTEMPTS.c.batch_id == batch_id)
+            .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.duplicate == 0)
         )
     )
+
+
+def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Billed duplicate lines (attempt rows with `duplicate` >= 1), each once: a replayed
+    harvest inserts the same (item, batch, duplicate) again, which does nothing."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(ATTEMPTS).on_conflict_do_nothing(
+        index_elements=["item_id", "batch_id", "duplicate"]
+    )
+    conn.execute(statement, list(rows))
 
 
 def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -935,7 +950,9 @@ def _item_sums_query() -> Any:
         ATTEMPTS.c.outcome != "not_sent",
     )
     sums = [
-        func.count(ATTEMPTS.c.id),
+        # Tries: billed duplicate lines are paid for (in the sums below) but are not tries.
+        func.count(ATTEMPTS.c.id).filter(ATTEMPTS.c.duplicate == 0),
+        func.count(ATTEMPTS.c.id).filter(ATTEMPTS.c.duplicate > 0),
         *(
             func.coalesce(func.sum(column), 0)
             for column in (
@@ -971,6 +988,7 @@ def _sum_entries(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
 
 _EMPTY_SUMS: dict[str, Any] = {
     "attempts": 0,
+    "duplicates": 0,
     "input_tokens": 0,
     "output_image_tokens": 0,
     "output_text_tokens": 0,
@@ -1149,11 +1167,22 @@ def cost_by_model(conn: Connection, run_id: str | None = None) -> list[Any]:
 def attempt_reasons(conn: Connection, run_id: str | None = None) -> Iterator[Any]:
     """(outcome, reason, count) of recorded attempts, grouped (the error classes' source)."""
     query = select(ATTEMPTS.c.outcome, ATTEMPTS.c.reason, func.count().label("n")).where(
-        ATTEMPTS.c.outcome.is_not(None)
+        ATTEMPTS.c.outcome.is_not(None), ATTEMPTS.c.duplicate == 0
     )
     if run_id is not None:
         query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
     yield from conn.execute(query.group_by(ATTEMPTS.c.outcome, ATTEMPTS.c.reason))
+
+
+def duplicate_totals(conn: Connection, run_id: str | None = None) -> tuple[int, int]:
+    """(billed duplicate lines, their cost in nano-dollars), of a run or of all runs."""
+    query = select(
+        func.count(ATTEMPTS.c.id), func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0)
+    ).where(ATTEMPTS.c.duplicate > 0)
+    if run_id is not None:
+        query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
+    lines, cost = conn.execute(query).one()
+    return int(lines), int(cost)
 
 
 def batch_times(
