@@ -211,9 +211,9 @@ def make_context(
     further Settings fields (e.g. max_live_batches)."""
     import uuid
 
-    from pipeline.config import Settings
-    from pipeline.context import Context
-    from pipeline.ledger import db
+    from pipeline.adapters.config import Settings
+    from pipeline.adapters.ledger import db
+    from pipeline.shell.context import Context
 
     settings = Settings(
         database_url=database_url,
@@ -258,7 +258,7 @@ def fill_finished_run(
 
     from sqlalchemy import func, insert, select
 
-    from pipeline.ledger import repo
+    from pipeline.adapters.ledger import repo
 
     t0 = time.perf_counter()
     now = datetime.now(UTC)

@@ -57,8 +57,8 @@ def _spec(work: Path, args: dict[str, Any]) -> Path:
 
 
 def _plan(work: Path, args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.catalog import load_catalog
-    from pipeline.planning import load_spec, make_plan
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.planning import load_spec, make_plan
 
     catalog = load_catalog()
     plan = make_plan(load_spec(_spec(work, args), catalog), catalog)
@@ -66,9 +66,9 @@ def _plan(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.gemini import GeminiBackend
-    from pipeline.ledger import repo
-    from pipeline.shell import submit_spec
+    from pipeline.adapters.gemini import GeminiBackend
+    from pipeline.adapters.ledger import repo
+    from pipeline.shell.commands import submit_spec
 
     waited = [0.0]
     create = GeminiBackend.create_batch
@@ -104,7 +104,7 @@ def _floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     """Like the floor, but executemany of nanobatch's item rows into the real ledger schema
     (its columns, constraints and indexes): what recording the items alone costs."""
-    from pipeline.ledger import db, repo
+    from pipeline.adapters.ledger import db, repo
 
     engine = db.make_engine(f"sqlite:///{work / 'ledger.db'}")
     db.ensure_schema(engine)

@@ -36,12 +36,12 @@ def scale_for(image_mb: float) -> float:
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.catalog import load_catalog
-    from pipeline.harvest import harvest_batch
-    from pipeline.ledger import repo
-    from pipeline.planning import load_spec
-    from pipeline.poll import poll_batches
-    from pipeline.submit import Submitter, create_run, form_batches
+    from pipeline.adapters.ledger import repo
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.harvest import harvest_batch
+    from pipeline.shell.planning import load_spec
+    from pipeline.shell.poll import poll_batches
+    from pipeline.shell.submit import Submitter, create_run, form_batches
 
     work = Path(args["work"])
     n = int(args["images"])

@@ -18,7 +18,7 @@ from benchmarks import common
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.reporting import render_report
+    from pipeline.shell.reporting import render_report
 
     work = Path(args["work"])
     ctx = common.make_context(f"sqlite:///{work / 'ledger.db'}", work / "state")

@@ -27,12 +27,12 @@ PENDING_S = 5.0
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.catalog import load_catalog
+    from pipeline.adapters.ledger import repo
+    from pipeline.core.catalog import load_catalog
     from pipeline.emulator import Emulator
-    from pipeline.ledger import repo
-    from pipeline.planning import load_spec
-    from pipeline.submit import create_run
-    from pipeline.tick import tick
+    from pipeline.shell.planning import load_spec
+    from pipeline.shell.submit import create_run
+    from pipeline.shell.tick import tick
 
     work = Path(args["work"])
     n = int(args["batches"])

@@ -27,11 +27,11 @@ from benchmarks import common
 
 def _prepare(url: str, emu_url: str, work: Path, batches: int, images: int) -> str:
     """Submit a run of batches x images and poll it until every batch is `done`."""
-    from pipeline.catalog import load_catalog
-    from pipeline.ledger import repo
-    from pipeline.planning import load_spec
-    from pipeline.poll import poll_batches
-    from pipeline.submit import Submitter, create_run, form_batches
+    from pipeline.adapters.ledger import repo
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.planning import load_spec
+    from pipeline.shell.poll import poll_batches
+    from pipeline.shell.submit import Submitter, create_run, form_batches
 
     ctx = common.make_context(url, work / "state", emu_url)
     common.write_prompts_csv(work / "prompts.csv", batches * images, prefix=work.name)
@@ -105,7 +105,7 @@ def _ticks(url: str, emu_url: str, work: Path, procs: int) -> dict[str, Any]:
 def _one(
     procs: int, emu_url: str, root: Path, batches: int, images: int, quick: bool
 ) -> dict[str, Any]:
-    from pipeline.ledger import db, repo
+    from pipeline.adapters.ledger import db, repo
 
     work = root / f"p{procs}"
     work.mkdir()

@@ -1,6 +1,6 @@
-"""Alembic environment of the ledger, run by `pipeline.ledger.db` (no alembic.ini).
+"""Alembic environment of the ledger, run by `pipeline.adapters.ledger.db` (no alembic.ini).
 
-The target is `pipeline.ledger.models.Base.metadata`. When the caller puts a connection in
+The target is `pipeline.adapters.ledger.models.Base.metadata`. When the caller puts a connection in
 `config.attributes["connection"]`, migrations run on it, inside the caller's transaction and
 lock; otherwise an engine is built from the `sqlalchemy.url` option, NANOBATCH_DATABASE_URL or
 the default SQLite file. Tables go in the connection's default schema.
@@ -13,8 +13,8 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-from pipeline.ledger.db import DEFAULT_URL, make_engine, normalize_url
-from pipeline.ledger.models import Base
+from pipeline.adapters.ledger.db import DEFAULT_URL, make_engine, normalize_url
+from pipeline.adapters.ledger.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import click
 
-from pipeline import __version__, drill
-from pipeline.catalog import load_catalog
-from pipeline.config import LOG_FORMATS, Settings, load_settings
-from pipeline.context import Context
-from pipeline.errors import Interrupted, PipelineError, UsageError
-from pipeline.ledger import db
-from pipeline.log import configure_logging, get_logger, mask_text, register_secret
+from pipeline import __version__
+from pipeline.adapters import drill
+from pipeline.adapters.config import LOG_FORMATS, Settings, load_settings
+from pipeline.adapters.ledger import db
+from pipeline.adapters.log import configure_logging, get_logger, mask_text, register_secret
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import Interrupted, PipelineError, UsageError
+from pipeline.shell.context import Context
 
 EMULATOR_KEY = "nanobatch-emulator-key"
 
@@ -115,8 +116,8 @@ def plan(ctx: click.Context, spec: Path, json_: bool) -> None:
 
     Touches no network and no ledger.
     """
-    from pipeline.planning import load_spec, make_plan, nothing_to_do
-    from pipeline.render import print_plan
+    from pipeline.shell.planning import load_spec, make_plan, nothing_to_do
+    from pipeline.shell.render import print_plan
 
     catalog = load_catalog()
     job = load_spec(spec, catalog, _settings(ctx).channel_defaults)
@@ -137,7 +138,7 @@ def submit(ctx: click.Context, spec: Path, force: bool, no_cache: bool) -> None:
     The same spec with the same input and output is the same run: submitting it again
     prints the existing run id and spends nothing, unless --force.
     """
-    from pipeline.shell import submit_spec
+    from pipeline.shell.commands import submit_spec
 
     run_id = submit_spec(_context(ctx), spec, force=force, use_cache=not no_cache)
     click.echo(run_id)
@@ -147,7 +148,7 @@ def submit(ctx: click.Context, spec: Path, force: bool, no_cache: bool) -> None:
 @click.pass_context
 def tick(ctx: click.Context) -> None:
     """One cron-safe step over every active run."""
-    from pipeline.tick import tick as do_tick
+    from pipeline.shell.tick import tick as do_tick
 
     result = do_tick(_context(ctx), load_catalog())
     # A log line, not plain text: cron appends stderr to a JSON log (--log-format json).
@@ -187,7 +188,7 @@ def run(
     instead of recording a new one. Exit 0 when every item that was sent succeeded, 3 when
     some failed for good, 130 on Ctrl-C (the run goes on with `run SPEC` or `tick`).
     """
-    from pipeline.shell import run_spec
+    from pipeline.shell.commands import run_spec
 
     with _maybe_emulator(ctx, emulator, spec):
         code = run_spec(
@@ -235,7 +236,7 @@ def _maybe_emulator(ctx: click.Context, enabled: bool, spec: Path) -> Iterator[N
 
 def _is_vertex(spec: Path, settings: Settings) -> bool:
     """Whether SPEC says `[channel] kind = "vertex"` (a bad spec is reported by `run` itself)."""
-    from pipeline.planning import load_spec
+    from pipeline.shell.planning import load_spec
 
     try:
         return load_spec(spec, load_catalog(), settings.channel_defaults).channel.is_vertex
@@ -249,7 +250,7 @@ def _is_vertex(spec: Path, settings: Settings) -> bool:
 @click.pass_context
 def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
     """Runs, or one run: items and batches by state, cost, and why work is waiting."""
-    from pipeline.render import print_status
+    from pipeline.shell.render import print_status
 
     print_status(_context(ctx), run_ref, as_json=json_)
 
@@ -269,7 +270,7 @@ def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
 @click.pass_context
 def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None:
     """The per-image account of RUN (a run id, or a job name for its latest run)."""
-    from pipeline.render import check_out_file, write_report
+    from pipeline.shell.render import check_out_file, write_report
 
     if out is not None:
         check_out_file(out, f"report.{fmt}")
@@ -307,7 +308,7 @@ def export(
 ) -> None:
     """RUN's succeeded images as a dataset: a Hugging Face imagefolder (images plus
     metadata.jsonl) or WebDataset tar shards. Running it again gives the same files."""
-    from pipeline.export import export_run
+    from pipeline.shell.export import export_run
 
     result = export_run(
         _context(ctx),
@@ -329,8 +330,8 @@ def export(
 @click.pass_context
 def metrics(ctx: click.Context, out: Path | None) -> None:
     """Ledger metrics in the Prometheus text format: items, batches, cost, errors, latency."""
-    from pipeline.metrics import write_metrics
-    from pipeline.render import check_out_file
+    from pipeline.shell.metrics import write_metrics
+    from pipeline.shell.render import check_out_file
 
     if out is not None:
         check_out_file(out, "nanobatch.prom")
@@ -345,7 +346,7 @@ def metrics(ctx: click.Context, out: Path | None) -> None:
 @click.pass_context
 def retry(ctx: click.Context, run_ref: str, include_final: bool) -> None:
     """Requeue failed items of RUN; the next tick sends them."""
-    from pipeline.shell import retry_run
+    from pipeline.shell.commands import retry_run
 
     n = retry_run(_context(ctx), run_ref, include_final=include_final)
     click.echo(f"requeued {n} items", err=True)
@@ -362,8 +363,8 @@ def budget(ctx: click.Context, run_ref: str, usd: str) -> None:
 
     Work the old cap held back goes on at the next tick (or `run SPEC` again).
     """
-    from pipeline.shell import set_budget
-    from pipeline.values import nanos_to_usd
+    from pipeline.core.values import nanos_to_usd
+    from pipeline.shell.commands import set_budget
 
     change = set_budget(_context(ctx), run_ref, usd)
     old = "none" if change.old_nanos is None else f"${nanos_to_usd(change.old_nanos):.4f}"
@@ -380,7 +381,7 @@ def budget(ctx: click.Context, run_ref: str, usd: str) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, run_ref: str) -> None:
     """Cancel RUN's live batches and harvest what they finished."""
-    from pipeline.shell import cancel_and_settle
+    from pipeline.shell.commands import cancel_and_settle
 
     cancel_and_settle(_context(ctx), run_ref, load_catalog())
 

@@ -55,7 +55,7 @@ def _database(template: str | None = None) -> Iterator[str]:
 def _pg_template() -> Iterator[str]:
     """A database migrated to head once per session; no connection is left open on it, as
     `CREATE DATABASE ... TEMPLATE` requires."""
-    from pipeline.ledger import db
+    from pipeline.adapters.ledger import db
 
     with _database() as name:
         engine = db.make_engine(PG_URL_TEMPLATE.format(name=name))

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import pytest
 from google.cloud import storage
 
-from pipeline.errors import ObjectConflict, StorageError, UsageError
-from pipeline.storage import SHA256_METADATA_KEY, ObjectNotFound, StoredObject, open_store
-from pipeline.storage.gcs import GcsStore, parse_gs_uri
+from pipeline.adapters.storage import SHA256_METADATA_KEY, ObjectNotFound, StoredObject, open_store
+from pipeline.adapters.storage.gcs import GcsStore, parse_gs_uri
+from pipeline.core.errors import ObjectConflict, StorageError, UsageError
 
 if TYPE_CHECKING:
     from tests.gcs_fixture import GcsServer
@@ -313,7 +313,7 @@ def test_iter_names_lists_the_prefix_children_a_page_at_a_time(
     gcs_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Objects directly under the prefix, not deeper ones nor hidden ones nor other prefixes."""
-    from pipeline.storage import gcs
+    from pipeline.adapters.storage import gcs
 
     monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 2)
     bucket = _client().bucket(gcs_env)
@@ -328,7 +328,7 @@ def test_iter_names_retries_a_page_that_fails(
     gcs_env: str, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A transient error on a later page retries that page, not the whole listing."""
-    from pipeline.storage import gcs
+    from pipeline.adapters.storage import gcs
 
     monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 1)
     sleeps: list[float] = []

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import ObjectConflict, StorageError, UsageError
-from pipeline.manifest import MANIFEST_SCHEMA, REJECTS_HEADER, write_csv, write_parquet
-from pipeline.storage import LocalStore, ObjectNotFound, StoredObject, open_store
-from pipeline.storage.retry import backoff_delay, retry_call
+from pipeline.adapters.storage import LocalStore, ObjectNotFound, StoredObject, open_store
+from pipeline.adapters.storage.retry import backoff_delay, retry_call
+from pipeline.core.errors import ObjectConflict, StorageError, UsageError
+from pipeline.shell.manifest import MANIFEST_SCHEMA, REJECTS_HEADER, write_csv, write_parquet
 
 META = {"nanobatch-key": "k"}
 
@@ -304,7 +304,7 @@ def test_put_once_sweeps_a_dead_writers_temp_file(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from pipeline.storage.local import _HOST
+    from pipeline.adapters.storage.local import _HOST
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

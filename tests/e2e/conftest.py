@@ -211,6 +211,14 @@ def e2e_db(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 @pytest.fixture
+def e2e_empty_db(
+    tmp_path: Path, empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[E2E]:
+    """The end-to-end world on an empty database (no schema yet), on SQLite and PostgreSQL."""
+    yield from _make(tmp_path, empty_db_url, monkeypatch)
+
+
+@pytest.fixture
 def make_e2e(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., E2E]]:

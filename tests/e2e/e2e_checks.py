@@ -1,6 +1,6 @@
 """Independent checks for the end-to-end tests: the contract's shapes, a price table of our
 own, and token/cost arithmetic from the emulator's raw results. Deliberately imports nothing
-from pipeline.pricing or pipeline.catalog, so a pricing bug cannot hide in both places."""
+from pipeline.core.pricing or pipeline.core.catalog, so a pricing bug cannot hide in both places."""
 
 from __future__ import annotations
 

@@ -28,6 +28,24 @@ def _assert_nothing_spent(e2e: Any) -> None:
             {"prompt": "Photo of {title} in {material}"}, None, ["material"], id="missing-column"
         ),
         pytest.param({}, "sku,title\nmug-001,a mug\n", ["colour"], id="missing-template-column"),
+        pytest.param(
+            {},
+            'sku,title,colour\nmug-001,a mug,teal\nlamp-101,a lamp,"brass\nvase-301,a vase,clear\n',
+            ["row 2", "'colour'", "quote"],
+            id="unterminated-quote",
+        ),
+        pytest.param(
+            {},
+            "sku,title,colour,colour\nmug-001,a mug,teal,red\n",
+            ["'colour'", "columns 3 and 4"],
+            id="duplicate-header",
+        ),
+        pytest.param(
+            {},
+            "sku,title,colour\nmug-001,a mug,teal\nlamp-101,a, lamp,brass\n",
+            ["row 2", "4 values", "header has 3"],
+            id="ragged-row",
+        ),
     ],
 )
 def test_bad_spec_exits_2_and_spends_nothing(
@@ -88,3 +106,67 @@ def test_bad_rows_are_rejected_and_the_rest_goes_on(e2e: Any) -> None:
 
     status = e2e.invoke("status", report["run"], "--json").json()
     assert status["runs"][0]["items"]["rejected"] == 5
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "prompt_column", "names"),
+    [
+        pytest.param("title", [["a mug"], ["a lamp"]], False, ["'title'", "list"], id="list-value"),
+        pytest.param(
+            "title", [{"x": "a"}, {"x": "b"}], False, ["'title'", "struct"], id="struct-value"
+        ),
+        pytest.param("prompt", [1.5, 2.5], True, ["'prompt'", "double"], id="float-prompt"),
+        pytest.param("prompt", [["a"], ["b"]], True, ["'prompt'", "list"], id="list-prompt"),
+        pytest.param("sku", [1.0, 2.0], False, ["'sku'", "double"], id="float-key"),
+    ],
+)
+def test_parquet_column_of_a_type_a_prompt_cannot_take(
+    e2e: Any, column: str, values: list[Any], prompt_column: bool, names: list[str]
+) -> None:
+    """A Parquet column whose type is not text where the job needs text (a list, a struct,
+    a float prompt or key) exits 2 naming the column and its type instead of sending its
+    Python form ("['a']", "1.5") as the prompt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data: dict[str, Any] = {
+        "sku": ["mug-001", "lamp-101"],
+        "title": ["a mug", "a lamp"],
+        "colour": ["teal", "brass"],
+        "prompt": ["a teal mug", "a brass lamp"],
+    }
+    data[column] = values
+    pq.write_table(pa.table(data), e2e.tmp / "prompts.parquet")
+    e2e.write_spec(input_path="prompts.parquet")
+    if prompt_column:
+        spec = e2e.spec_path.read_text(encoding="utf-8")
+        spec = spec.replace(
+            'prompt = "Studio photo of {title}, {colour}"', 'prompt_column = "prompt"'
+        )
+        e2e.spec_path.write_text(spec, encoding="utf-8")
+    for command in ("plan", "submit"):
+        result = e2e.invoke(command, str(e2e.spec_path))
+        assert result.code == 2, (command, result.stdout, result.stderr)
+        for name in names:
+            assert name in result.stderr, (command, name, result.stderr)
+    _assert_nothing_spent(e2e)
+
+
+def test_parquet_numbers_in_a_template_are_formatted(e2e: Any) -> None:
+    """Numbers and booleans in template values are fine: formatted by pyarrow (ints without
+    ".0"), the same on every run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {"sku": pa.array([1, 2], pa.int64()), "title": ["a mug", "a lamp"], "colour": [1.5, 2.0]}
+    )
+    pq.write_table(table, e2e.tmp / "prompts.parquet")
+    e2e.write_spec(input_path="prompts.parquet")
+    result = e2e.run("--json")
+    assert result.code == 0, result.stderr
+    assert sorted(i["key"] for i in result.json()["items"]) == ["1", "2"]
+    (date_dir,) = (e2e.tmp / "out" / "e2e-job").iterdir()
+    manifest = pq.read_table(date_dir / "manifest.parquet").to_pylist()
+    prompts = {row["key"]: row["prompt"] for row in manifest}
+    assert prompts == {"1": "Studio photo of a mug, 1.5", "2": "Studio photo of a lamp, 2"}

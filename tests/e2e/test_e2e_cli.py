@@ -113,8 +113,9 @@ def test_a_refused_key_is_not_echoed(e2e: Any) -> None:
         assert wrong.encode() not in path.read_bytes(), path
 
 
-def test_db_upgrade_on_an_empty_database(e2e_db: Any) -> None:
+def test_db_upgrade_on_an_empty_database(e2e_empty_db: Any) -> None:
     """db upgrade creates the schema on an empty database (SQLite and PostgreSQL)."""
+    e2e_db = e2e_empty_db
     result = e2e_db.invoke("db", "upgrade")
     assert result.code == 0, result.stderr
     assert result.stdout == ""

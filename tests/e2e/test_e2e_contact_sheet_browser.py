@@ -13,7 +13,7 @@ from pipeline.emulator import FaultPlan, LineFault
 from tests.browser import chromium, save_artifact
 
 IMAGES = 450
-PAGE = 200  # pipeline.contact_sheet.PAGE_SIZE
+PAGE = 200  # pipeline.shell.contact_sheet.PAGE_SIZE
 HOSTILE = "<script>window.__pwned = 1</script><b>bold</b> & <img src=x onerror=alert(1)>"
 FAILED = {"fail-bad": "bad request", "fail-unsafe": "IMAGE_SAFETY"}  # key -> its reason
 

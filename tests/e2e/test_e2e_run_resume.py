@@ -112,6 +112,9 @@ def test_run_resumes_the_latest_active_run_not_an_older_finished_one(slow: Any) 
     """`run SPEC` (finished), `run SPEC --force`, Ctrl-C, then `run SPEC`: the forced run is
     resumed and its report printed; `submit SPEC` still names the spec's first run."""
     e2e = slow
+    # A folder per run: the forced run's images must not find the first run's under its names
+    # (they would be taken, and fail before sending: CONTRACT section 6).
+    e2e.write_spec(output="out/{job}/{run}")
     first = e2e.invoke("submit", str(e2e.spec_path)).stdout.strip()
     _finish_by_ticks(e2e, first)
 

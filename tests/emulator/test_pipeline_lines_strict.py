@@ -2,9 +2,9 @@
 schema and each model's rules), so the pipeline cannot send what the service would refuse.
 
 Tests may import the pipeline (the emulator may not): the lines are built by
-`pipeline.expand.request_line`, the one builder the pipeline writes batch files with, for every
+`pipeline.core.expand.request_line`, the one builder the pipeline writes batch files with, for every
 model of the catalog, every aspect ratio and size it accepts, and for every fallback model
-with the size `pipeline.expand.effective_size` gives it."""
+with the size `pipeline.core.expand.effective_size` gives it."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from emu_helpers import line_results
 
-from pipeline import expand
-from pipeline.catalog import load_catalog
+from pipeline.core import expand
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator, lines
 from pipeline.emulator import models as emulator_models
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from faults_helpers import API_KEY, FALLBACK, MODEL, Drill, check_exactly_once, line_cost_nanos
 
+from pipeline.core.naming import object_name
 from pipeline.emulator import Emulator, FaultPlan
-from pipeline.naming import object_name
 
 
 def plan(**faults: object) -> FaultPlan:

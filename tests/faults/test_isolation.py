@@ -401,11 +401,14 @@ def test_run_stops_when_its_run_is_held(world: Drill) -> None:
     to end it; the run stays active and a later tick finishes it."""
     drill = world
     spec = write_job(drill, "alpha", "out-a")
-    (drill.tmp / "out-a").mkdir()
+    # Submitted first: a link there before submit would make the name taken, and the item
+    # would fail before anything is sent (CONTRACT section 6), not at harvest.
+    assert drill.cli("submit", str(spec)).code == 0
+    (drill.tmp / "out-a").mkdir(exist_ok=True)
     link = drill.tmp / "out-a" / "alpha-0.png"
     link.symlink_to(drill.tmp / "nowhere.png")
     drill.emu.clock.advance(600)  # the batch is done by the run's first poll...
-    res = drill.cli("run", str(spec), "--poll-interval", "0")
+    res = drill.cli("run", str(spec), "--poll-interval", "0")  # ...of the run it resumes
     assert res.code == 1, res.err
     message = res.err.strip().splitlines()[-1]
     assert message.startswith("error: run alpha-") and "is held (storage)" in message

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import load_catalog
-from pipeline.config import Settings
-from pipeline.context import Context
+from pipeline.adapters.config import Settings
+from pipeline.adapters.ledger import db, repo
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
-from pipeline.ledger import db, repo
-from pipeline.planning import load_spec
-from pipeline.submit import create_run
-from pipeline.tick import tick
+from pipeline.shell.context import Context
+from pipeline.shell.planning import load_spec
+from pipeline.shell.submit import create_run
+from pipeline.shell.tick import tick
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-3.1-flash-image-preview"
@@ -99,7 +99,7 @@ def report_json(ctx: Context, run_id: str) -> dict[str, Any]:
     import io
     import json
 
-    from pipeline.reporting import render_report
+    from pipeline.shell.reporting import render_report
 
     buf = io.StringIO()
     render_report(ctx, run_id, "json", buf, None)

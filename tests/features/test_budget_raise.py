@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from pipeline import pricing
-from pipeline.catalog import load_catalog
+from pipeline.adapters.ledger import repo
+from pipeline.core import pricing
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
-from pipeline.ledger import repo
-from pipeline.reporting import run_status
-from pipeline.tick import tick
+from pipeline.shell.reporting import run_status
+from pipeline.shell.tick import tick
 from tests.features.helpers import KEY, PRO, make_context, run_to_end, submit, write_job
 
 PROMPT = "a tiny cube number {i:03d}"

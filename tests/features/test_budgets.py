@@ -10,13 +10,13 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from pipeline import pricing
-from pipeline.catalog import load_catalog
+from pipeline.adapters.ledger import repo
+from pipeline.core import pricing
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
-from pipeline.ledger import repo
-from pipeline.planning import load_spec, make_plan
-from pipeline.reporting import run_status
-from pipeline.tick import tick
+from pipeline.shell.planning import load_spec, make_plan
+from pipeline.shell.reporting import run_status
+from pipeline.shell.tick import tick
 from tests.features.helpers import KEY, PRO, make_context, submit, write_job
 
 LIVE = ("submitting", "running", "done", "harvested")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import contact_sheet
 from pipeline.emulator import Emulator, FaultPlan, LineFault
-from pipeline.render import write_report
+from pipeline.shell import contact_sheet
+from pipeline.shell.render import write_report
 from tests.features.helpers import make_context, report_json, run_to_end, submit, write_job
 
 

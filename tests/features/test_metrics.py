@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.adapters.ledger import repo
 from pipeline.emulator import Emulator, FaultPlan, LineFault
-from pipeline.ledger import repo
-from pipeline.metrics import reason_class, write_metrics
-from pipeline.reporting import run_status
+from pipeline.shell.metrics import reason_class, write_metrics
+from pipeline.shell.reporting import run_status
 from tests.features.helpers import PRO, make_context, report_json, run_to_end, submit, write_job
 
 ROWS = [

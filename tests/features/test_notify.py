@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.catalog import load_catalog
+from pipeline.adapters.ledger import repo
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
-from pipeline.ledger import repo
-from pipeline.tick import tick
+from pipeline.shell.tick import tick
 from tests.features.helpers import KEY, make_context, run_to_end, submit, write_job
 
 ROWS = [{"key": "a", "prompt": "a lighthouse"}, {"key": "b", "prompt": "a harbour"}]
@@ -104,7 +104,7 @@ def test_notify_logs_show_only_scheme_and_host(
     tokens, query tokens and user info never reach a log line."""
     from structlog.testing import capture_logs
 
-    from pipeline.notify import send
+    from pipeline.shell.notify import send
 
     url, received = receiver
     origin = url.removesuffix("/hook")

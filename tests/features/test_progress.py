@@ -1,4 +1,4 @@
-"""`run`'s progress display on a terminal (pipeline.progress): what it says, checked on a
+"""`run`'s progress display on a terminal (pipeline.shell.progress): what it says, checked on a
 recorded rich console (no timing asserts), and the time-left estimate's arithmetic."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline import progress
-from pipeline.catalog import load_catalog
+from pipeline.adapters.ledger import repo
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
-from pipeline.ledger import repo
-from pipeline.progress import LiveBatch, RunProgress, Snapshot, estimate_left, render
-from pipeline.tick import tick
+from pipeline.shell import progress
+from pipeline.shell.progress import LiveBatch, RunProgress, Snapshot, estimate_left, render
+from pipeline.shell.tick import tick
 from tests.features.helpers import make_context, report_json, run_to_end, submit, write_job
 
 

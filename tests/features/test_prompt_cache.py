@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from pipeline.adapters.ledger import repo
 from pipeline.emulator import Emulator
-from pipeline.ledger import repo
 from tests.features.helpers import (
     FLASH,
     PRO,
@@ -109,9 +109,9 @@ def test_only_misses_are_packed_when_the_run_is_recorded(tmp_path: Path, emu: Em
     image for: they wait, queued, for the tick to serve them from the cache."""
     from sqlalchemy import text
 
-    from pipeline.catalog import load_catalog
-    from pipeline.planning import load_spec
-    from pipeline.submit import create_run
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.planning import load_spec
+    from pipeline.shell.submit import create_run
 
     ctx, _ = _first_run(tmp_path, emu)
     rows = [*ROWS, {"key": "c", "prompt": "a blue plum"}]

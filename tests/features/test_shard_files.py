@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import intake, shardfile
-from pipeline.catalog import load_catalog
+from pipeline.adapters import shardfile
+from pipeline.adapters.ledger import repo
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import SpecError
 from pipeline.emulator import Emulator
-from pipeline.errors import SpecError
-from pipeline.ledger import repo
-from pipeline.submit import Submitter
-from pipeline.tick import tick
+from pipeline.shell import intake
+from pipeline.shell.submit import Submitter
+from pipeline.shell.tick import tick
 from tests.features.helpers import make_context, submit, write_job
 
 ROWS = [{"key": f"k{i}", "prompt": f"a harbour at dawn, étude {i}"} for i in range(7)]

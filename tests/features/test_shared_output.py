@@ -18,14 +18,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.context import Context
+from pipeline.adapters.ledger import repo
+from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator, FaultPlan
-from pipeline.ledger import repo
-from pipeline.manifest import MANIFEST_SCHEMA
-from pipeline.reporting import run_status
-from pipeline.shell import retry_run
-from pipeline.tick import tick
+from pipeline.shell.commands import retry_run
+from pipeline.shell.context import Context
+from pipeline.shell.manifest import MANIFEST_SCHEMA
+from pipeline.shell.reporting import run_status
+from pipeline.shell.tick import tick
 from tests.features.helpers import make_context, report_json, run_to_end, submit, write_job
 
 MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
@@ -164,7 +164,7 @@ def test_shared_location_keeps_every_runs_manifest_and_rejects(
     # Alice's image is still hers: Bob's k1 never wrote over it.
     alice_k1 = _items(ctx, alice)["k1"]
     assert location.read("k1.png") and alice_k1["status"] == "succeeded"
-    from pipeline.storage import sha256_hex
+    from pipeline.adapters.storage import sha256_hex
 
     assert sha256_hex(location.read("k1.png")) == alice_k1["sha256"]
 
@@ -335,7 +335,7 @@ def test_gcs_check_is_one_listing_of_the_prefix(
     rows = [{"key": f"k{i}", "prompt": f"thing {i}"} for i in range(6)]
     spec = write_job(tmp_path / "job", "job", rows, out=f"gs://{gcs_env}/shared")
 
-    from pipeline.storage import gcs
+    from pipeline.adapters.storage import gcs
 
     monkeypatch.setattr(gcs, "LIST_PAGE_SIZE", 10)
     listings: list[str] = []

@@ -1,4 +1,4 @@
-"""Engine, URL and session helpers of the ledger (`pipeline.ledger.db`)."""
+"""Engine, URL and session helpers of the ledger (`pipeline.adapters.ledger.db`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from pipeline.errors import RuntimeFailure
-from pipeline.ledger import db
-from pipeline.ledger.models import Lease
+from pipeline.adapters.ledger import db
+from pipeline.adapters.ledger.models import Lease
+from pipeline.core.errors import RuntimeFailure
 
 SECRET = "s3cr3t-pa55"
 

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.ledger import db
+from pipeline.adapters.ledger import db
 
 TABLES = {"runs", "batches", "items", "attempts", "rejects", "events", "leases", "alembic_version"}
 WORKERS = 4

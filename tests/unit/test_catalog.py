@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.catalog import load_catalog
+from pipeline.core.catalog import load_catalog
 
 
 def test_catalog_has_source_date_and_models() -> None:

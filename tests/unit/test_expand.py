@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import expand
-from pipeline.catalog import load_catalog
-from pipeline.expand import (
+from pipeline.core import expand
+from pipeline.core.catalog import load_catalog
+from pipeline.core.expand import (
     UNDECODABLE,
     Block,
     Item,
@@ -20,8 +20,8 @@ from pipeline.expand import (
     prompt_sha256,
     request_line,
 )
-from pipeline.pricing import Estimator, estimate_cost_nanos
-from pipeline.spec import JobSpec, parse_spec
+from pipeline.core.pricing import Estimator, estimate_cost_nanos
+from pipeline.core.spec import JobSpec, parse_spec
 
 CAT = load_catalog()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.location import MANIFEST, REJECTS, Listing, per_run
+from pipeline.shell.location import MANIFEST, REJECTS, Listing, per_run
 
 
 class _Names:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import log
-from pipeline.config import load_settings
+from pipeline.adapters import log
+from pipeline.adapters.config import load_settings
 
 
 @pytest.fixture(autouse=True)

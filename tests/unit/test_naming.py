@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pipeline.naming import (
+from pipeline.core.naming import (
     IMAGE_EXTS,
     ext_for_mime,
     image_stem,

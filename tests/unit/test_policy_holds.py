@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import (
+from pipeline.adapters.storage import ObjectNotFound
+from pipeline.core.errors import (
     ApiError,
     AuthError,
     InputError,
@@ -13,8 +14,7 @@ from pipeline.errors import (
     StorageError,
     TransientApiError,
 )
-from pipeline.policy import HOLD_FIRST_S, HOLD_MAX_S, HoldReason, hold_delay, hold_reason
-from pipeline.storage import ObjectNotFound
+from pipeline.core.policy import HOLD_FIRST_S, HOLD_MAX_S, HoldReason, hold_delay, hold_reason
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_errors_that_are_not_a_runs_own_hold_nothing(error: Exception) -> None:
 
 
 def test_hold_reason_codes_match_the_ledger_check() -> None:
-    from pipeline.ledger.models import HOLD_REASONS
+    from pipeline.adapters.ledger.models import HOLD_REASONS
 
     assert [r.value for r in HoldReason] == HOLD_REASONS
 

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pipeline.catalog import Rates, load_catalog
-from pipeline.pricing import (
+from pipeline.core.catalog import Rates, load_catalog
+from pipeline.core.pricing import (
     cost_nanos,
     estimate_cost_nanos,
     estimate_item_tokens,
     estimate_item_usage,
     estimate_prompt_tokens,
 )
-from pipeline.values import Usage
+from pipeline.core.values import Usage
 
 PRO = load_catalog().get("gemini-3-pro-image-preview")
 

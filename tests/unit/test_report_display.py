@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.report import KEY_WIDTH, csv_row, printable, shown_key
+from pipeline.core.report import KEY_WIDTH, csv_row, printable, shown_key
 
 
 def test_shown_key_escapes_and_marks_changed_keys() -> None:

@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from pipeline.results import classify_error, classify_line, decode_image
-from pipeline.values import Usage
+from pipeline.core.results import classify_error, classify_line, decode_image
+from pipeline.core.values import Usage
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 B64 = base64.b64encode(PNG).decode()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline import results
+from pipeline.core import results
 
 
 def _line(*images: tuple[bytes, bool], spaced: bool = False) -> bytes:

@@ -4,10 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.errors import SpecError
-from pipeline.shard import DEFAULT_MAX_BYTES, Packer, ShardLimits, limits_for, pack, quota_windows
-from pipeline.spec import parse_spec
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import SpecError
+from pipeline.core.shard import (
+    DEFAULT_MAX_BYTES,
+    Packer,
+    ShardLimits,
+    limits_for,
+    pack,
+    quota_windows,
+)
+from pipeline.core.spec import parse_spec
 
 
 def _pack(entries: list[tuple[int, int]], limits: ShardLimits) -> list[list[tuple[int, int]]]:

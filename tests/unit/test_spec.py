@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.errors import SpecError
-from pipeline.spec import (
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import SpecError
+from pipeline.core.spec import (
     optional_columns,
     parse_spec,
     required_columns,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import shard
-from pipeline.catalog import load_catalog
-from pipeline.errors import SpecError
-from pipeline.planning import make_plan
-from pipeline.results import classify_line, classify_status
-from pipeline.spec import ChannelSpec, parse_spec, spec_record
+from pipeline.core import shard
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import SpecError
+from pipeline.core.results import classify_line, classify_status
+from pipeline.core.spec import ChannelSpec, parse_spec, spec_record
+from pipeline.shell.planning import make_plan
 
 CAT = load_catalog()
 BASE = """\

@@ -1,0 +1,177 @@
+"""The Gemini Batch API through google-genai: upload a JSONL file, create, get, list and
+cancel batches, and stream a results file to disk. The only importer of `google.genai`.
+
+SDK errors become nanobatch errors here and nowhere else: 429 and 5xx (and connection
+failures) are TransientApiError, a refused key is AuthError, other 4xx ApiError. No SDK type
+crosses this module's edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx2
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from pipeline.core.errors import ApiError, AuthError, TransientApiError
+
+T = TypeVar("T")
+_DOWNLOAD_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RemoteBatch:
+    name: str
+    display_name: str | None
+    state: str
+    """JOB_STATE_* name."""
+    output_file: str | None
+    end_time: datetime | None
+
+
+class BatchBackend(Protocol):
+    def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile: ...
+    def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch: ...
+    def get_batch(self, name: str) -> RemoteBatch: ...
+    def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]: ...
+    def cancel_batch(self, name: str) -> None: ...
+    def download(self, file_name: str, destination: Path) -> int: ...
+    def check_access(self) -> None: ...
+
+
+class GeminiBackend:
+    """BatchBackend over the real SDK (and so over the emulator through base_url)."""
+
+    def __init__(self, api_key: str, key_variable: str, base_url: str | None = None) -> None:
+        options = types.HttpOptions(base_url=base_url, timeout=120_000) if base_url else None
+        self._key = api_key
+        self._key_variable = key_variable
+        # The Gemini Developer API whatever GOOGLE_GENAI_USE_VERTEXAI (or _ENTERPRISE) says:
+        # left to the environment, the SDK would switch to Vertex AI and every batch name
+        # would be refused (CONTRACT section 10: only a spec chooses the channel).
+        self._client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
+        api = self._client._api_client
+        # Read from GOOGLE_CLOUD_PROJECT/LOCATION even here; Vertex-only, so they must not leak.
+        api.project = api.location = None
+        http = api._http_options
+        self._base = (http.base_url or "https://generativelanguage.googleapis.com/").rstrip("/")
+        self._version = http.api_version or "v1beta"
+
+    def check_access(self) -> None:
+        """One cheap call (a one-entry batch list) that proves the key is accepted and the
+        service reachable: AuthError, TransientApiError or ApiError otherwise. Spends nothing."""
+        self._call(lambda: self._client.batches.list(config={"page_size": 1}))
+
+    def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile:
+        config = types.UploadFileConfig(mime_type="jsonl", display_name=display_name[:120])
+        file = self._call(lambda: self._client.files.upload(file=str(path), config=config))
+        return RemoteFile(name=file.name or "", expires_at=file.expiration_time)
+
+    def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch:
+        config = types.CreateBatchJobConfig(display_name=display_name)
+        job = self._call(
+            lambda: self._client.batches.create(model=model, src=file_name, config=config)
+        )
+        return _remote(job)
+
+    def get_batch(self, name: str) -> RemoteBatch:
+        return _remote(self._call(lambda: self._client.batches.get(name=name)))
+
+    def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]:
+        pager = self._call(lambda: self._client.batches.list(config={"page_size": page_size}))
+        iterator = iter(pager)
+        while True:
+            job = self._call(lambda: next(iterator, None))
+            if job is None:
+                return
+            yield _remote(job)
+
+    def cancel_batch(self, name: str) -> None:
+        self._call(lambda: self._client.batches.cancel(name=name))
+
+    def download(self, file_name: str, destination: Path) -> int:
+        """Stream a results file to `destination` (a plain GET: the SDK's download is slower
+        for big files). Returns the number of bytes written."""
+        file_id = file_name.removeprefix("files/")
+        url = f"{self._base}/{self._version}/files/{file_id}:download"
+        headers = {"x-goog-api-key": self._key}
+        written = 0
+        try:
+            with (
+                httpx2.stream(
+                    "GET", url, params={"alt": "media"}, headers=headers, timeout=120.0
+                ) as response,
+                destination.open("wb") as out,
+            ):
+                if response.status_code != 200:
+                    response.read()
+                    raise _http_error(response.status_code, response.text, self._key_variable)
+                for chunk in response.iter_bytes(_DOWNLOAD_CHUNK):
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx2.HTTPError as exc:
+            raise TransientApiError(f"download of {file_name} broke off: {exc}") from None
+        return written
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except genai_errors.APIError as exc:
+            raise _api_error(exc, self._key_variable) from None
+        except (httpx2.HTTPError, OSError) as exc:
+            raise TransientApiError(
+                f"could not reach the Gemini API at {self._base}: {exc}"
+            ) from None
+
+
+def _remote(job: Any) -> RemoteBatch:
+    state = job.state.name if job.state is not None else "JOB_STATE_UNSPECIFIED"
+    dest = job.dest.file_name if job.dest is not None else None
+    return RemoteBatch(
+        name=job.name or "",
+        display_name=job.display_name,
+        state=str(state),
+        output_file=dest,
+        end_time=job.end_time,
+    )
+
+
+def _api_error(exc: genai_errors.APIError, key_variable: str) -> ApiError:
+    return _http_error(int(exc.code or 0), f"{exc.status}: {exc.message}", key_variable)
+
+
+def _http_error(code: int, text: str, key_variable: str) -> ApiError:
+    text = text[:500]
+    if code == 429 or code >= 500:
+        return TransientApiError(f"Gemini API {code} {text}", code=code)
+    if code == 401 or "API_KEY_INVALID" in text or "API key not valid" in text:
+        return AuthError(
+            f"the Gemini API refused the key in {key_variable} ({code}); "
+            f"set {key_variable} to a valid key",
+            code=code,
+        )
+    if code == 403 and "unregistered callers" in text:
+        return AuthError(f"no API key was sent; set {key_variable}", code=code)
+    return ApiError(f"Gemini API {code} {text}", code=code)
+
+
+def make_backend(api_key: str | None, key_variable: str, base_url: str | None) -> GeminiBackend:
+    """The real backend; AuthError naming the variable when no key is set."""
+    if not api_key:
+        raise AuthError(
+            "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY), "
+            "or use `nanobatch run SPEC --emulator` to try nanobatch without one"
+        )
+    return GeminiBackend(api_key, key_variable, base_url)

@@ -1,0 +1,321 @@
+"""Results lines: classify one parsed line of a batch results file (CONTRACT.md section 6).
+
+Pure. A line is `{"key", "response"}` or `{"key", "error"}`; a Vertex AI prediction line
+is `{"key", "status", "processed_time", "request", "response"}`, where a non-empty
+`status` is the line's error (see `classify_status`). Outcomes:
+- succeeded: the response holds an image (the LAST non-thought inlineData part whose
+  mimeType starts with image/), whatever the finishReason;
+- final: a per-line error with a non-retryable code (gRPC 3, 5, 7, 9, ..., HTTP 4xx but 429),
+  a prompt blocked by promptFeedback.blockReason, or a safety finishReason with no image
+  (safety=True for the last two: fallback_model is not tried for them);
+- retry: a retryable per-line error (gRPC 2, 4, 8, 10, 13, 14; HTTP 429, 500, 503, 504), an
+  error with no code, a response with no image and no safety block, a malformed line.
+Usage comes from usageMetadata: output_image = IMAGE entries of candidatesTokensDetails,
+output_text = candidatesTokenCount minus those (never negative), thinking = thoughtsTokenCount.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import pybase64
+
+from pipeline.core.values import Usage
+
+Kind = Literal["succeeded", "retry", "final"]
+
+GRPC_CODES: Final = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+RETRYABLE_GRPC: Final = frozenset({2, 4, 8, 10, 13, 14})
+RETRYABLE_HTTP: Final = frozenset({429, 500, 503, 504})
+HTTP_STATUS: Final = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+SAFETY_FINISH_REASONS: Final = frozenset(
+    {
+        "IMAGE_SAFETY",
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "IMAGE_PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+    }
+)
+_URLSAFE: Final = str.maketrans("-_", "+/")
+FINAL_STATUS_NAMES: Final = (
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "OUT_OF_RANGE",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+)
+"""The 400-class gRPC names: a Vertex line whose status names one fails for good."""
+_STATUS_NAME: Final = re.compile(r"\b(" + "|".join(GRPC_CODES.values()) + r")\b")
+_STATUS_HTTP: Final = re.compile(
+    r"(?:\b(?:code|error|status)\b\W{0,3}|\bHTTP(?:/[\d.]+)?\s+|^)([1-5]\d\d)\b", re.IGNORECASE
+)
+_FINAL_HTTP_PHRASES: Final = re.compile(
+    r"\b(bad request|unauthorized|forbidden|not found)\b", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class LineOutcome:
+    key: str | None
+    kind: Kind
+    reason: str | None
+    """None on success; e.g. "grpc 13 INTERNAL: ...", "safety: IMAGE_SAFETY"."""
+    safety: bool
+    """True for safety blocks (fallback_model is not tried for these)."""
+    image_b64: str | None
+    """Base64 text of the last non-thought image part."""
+    mime: str | None
+    usage: Usage | None
+
+
+def _code(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def classify_error(status: Mapping[str, Any]) -> tuple[Literal["retry", "final"], str]:
+    """A google.rpc.Status (gRPC code, or an HTTP code should a line carry one) to an outcome
+    and a reason such as "grpc 13 INTERNAL: message". No code at all counts as 2 UNKNOWN."""
+    code = _code(status.get("code"))
+    message = status.get("message")
+    tail = f": {message}" if message else ""
+    if code is None or code in GRPC_CODES:
+        code = 2 if code is None else code
+        kind: Literal["retry", "final"] = "retry" if code in RETRYABLE_GRPC else "final"
+        return kind, f"grpc {code} {GRPC_CODES[code]}{tail}"
+    name = status.get("status") if isinstance(status.get("status"), str) else None
+    name = name or HTTP_STATUS.get(code, "")
+    label = f"http {code} {name}".rstrip()
+    return ("retry" if code in RETRYABLE_HTTP else "final"), label + tail
+
+
+def classify_status(status: Any) -> tuple[Literal["retry", "final"], str]:
+    """A Vertex AI prediction line's non-empty `status` to an outcome and a reason.
+
+    Its format is not documented (opaque text in the samples), so: a google.rpc.Status
+    object, or text holding one as JSON (also wrapped as {"error": {...}}), is read as such;
+    other text fails for good when it names a 400-class gRPC status (FINAL_STATUS_NAMES) or
+    an HTTP 4xx other than 429, and is retried otherwise (CONTRACT section 10)."""
+    if isinstance(status, Mapping):
+        inner = status.get("error")
+        return classify_error(inner if isinstance(inner, Mapping) else status)
+    text = str(status).strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, Mapping) and ("code" in parsed or "error" in parsed):
+            return classify_status(parsed)
+    reason = f"status: {text[:500]}"
+    name = _STATUS_NAME.search(text)
+    if name is not None:
+        return ("final" if name.group(1) in FINAL_STATUS_NAMES else "retry"), reason
+    http = _STATUS_HTTP.search(text)
+    if http is not None:
+        code = int(http.group(1))
+        return ("final" if 400 <= code < 500 and code != 429 else "retry"), reason
+    if _FINAL_HTTP_PHRASES.search(text):
+        return "final", reason
+    return "retry", reason
+
+
+def _int(mapping: Mapping[str, Any], key: str) -> int:
+    value = mapping.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _usage(response: Mapping[str, Any]) -> Usage | None:
+    meta = response.get("usageMetadata")
+    if not isinstance(meta, Mapping):
+        return None
+    details = meta.get("candidatesTokensDetails") or []
+    image = sum(
+        _int(d, "tokenCount")
+        for d in details
+        if isinstance(d, Mapping) and d.get("modality") == "IMAGE"
+    )
+    return Usage(
+        input=_int(meta, "promptTokenCount"),
+        output_image=image,
+        output_text=max(0, _int(meta, "candidatesTokenCount") - image),
+        thinking=_int(meta, "thoughtsTokenCount"),
+    )
+
+
+def _candidates(response: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = response.get("candidates")
+    if not isinstance(found, list):
+        return []
+    return [c for c in found if isinstance(c, Mapping)]
+
+
+def _last_image(candidates: list[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(base64 data, mime type) of the last non-thought image part, or None."""
+    last: tuple[str, str] | None = None
+    for candidate in candidates:
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, Mapping) else None
+        for part in parts if isinstance(parts, list) else ():
+            if not isinstance(part, Mapping) or part.get("thought") is True:
+                continue
+            inline = part.get("inlineData") or part.get("inline_data")
+            if not isinstance(inline, Mapping):
+                continue
+            mime = inline.get("mimeType") or inline.get("mime_type") or ""
+            data = inline.get("data")
+            if isinstance(mime, str) and mime.startswith("image/") and isinstance(data, str):
+                last = (data, mime)
+    return last
+
+
+def _no_image(key: str | None, response: Mapping[str, Any], usage: Usage | None) -> LineOutcome:
+    feedback = response.get("promptFeedback")
+    block = feedback.get("blockReason") if isinstance(feedback, Mapping) else None
+    if block:
+        return LineOutcome(key, "final", f"blocked: {block}", True, None, None, usage)
+    candidates = _candidates(response)
+    reasons = [str(c["finishReason"]) for c in candidates if c.get("finishReason")]
+    for reason in reasons:
+        if reason in SAFETY_FINISH_REASONS:
+            return LineOutcome(key, "final", f"safety: {reason}", True, None, None, usage)
+    if reasons:
+        shown = f"finishReason {', '.join(reasons)}"
+    else:
+        shown = "no finishReason" if candidates else "no candidates"
+    return LineOutcome(key, "retry", f"no image in response ({shown})", False, None, None, usage)
+
+
+def classify_line(line: Mapping[str, Any]) -> LineOutcome:
+    """The outcome of one parsed results line (see the module docstring for the rules)."""
+    raw_key = line.get("key")
+    key = None if raw_key is None else str(raw_key)
+    error = line.get("error")
+    if isinstance(error, Mapping):
+        kind, reason = classify_error(error)
+        return LineOutcome(key, kind, reason, False, None, None, None)
+    response = line.get("response")
+    status = line.get("status")
+    if status:  # Vertex: "" on success, the error otherwise
+        kind, reason = classify_status(status)
+        usage = _usage(response) if isinstance(response, Mapping) else None
+        return LineOutcome(key, kind, reason, False, None, None, usage)
+    if not isinstance(response, Mapping):
+        reason = "malformed line: neither response nor error"
+        return LineOutcome(key, "retry", reason, False, None, None, None)
+    usage = _usage(response)
+    image = _last_image(_candidates(response))
+    if image is None:
+        return _no_image(key, response, usage)
+    return LineOutcome(key, "succeeded", None, False, image[0], image[1], usage)
+
+
+# An image payload inside a results line: `"data": "<base64>"`. Base64 holds no quote or
+# backslash, so the value ends at the next quote; a line where that is not so is parsed whole.
+_DATA_VALUE: Final = re.compile(rb'"data"\s*:\s*"')
+PAYLOAD_PREFIX: Final = "\x00payload:"
+
+
+def parse_line(raw: bytes) -> tuple[dict[str, Any], list[memoryview]]:
+    """Parse one results line without running its base64 payloads through the JSON parser.
+
+    Each `"data"` string value is cut out (a memoryview of `raw`, no copy) and replaced in
+    the parsed object by PAYLOAD_PREFIX + its index; `payload_bytes` maps it back. A JSON
+    scan of megabytes of base64 costs as much as decoding it, and this skips it.
+    ValueError when the line is not JSON.
+    """
+    view = memoryview(raw)
+    pieces: list[bytes] = []
+    payloads: list[memoryview] = []
+    pos = 0
+    for match in _DATA_VALUE.finditer(raw):
+        start = match.end()
+        end = raw.find(b'"', start)
+        if end < 0 or raw.find(b"\\", start, end) >= 0:
+            return _whole(raw)
+        # Written as a JSON escape: the parsed value starts with a NUL no base64 can have.
+        pieces += [raw[pos:start], b"\\u0000payload:%d" % len(payloads)]
+        payloads.append(view[start:end])
+        pos = end
+    if not payloads:
+        return _whole(raw)
+    pieces.append(raw[pos:])
+    return json.loads(b"".join(pieces)), payloads
+
+
+def _whole(raw: bytes) -> tuple[dict[str, Any], list[memoryview]]:
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("a results line must be a JSON object")
+    return obj, []
+
+
+def payload_bytes(b64: str, payloads: list[memoryview]) -> str | memoryview:
+    """The base64 text a parsed value stands for (itself, or the payload it points at)."""
+    if b64.startswith(PAYLOAD_PREFIX):
+        return payloads[int(b64[len(PAYLOAD_PREFIX) :])]
+    return b64
+
+
+def decode_image(b64: str | bytes | memoryview) -> bytes:
+    """Image bytes from base64 text in the standard or urlsafe alphabet (padding optional);
+    ValueError when it is not valid base64. Bytes in the standard alphabet decode without
+    a copy; anything else goes through the tolerant text path."""
+    if not isinstance(b64, str):
+        try:
+            # pybase64 (SIMD) is ~50x faster than binascii, which holds the GIL for every
+            # megabyte: in a harvest it was most of the time one core could give.
+            return pybase64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            b64 = bytes(b64).decode("ascii", errors="replace")
+    if "-" in b64 or "_" in b64:
+        b64 = b64.translate(_URLSAFE)
+    if len(b64) % 4:
+        b64 += "=" * (-len(b64) % 4)
+    try:
+        return binascii.a2b_base64(b64, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"image data is not valid base64: {exc}") from exc

@@ -1,0 +1,258 @@
+"""Recording a new run's table in the ledger in one streaming pass: each item row is written
+once, already packed into its batch (state `in_batch`, with its attempt row), so a
+million-row table is read, checked and recorded without a second pass over the items.
+Items come column by column (`expand.Items`, a block at a time) and are hashed, packed and
+written a slice at a time, with no object per row.
+
+Items whose image name is taken at the output location (`taken`) are recorded failed for good
+and never packed, so nothing is sent for them. Items whose content another run already
+stored stay `queued`: the tick serves them from the
+prompt cache or, on a miss, forms them into batches then (`submit.form_batches`, which also
+packs retried items). Everything happens in the caller's transaction: a crash records nothing.
+
+The first batches' JSONL files are written to the spool folder as they are packed, from the
+lines measured for packing (`shardfile`), so the first tick uploads them without reading the
+rows back. Later batches wait, possibly for hours, for quota: their files are built when they
+are submitted, which keeps the spool folder to a bounded size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.adapters import shardfile
+from pipeline.adapters.drill import crashpoint
+from pipeline.adapters.ledger import repo
+from pipeline.core import expand, shard
+from pipeline.core.spec import JobSpec
+from pipeline.shell.taken import TakenNames
+
+CHUNK = 5000
+"""Rows per executemany, and per prompt-cache lookup."""
+WRITTEN_BATCHES = 100
+"""Batches whose files are written while the run is recorded: the service's live-batch limit,
+so at most what one tick can submit."""
+
+
+@dataclass
+class Recorded:
+    items: int = 0
+    rejects: int = 0
+    failed: int = 0
+    """Items failed for good before anything was sent (their name is taken)."""
+    batches: int = 0
+    est_nanos: int = 0
+    """Batch-price estimate of every item."""
+
+
+class _OpenBatch:
+    """The batch being filled: its id, running totals and, for the first ones, its file."""
+
+    def __init__(self, opened: repo.OpenedBatch, spool: Path | None) -> None:
+        self.id = opened.id
+        self.items = self.tokens = self.nanos = 0
+        self.file: shardfile.ShardWriter | None = None
+        if spool is not None and opened.seq <= WRITTEN_BATCHES:
+            self.file = shardfile.ShardWriter(spool, opened.display_name)
+
+
+class _Recorder:
+    def __init__(
+        self,
+        conn: Any,
+        run_id: str,
+        spec: JobSpec,
+        now: datetime,
+        use_cache: bool,
+        spool: Path | None,
+        taken: TakenNames | None,
+    ):
+        self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
+        self.spool = spool
+        self.taken = taken if taken is not None and not taken.idle else None
+        self.written: list[shardfile.ShardWriter] = []
+        """Files written so far: removed again if the run is not recorded."""
+        # A ledger with no stored image of another run cannot serve this one from the cache.
+        self.use_cache = use_cache and repo.any_stored_image(conn, run_id)
+        self.packer = shard.Packer(shard.limits_for(spec))
+        self.batch: _OpenBatch | None = None
+        self.done = Recorded()
+
+    def items(self, items: expand.Items) -> None:
+        """Record a slice of items: cached content stays queued (the cache or, on a miss,
+        `form_batches` checks its name later), items whose name is taken fail, the rest is
+        packed."""
+        hashes = expand.prompt_hashes(self.model, items)
+        self.done.items += len(items)
+        self.done.est_nanos += sum(e.batch_nanos for e in items.estimates)
+        hits = repo.cached_hashes(self.conn, hashes, self.run_id) if self.use_cache else set()
+        if hits:
+            cached = [i for i, sha in enumerate(hashes) if sha in hits]
+            queued = items.pick(cached)
+            self._write(queued, [hashes[i] for i in cached], queued.tokens(), "queued", None)
+            rest = [i for i, sha in enumerate(hashes) if sha not in hits]
+            items, hashes = items.pick(rest), [hashes[i] for i in rest]
+        if len(items) and self.taken is not None:
+            items, hashes = self._fail_taken(self.taken, items, hashes)
+        if len(items):
+            self._pack(items, hashes)
+
+    def _fail_taken(
+        self, taken: TakenNames, items: expand.Items, hashes: list[str]
+    ) -> tuple[expand.Items, list[str]]:
+        """Record the items whose name is taken as failed for good; return the others."""
+        reasons = taken.among(self.conn, items.keys)
+        if not reasons:
+            return items, hashes
+        failed = sorted(reasons)
+        part = items.pick(failed)
+        self._write(part, [hashes[i] for i in failed], part.tokens(), "failed", None)
+        repo.fail_items_for_good(
+            self.conn,
+            self.run_id,
+            [(items.keys[i], reasons[i]) for i in failed],
+            "failed",
+            self.now,
+        )
+        self.done.failed += len(failed)
+        self.done.est_nanos -= sum(e.batch_nanos for e in part.estimates)  # never sent
+        keep = [i for i in range(len(items)) if i not in reasons]
+        return items.pick(keep), [hashes[i] for i in keep]
+
+    def _pack(self, items: expand.Items, hashes: list[str]) -> None:
+        """Split the items where the packer opens a batch; each run of them goes to its batch
+        (the first run to the batch already open, if it does not start a new one)."""
+        lines = expand.request_lines(items)
+        tokens = items.tokens()
+        bounds = [*self.packer.starts(list(map(len, lines)), tokens), len(items)]
+        if bounds[0] > 0:
+            self._add(items, hashes, lines, tokens, 0, bounds[0])
+        for start, stop in itertools.pairwise(bounds):
+            self._open_batch()
+            self._add(items, hashes, lines, tokens, start, stop)
+
+    def _add(
+        self,
+        items: expand.Items,
+        hashes: list[str],
+        lines: list[bytes],
+        tokens: list[int],
+        start: int,
+        stop: int,
+    ) -> None:
+        """Items [start, stop) of these parallel lists into the open batch."""
+        batch = self.batch
+        assert batch is not None  # the first item always opens one
+        part, part_tokens = items.slice(start, stop), tokens[start:stop]
+        batch.items += len(part)
+        batch.tokens += sum(part_tokens)
+        batch.nanos += sum(e.batch_nanos for e in part.estimates)
+        self._write(part, hashes[start:stop], part_tokens, "in_batch", batch.id)
+        if batch.file is not None:
+            batch.file.write(b"".join(lines[start:stop]))
+
+    def _write(
+        self,
+        items: expand.Items,
+        hashes: list[str],
+        tokens: list[int],
+        state: str,
+        batch_id: int | None,
+    ) -> None:
+        """Insert the items' rows (repo.ITEM_ROW order), all in `state` and `batch_id`."""
+        if not len(items):
+            return
+        rows = list(
+            # strict=False: repeat() is endless; the zip ends with the item columns.
+            zip(
+                itertools.repeat(self.run_id),
+                items.keys,
+                items.rows,
+                items.prompts,
+                hashes,
+                items.ratios,
+                items.sizes,
+                itertools.repeat(self.model),
+                tokens,
+                strict=False,
+            )
+        )
+        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id)
+
+    def _open_batch(self) -> None:
+        self.close()
+        opened = repo.open_batch(self.conn, self.run_id, self.model, self.now)
+        self.batch = _OpenBatch(opened, self.spool)
+        if self.batch.file is not None:
+            self.written.append(self.batch.file)
+        self.done.batches += 1
+
+    def close(self) -> None:
+        """Close the batch being filled (its items are already written: its attempts need
+        them)."""
+        if self.batch is None:
+            return
+        batch, self.batch = self.batch, None
+        sha = batch.file.finish() if batch.file is not None else None
+        crashpoint("record.batch_closed")
+        repo.close_batch(
+            self.conn,
+            self.run_id,
+            batch.id,
+            self.model,
+            batch.items,
+            batch.tokens,
+            batch.nanos,
+            self.now,
+            sha,
+        )
+
+    def discard_files(self) -> None:
+        for file in self.written:
+            file.discard()
+
+
+def record_expansion(
+    conn: Any,
+    run_id: str,
+    spec: JobSpec,
+    blocks: Iterable[expand.Expanded],
+    now: datetime,
+    *,
+    use_cache: bool,
+    spool: Path | None = None,
+    taken: TakenNames | None = None,
+) -> Recorded:
+    """Write the run's items (packed into queued batches) and rejects; return the counts.
+    With `spool`, the first batches' files are written there too (removed again on error).
+    With `taken`, items whose image name is taken at the output location fail for good."""
+    recorder = _Recorder(conn, run_id, spec, now, use_cache, spool, taken)
+    try:
+        _record(recorder, conn, run_id, blocks)
+    except BaseException:
+        recorder.discard_files()
+        raise
+    return recorder.done
+
+
+def _record(recorder: _Recorder, conn: Any, run_id: str, blocks: Iterable[expand.Expanded]) -> None:
+    for block in blocks:
+        items = block.items
+        for start in range(0, len(items), CHUNK):
+            recorder.items(items.slice(start, start + CHUNK))
+        rejects = block.rejects
+        recorder.done.rejects += len(rejects)
+        for start in range(0, len(rejects), CHUNK):
+            repo.insert_rejects(
+                conn,
+                [
+                    {"run_id": run_id, "row": r.row, "key": r.key, "reason": r.reason}
+                    for r in rejects[start : start + CHUNK]
+                ],
+            )
+    recorder.close()

@@ -1,0 +1,142 @@
+"""Polling live batches: read their remote state (a few list pages instead of one get per
+batch when many are live, per channel) and move each to done (any end with output to
+harvest), failed, expired or cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection
+
+from pipeline.adapters.drill import crashpoint
+from pipeline.adapters.gemini import BatchBackend, RemoteBatch
+from pipeline.adapters.ledger import repo
+from pipeline.adapters.log import get_logger
+from pipeline.core.errors import ApiError, AuthError, StaleTransition
+from pipeline.core.states import BatchState, remote_outcome
+from pipeline.shell.context import Context
+from pipeline.shell.harvest import settle_without_output
+
+log = get_logger()
+LIST_WHEN_MORE_THAN = 10
+
+
+def poll_batches(ctx: Context, runs: dict[str, repo.RunRow]) -> int:
+    """Poll every running batch; returns how many changed state."""
+    with ctx.engine.connect() as conn:
+        live = [b for b in repo.batches_in(conn, ["running"]) if b.run_id in runs]
+    if not live:
+        return 0
+    remote: dict[str, RemoteBatch] = {}
+    lost: set[str] = set()
+    for group in _by_channel(live, runs).values():
+        states, gone = _remote_states(ctx, group, ctx.backend_for(runs[group[0].run_id]))
+        remote.update(states)
+        lost |= gone
+    changed = 0
+    for batch in live:
+        run = runs[batch.run_id]
+        found = remote.get(batch.remote_name or "")
+        try:
+            if found is not None and _apply(ctx, batch, run, found):
+                changed += 1
+            elif batch.remote_name in lost:
+                with ctx.engine.begin() as conn:
+                    _end_without_output(ctx, conn, batch, run, "failed", "NOT_FOUND on the service")
+                changed += 1
+        except StaleTransition:
+            # An overlapping tick moved this batch first: its work, not an error.
+            log.info("batch_poll_skipped", batch=batch.display_name, reason="moved by another tick")
+    return changed
+
+
+def _by_channel(
+    live: Sequence[repo.BatchRow], runs: dict[str, repo.RunRow]
+) -> dict[str | None, list[repo.BatchRow]]:
+    """Live batches grouped by their run's channel (each group is one backend)."""
+    groups: dict[str | None, list[repo.BatchRow]] = {}
+    for batch in live:
+        groups.setdefault(runs[batch.run_id].channel, []).append(batch)
+    return groups
+
+
+def _remote_states(
+    ctx: Context, live: Sequence[repo.BatchRow], backend: BatchBackend
+) -> tuple[dict[str, RemoteBatch], set[str]]:
+    """Remote state of each live batch, and the names the service no longer knows (404)."""
+    wanted = {b.remote_name for b in live if b.remote_name}
+    found: dict[str, RemoteBatch] = {}
+    lost: set[str] = set()
+    if len(wanted) > LIST_WHEN_MORE_THAN:
+        for remote in backend.list_batches(page_size=100):
+            if remote.name in wanted:
+                found[remote.name] = remote
+    for name in wanted - found.keys():
+        try:
+            found[name] = backend.get_batch(name)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            if exc.code == 404:
+                lost.add(name)
+            log.warning("batch_poll_failed", remote=name, error=str(exc)[:200])
+    return found, lost
+
+
+def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteBatch) -> bool:
+    outcome = remote_outcome(remote.state)
+    now = ctx.now()
+    with ctx.engine.begin() as conn:
+        if outcome == "running":
+            if remote.state != batch.remote_state:
+                repo.update_batch(conn, batch.id, remote_state=remote.state)
+            return False
+        # Whatever the end, output is harvested: a Vertex job that FAILED, EXPIRED or was
+        # CANCELLED keeps the rows it completed (PARTIALLY_SUCCEEDED counts as succeeded).
+        if remote.output_file:
+            repo.transition_batch(
+                conn,
+                batch.id,
+                BatchState.RUNNING,
+                BatchState.DONE,
+                now,
+                remote.state,
+                remote_state=remote.state,
+                output_file=remote.output_file,
+                finished_at=now,
+            )
+        else:
+            _end_without_output(ctx, conn, batch, run, outcome, remote.state)
+    crashpoint("poll.finished")
+    log.info("batch_finished", run=batch.run_id, batch=batch.display_name, state=remote.state)
+    return True
+
+
+def _end_without_output(
+    ctx: Context,
+    conn: Connection,
+    batch: repo.BatchRow,
+    run: repo.RunRow,
+    outcome: str,
+    remote_state: str,
+) -> None:
+    target = {"failed": BatchState.FAILED, "expired": BatchState.EXPIRED}.get(
+        outcome, BatchState.CANCELLED
+    )
+    now = ctx.now()
+    repo.transition_batch(
+        conn,
+        batch.id,
+        BatchState.RUNNING,
+        target,
+        now,
+        remote_state,
+        remote_state=remote_state,
+        finished_at=now,
+    )
+    if target is BatchState.CANCELLED and run.state == "cancelled":
+        settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled")
+    else:
+        reason = f"batch {outcome} without output ({remote_state})"
+        settle_without_output(ctx, conn, batch, run, "retry", reason)
