@@ -6,6 +6,10 @@ emulator's own prediction lines."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -142,3 +146,43 @@ def test_google_genai_use_vertexai_does_not_change_a_gemini_spec(e2e: Any) -> No
     assert json.loads(result.stdout)["summary"]["succeeded"] == 4
     kinds = {e["kind"] for e in e2e.emu.request_log}
     assert "create" in kinds and not any(k.startswith("vertex") for k in kinds)
+
+
+def test_readme_vertex_example_runs_on_the_emulators(
+    tmp_path: Path, gcs_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's commands: a GCS emulator with the staging bucket, STORAGE_EMULATOR_HOST,
+    then `nanobatch run jobs/vertex-example.toml --emulator` (a fresh process, from a copy of
+    jobs/) exits 0 with every image stored."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "nanobatch run jobs/vertex-example.toml --emulator\n" in readme
+    assert '"name": "nanobatch-example"' in readme
+    shutil.copytree(root / "jobs", tmp_path / "jobs")
+    gcs_server.make_bucket("nanobatch-example")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)  # for this test's own reads
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NANOBATCH_", "GEMINI_", "GOOGLE_"))
+    }
+    env.update(
+        STORAGE_EMULATOR_HOST=gcs_server.url, PYTHONPATH=str(root), NANOBATCH_LOG_FORMAT="json"
+    )
+    command = ["run", "jobs/vertex-example.toml", "--emulator", "--poll-interval", "0.2", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["summary"]["succeeded"] == len(report["items"]) > 0
+    for item in report["items"]:
+        assert Path(item["uri"]).is_relative_to(tmp_path / "out" / "vertex-example")
+    staged = objects("nanobatch-example", "staging/")
+    assert any(name.endswith("/input.jsonl") for name in staged)
+    assert any("/predictions/prediction-model-" in name for name in staged)
