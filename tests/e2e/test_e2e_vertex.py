@@ -186,3 +186,14 @@ def test_readme_vertex_example_runs_on_the_emulators(
     staged = objects("nanobatch-example", "staging/")
     assert any(name.endswith("/input.jsonl") for name in staged)
     assert any("/predictions/prediction-model-" in name for name in staged)
+
+
+def test_submit_checks_the_staging_prefix_before_recording(e2e: Any, gcs_env: str) -> None:
+    """A staging bucket that does not exist: submit exits 1 naming it, records nothing and
+    creates no job."""
+    vertex_world(e2e, "no-such-staging-bucket", f"gs://{gcs_env}/out/{{job}}")
+    result = e2e.invoke("submit", str(e2e.spec_path))
+    assert result.code == 1
+    assert "gs://no-such-staging-bucket" in result.stderr and "nothing was spent" in result.stderr
+    assert e2e.invoke("status", "--json").json() == {"runs": []}
+    assert e2e.emu.vertex_jobs() == []
