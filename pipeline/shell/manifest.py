@@ -36,6 +36,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("cost_usd", pa.float64()),
         pa.field("cached", pa.bool_()),
         pa.field("error", pa.string()),
+        pa.field("duplicates", pa.int64()),
         pa.field("prompt", pa.string()),
         pa.field("aspect_ratio", pa.string()),
         pa.field("image_size", pa.string()),

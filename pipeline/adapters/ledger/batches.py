@@ -21,7 +21,16 @@ from sqlalchemy import (
 )
 
 from pipeline.adapters.ledger.items import transition_items
-from pipeline.adapters.ledger.rows import ATTEMPTS, BATCHES, ITEMS, BatchRow, RunRow, _batch, _event
+from pipeline.adapters.ledger.rows import (
+    ATTEMPTS,
+    BATCHES,
+    ITEMS,
+    RUNS,
+    BatchRow,
+    RunRow,
+    _batch,
+    _event,
+)
 from pipeline.core.errors import InvalidTransition, StaleTransition
 from pipeline.core.states import (
     LIVE_BATCH_STATES,
@@ -179,22 +188,29 @@ def batch_state_counts(conn: Connection, run_id: str) -> dict[str, int]:
 
 
 def live_tokens(conn: Connection, model: str) -> int:
-    """Estimated enqueued tokens of the model's live batches (all runs)."""
+    """Estimated enqueued tokens of the model's live batches on the Developer API (all runs;
+    Vertex AI batch prediction has no enqueued-token quota, so its batches do not count)."""
     return int(
         conn.execute(
-            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0)).where(
+            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0))
+            .select_from(BATCHES.join(RUNS, RUNS.c.id == BATCHES.c.run_id))
+            .where(
                 BATCHES.c.model == model,
                 BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]),
+                RUNS.c.channel.is_(None),
             )
         ).scalar_one()
     )
 
 
-def live_batch_count(conn: Connection) -> int:
+def live_batch_count(conn: Connection, vertex: bool = False) -> int:
+    """Live batches on the Developer API, or (vertex=True) on Vertex AI: each service has
+    its own limit."""
+    on_channel = RUNS.c.channel.is_not(None) if vertex else RUNS.c.channel.is_(None)
     return conn.execute(
         select(func.count())
-        .select_from(BATCHES)
-        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]))
+        .select_from(BATCHES.join(RUNS, RUNS.c.id == BATCHES.c.run_id))
+        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]), on_channel)
     ).scalar_one()
 
 

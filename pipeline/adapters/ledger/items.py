@@ -85,7 +85,7 @@ def batch_request_rows(
     result = conn.execution_options(stream_results=True).exec_driver_sql(
         "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size FROM attempts "
         f"JOIN items ON items.id = attempts.item_id WHERE attempts.batch_id = {mark} "
-        "ORDER BY items.id",
+        "AND attempts.duplicate = 0 ORDER BY items.id",
         (batch_id,),
     )
     # Through the result, not its DBAPI cursor: with stream_results SQLAlchemy has already
@@ -116,9 +116,24 @@ def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
                 ITEMS.c.batch_id,
             )
             .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
-            .where(ATTEMPTS.c.batch_id == batch_id)
+            .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.duplicate == 0)
         )
     )
+
+
+def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Billed duplicate lines (attempt rows with `duplicate` >= 1), each once: a replayed
+    harvest inserts the same (item, batch, duplicate) again, which does nothing."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(ATTEMPTS).on_conflict_do_nothing(
+        index_elements=["item_id", "batch_id", "duplicate"]
+    )
+    conn.execute(statement, list(rows))
 
 
 def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:
