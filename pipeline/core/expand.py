@@ -475,7 +475,13 @@ class _Rules:
         if not value:
             return default
         if value not in valid:
-            return _Bad(f"{column} '{value}' is not valid; valid: {', '.join(valid)}")
+            # A size the model makes but this channel's batch does not serve names the limit.
+            limit = (
+                f" ({self.info.size_limit})"
+                if column == SIZE_COLUMN and self.info.size_limit
+                else ""
+            )
+            return _Bad(f"{column} '{value}' is not valid{limit}; valid: {', '.join(valid)}")
         return value
 
 

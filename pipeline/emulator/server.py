@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.emulator import lines, models
+from pipeline.emulator import lines, models, vertex
 from pipeline.emulator.batches import Batches
 from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import State
@@ -45,10 +45,17 @@ class EmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], state: State, batches: Batches) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        state: State,
+        batches: Batches,
+        vertex_jobs: vertex.VertexJobs | None = None,
+    ) -> None:
         super().__init__(address, Handler)
         self.state = state
         self.batches = batches
+        self.vertex = vertex_jobs or vertex.VertexJobs(state)
 
 
 def route(method: str, path: str, query: dict[str, list[str]]) -> tuple[str, str, list[str]]:
@@ -79,6 +86,9 @@ def _match(method: str, marker: str, rest: list[str], has_upload_id: bool) -> tu
         kind = MODEL_METHODS.get(verb)
         if kind:
             return kind, [model]
+    found = vertex.match(method, rest)
+    if found is not None:
+        return found
     if rest == ["batches"] and method == "GET":
         return "list", []
     if len(rest) == 2 and rest[0] == "batches":
@@ -125,7 +135,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             kind, self._version, args = route(self.command, url.path, self._query)
             self._entry["kind"] = kind
-            if kind != "upload_chunk":
+            if kind == "vertex":  # Vertex AI: OAuth bearer tokens, not API keys
+                vertex.check_auth(self.headers.get("Authorization"))
+            elif kind != "upload_chunk":
                 self._check_key()
             getattr(self, f"_on_{kind}")(*args)
         except ApiError as exc:
@@ -286,6 +298,26 @@ class Handler(BaseHTTPRequestHandler):
                 sent += len(data)
                 if rate:
                     time.sleep(len(data) / rate)
+
+    # --- Vertex AI batch prediction (pipeline.emulator.vertex) -----------------------------
+
+    def _on_vertex(self, op: str, project: str, location: str, job_id: str) -> None:
+        self._entry["kind"] = f"vertex_{op}"
+        page = (
+            int((self._query.get("pageSize") or ["0"])[0] or 0),
+            (self._query.get("pageToken") or [""])[0],
+        )
+        body = self._read_json() if op == "create" else {}
+        if op == "cancel":
+            self._read_json()
+        answer, self._entry["batch"] = vertex.serve(
+            self.server.vertex, op, project, location, job_id, body, page
+        )
+        if answer is vertex.LOST:  # the create took effect; its answer never arrives
+            self._entry["status"] = "lost"
+            self.close_connection = True
+            return
+        self._send_json(200, answer)
 
     # --- batches ---------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("cost_usd", pa.float64()),
         pa.field("cached", pa.bool_()),
         pa.field("error", pa.string()),
+        pa.field("duplicates", pa.int64()),
         pa.field("references", pa.list_(pa.string())),
         pa.field("seed", pa.int64()),
         pa.field("prompt", pa.string()),

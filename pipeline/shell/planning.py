@@ -5,7 +5,7 @@ and no ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +20,18 @@ from pipeline.core.values import nanos_to_usd, usd_to_nanos
 OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")
 
 
-def load_spec(path: Path, catalog: Catalog | None = None) -> JobSpec:
-    """Read and validate a spec file; SpecError naming the file when it cannot be read."""
+def load_spec(
+    path: Path, catalog: Catalog | None = None, defaults: Mapping[str, str] | None = None
+) -> JobSpec:
+    """Read and validate a spec file; SpecError naming the file when it cannot be read.
+    `defaults`: a Vertex channel's project and location (Settings.channel_defaults)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file; job specs live in jobs/*.toml") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc})") from None
-    return parse_spec(text, path.resolve(), catalog or load_catalog())
+    return parse_spec(text, path.resolve(), catalog or load_catalog(), defaults)
 
 
 def nothing_to_do(spec: JobSpec, rejected: int) -> UsageError:
@@ -102,6 +105,7 @@ class Plan:
     standard_nanos: int = 0
     quota_windows: int = 0
     max_enqueued_tokens: int = 0
+    channel: str = "gemini"
     by_size: dict[str, SizeLine] = field(default_factory=dict)
     """By image size ("" for a model without sizes)."""
     rejects: list[expand.Reject] = field(default_factory=list)
@@ -145,7 +149,9 @@ class Plan:
                 },
             },
             "quota_windows": self.quota_windows,
-            "max_enqueued_tokens": self.max_enqueued_tokens,
+            # Vertex AI batch prediction has no enqueued-token quota: the spec's is ignored.
+            "max_enqueued_tokens": self.max_enqueued_tokens if self.channel == "gemini" else None,
+            "channel": self.channel,
             "references": self.references,
             "variants": self.variants,
             "budget_usd": nanos_to_usd(self.budget_nanos)
@@ -157,16 +163,18 @@ class Plan:
 
 def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
     """Expand and shard the spec's table in one streaming pass."""
-    info = catalog.get(spec.model)
+    info = catalog.for_channel(spec.channel.kind).get(spec.model)
     budget = spec.limits.budget_usd
     plan = Plan(
         job=spec.name,
         model=spec.model,
         max_enqueued_tokens=spec.limits.max_enqueued_tokens,
         budget_nanos=usd_to_nanos(budget) if budget is not None else None,
+        channel=spec.channel.kind,
         variants=spec.input.variants,
     )
-    packer = shard.Packer(shard.limits_for(spec))
+    limits = shard.limits_for(spec, catalog)
+    packer = shard.Packer(limits)
     for block in expansion(spec, info):
         plan.rejected += len(block.rejects)
         plan.rejects.extend(block.rejects[: max(0, keep_rejects - len(plan.rejects))])
@@ -175,7 +183,7 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
         plan.references += sum(map(len, items.refs))
         lengths = expand.line_lengths(items)
         plan.batches += len(packer.starts(lengths, items.tokens()))
-    plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
+    plan.quota_windows = shard.quota_windows(plan.est_tokens, limits.max_tokens)
     return plan
 
 

@@ -42,10 +42,16 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
         f"estimate: ${est['batch_usd']:.4f} at batch price, "
         f"${est['standard_usd']:.4f} at standard price"
     )
-    click.echo(
-        f"quota: {est['tokens']:,} tokens over {plan.max_enqueued_tokens:,} enqueued "
-        f"tokens = {plan.quota_windows} quota window(s)"
-    )
+    if plan.channel == "gemini":
+        click.echo(
+            f"quota: {est['tokens']:,} tokens over {plan.max_enqueued_tokens:,} enqueued "
+            f"tokens = {plan.quota_windows} quota window(s)"
+        )
+    else:
+        click.echo(
+            f"quota: {est['tokens']:,} tokens; {plan.channel} batch has no enqueued-token "
+            f"quota = {plan.quota_windows} quota window(s)"
+        )
     for rej in plan.rejects:
         click.echo(f"  rejected row {rej.row} ({rej.key!r}): {printable(rej.reason)}")
 

@@ -37,11 +37,11 @@ from pipeline.core.errors import (
     StorageError,
     TransientApiError,
 )
-from pipeline.core.spec import JobSpec, resolve_output_uri, spec_record
+from pipeline.core.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
 from pipeline.core.states import BatchState
 from pipeline.core.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
 from pipeline.shell import intake, location, uploads
-from pipeline.shell.context import Context
+from pipeline.shell.context import Context, channel_of
 from pipeline.shell.location import Listing
 from pipeline.shell.reporting import write_tables
 from pipeline.shell.taken import TakenNames
@@ -116,7 +116,7 @@ def create_run(
             f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
             "written."
         ) from exc
-    check_service(ctx)
+    check_service(ctx, spec.channel)
     # Listed before the recording transaction opens: a long listing holds no ledger lock.
     with Listing.of(store) as listing:
         _record_run(
@@ -125,17 +125,25 @@ def create_run(
     return run_id, True
 
 
-def check_service(ctx: Context) -> None:
+def check_service(ctx: Context, channel: ChannelSpec | None = None) -> None:
     """One cheap call to the service before a run is recorded: a refused or missing key
     (AuthError, exit 2) or an unreachable service (exit 1) then leaves nothing behind that a
-    later submit would mistake for the run."""
+    later submit would mistake for the run. A Vertex channel's staging prefix must take a
+    file too (StorageError, exit 1)."""
+    channel = channel or ChannelSpec()
+    variable = "GOOGLE_VERTEX_BASE_URL" if channel.is_vertex else "GOOGLE_GEMINI_BASE_URL"
     try:
-        ctx.backend.check_access()
+        ctx.channel_backend(channel).check_access()
     except AuthError as exc:
         raise AuthError(f"{exc}; nothing was recorded", code=exc.code) from None
+    except StorageError as exc:
+        raise StorageError(
+            f"{exc}. Nothing was recorded and nothing was spent; submit again once the "
+            "staging prefix can be written."
+        ) from None
     except ApiError as exc:
         raise type(exc)(
-            f"{exc}; nothing was recorded: check the network and GOOGLE_GEMINI_BASE_URL "
+            f"{exc}; nothing was recorded: check the network and {variable} "
             "(unset it for the real service), then submit again",
             code=exc.code,
         ) from None
@@ -155,7 +163,7 @@ def _record_run(
 ) -> None:
     from pipeline.shell.planning import expansion, nothing_to_do
 
-    info = catalog.get(spec.model)
+    info = catalog.for_channel(spec.channel.kind).get(spec.model)
     now = ctx.now()
     with session_scope(ctx.engine) as session:
         conn = session.connection()
@@ -234,6 +242,7 @@ def _run_values(
         "overwrite": spec.output.overwrite,
         "use_cache": use_cache,
         "created_at": now,
+        "channel": spec.channel.to_json(),
     }
 
 
@@ -317,7 +326,7 @@ def _ref_count(refs: str | None) -> int:
 def _pack_model(
     ctx: Context, run: repo.RunRow, catalog: Catalog, model: str, rows: list[Any], limits: Any
 ) -> int:
-    info = catalog.get(model)
+    info = catalog.for_channel(channel_of(run).kind).get(model)
     estimate = pricing.Estimator(info)
     # Items moved to the fallback model keep the size asked of the primary: send (and
     # estimate) what this batch's model accepts, e.g. no imageSize for gemini-2.5-flash-image.
@@ -355,15 +364,17 @@ class Submitter:
         keepalive: Callable[[], object] | None = None,
     ) -> None:
         self.ctx = ctx
-        self._remote_by_display: dict[str, RemoteBatch] | None = None
+        self._remote_by_display: dict[str | None, dict[str, RemoteBatch]] = {}
         self.spend = SpendBook(ctx)
         self.isolation = isolation
+        self.runs: dict[str, repo.RunRow] = {}
         self.keepalive = keepalive
         """Renews the caller's scheduler lease during long work (many image uploads)."""
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
         """Create what may be created; with an Isolation, each batch's upload and create is
         its run's unit (a held run is skipped; a run whose files fail is held)."""
+        self.runs = dict(runs)
         created = 0
         with self.ctx.engine.connect() as conn:
             pending = repo.batches_in(conn, ["submitting", "queued"])
@@ -399,7 +410,7 @@ class Submitter:
     def _create(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx
         if batch.state == "submitting":
-            found = self._find_remote(batch.display_name)
+            found = self._find_remote(run, batch.display_name)
             if found is not None:
                 self._adopt(batch, found, "reconciled by display name")
                 return True
@@ -420,7 +431,7 @@ class Submitter:
             self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
-            remote = ctx.backend.create_batch(batch.model, file_name, batch.display_name)
+            remote = ctx.backend_for(run).create_batch(batch.model, file_name, batch.display_name)
         except AuthError:
             raise
         except TransientApiError as exc:
@@ -444,11 +455,12 @@ class Submitter:
                 has_refs = repo.run_has_references(conn, batch.run_id)
             files: dict[str, tuple[str, str]] = {}
             if has_refs:
-                files = uploads.prepare(ctx, batch, batch.run_id, self._keep(batch)).files
+                run = self._run_of(batch)
+                files = uploads.prepare(ctx, batch, run, self._keep(batch)).files
                 if not self._has_items(batch):
                     return None
             path = self._build_file(batch, spool, files)
-        remote = ctx.backend.upload_jsonl(path, batch.display_name)
+        remote = ctx.backend_for(self._run_of(batch)).upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
             repo.update_batch(conn, batch.id, file_name=remote.name, file_uploaded_at=ctx.now())
@@ -490,7 +502,7 @@ class Submitter:
         image's (mime type, file uri)."""
         make_private_dir(spool)
         path = shardfile.path_for(spool, batch.display_name)
-        info = load_catalog().get(batch.model)
+        info = load_catalog().for_channel(self._channel(batch).kind).get(batch.model)
         with self.ctx.engine.connect() as conn, open_private(path) as out:
             for key, prompt, ratio, size, seed, refs in repo.batch_request_rows(conn, batch.id):
                 # What the batch's model accepts (a fallback model may take no size).
@@ -566,12 +578,24 @@ class Submitter:
             fail_batch_items(ctx, conn, batch, f"batch create refused: {exc}"[:500])
         log.error("batch_create_refused", batch=batch.display_name, error=str(exc)[:300])
 
-    def _find_remote(self, display_name: str) -> RemoteBatch | None:
-        if self._remote_by_display is None:
-            self._remote_by_display = {
-                r.display_name: r for r in self.ctx.backend.list_batches() if r.display_name
+    def _find_remote(self, run: repo.RunRow, display_name: str) -> RemoteBatch | None:
+        """The service's batch with this display name, if the create took effect (its answer
+        may have been lost): one listing per channel per pass."""
+        if run.channel not in self._remote_by_display:
+            backend = self.ctx.backend_for(run)
+            self._remote_by_display[run.channel] = {
+                r.display_name: r for r in backend.list_batches() if r.display_name
             }
-        return self._remote_by_display.get(display_name)
+        return self._remote_by_display[run.channel].get(display_name)
+
+    def _run_of(self, batch: repo.BatchRow) -> repo.RunRow:
+        if batch.run_id not in self.runs:
+            with self.ctx.engine.connect() as conn:
+                self.runs[batch.run_id] = repo.get_run(conn, batch.run_id)
+        return self.runs[batch.run_id]
+
+    def _channel(self, batch: repo.BatchRow) -> ChannelSpec:
+        return channel_of(self._run_of(batch))
 
 
 class SpendBook:
@@ -621,9 +645,11 @@ def waiting_reason(
         return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
     with ctx.engine.connect() as conn:
         limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
-        if repo.live_batch_count(conn) >= limit:
+        vertex = run.channel is not None
+        if repo.live_batch_count(conn, vertex) >= limit:
             return f"{limit} batches are live (the service's limit)"
-        used = repo.live_tokens(conn, batch.model)
+        # Vertex AI batch prediction has no enqueued-token quota.
+        used = 0 if vertex else repo.live_tokens(conn, batch.model)
         if used and used + batch.est_tokens > run.max_enqueued_tokens:
             return (
                 f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import BinaryIO, Final
 
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.gemini import RemoteFile
+from pipeline.adapters.gemini import BatchBackend, RemoteFile
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.references import GcsOpener, HashingReader, open_source
@@ -63,16 +63,17 @@ def gcs_opener(ctx: Context) -> GcsOpener:
 def prepare(
     ctx: Context,
     batch: repo.BatchRow,
-    run_id: str,
+    run: repo.RunRow,
     keepalive: Callable[[], object] | None = None,
 ) -> Ready:
     """Upload (or reuse) every reference image of the batch's unsettled items; items whose
     image cannot be sent are settled `not_sent` and failed for good, naming it. `keepalive`
     is called after each image (the caller renews its leases: a thousand uploads take longer
     than one lease lives)."""
+    backend = ctx.backend_for(run)
     with ctx.engine.connect() as conn:
         shas = repo.batch_reference_shas(conn, batch.id)
-        sources = repo.run_references(conn, run_id, shas)
+        sources = repo.run_references(conn, run.id, shas)
     files: dict[str, tuple[str, str]] = {}
     failed: dict[str, str] = {}
     for sha in shas:
@@ -80,7 +81,7 @@ def prepare(
         if source is None:
             failed[sha] = f"reference image {sha[:12]}... has no recorded source"
             continue
-        found = _ready(ctx, source)
+        found = _ready(ctx, backend, source)
         if isinstance(found, _Problem):
             failed[sha] = str(found)
         else:
@@ -106,7 +107,7 @@ def _drop_items(ctx: Context, batch: repo.BatchRow, failed: dict[str, str]) -> N
             )
 
 
-def _ready(ctx: Context, source: repo.ReferenceRow) -> str:
+def _ready(ctx: Context, backend: BatchBackend, source: repo.ReferenceRow) -> str:
     """The uri of a live upload of this image (reused or made now), or a _Problem saying
     why it cannot be sent."""
     with ctx.engine.connect() as conn:
@@ -117,10 +118,10 @@ def _ready(ctx: Context, source: repo.ReferenceRow) -> str:
             return row.uri
     for row in uploads:
         if row.state == "uploading":  # a kill left it: the file may be there already
-            found = _finish_pending(ctx, row, source)
+            found = _finish_pending(ctx, backend, row, source)
             if found is not None:
                 return found
-    return _upload_new(ctx, source, len(uploads))
+    return _upload_new(ctx, backend, source, len(uploads))
 
 
 class _Problem(str):
@@ -131,12 +132,14 @@ def _lives(expires_at: datetime | None, now: datetime) -> bool:
     return expires_at is not None and as_utc(expires_at) - now > MIN_LIFE
 
 
-def _finish_pending(ctx: Context, row: repo.UploadRow, source: repo.ReferenceRow) -> str | None:
+def _finish_pending(
+    ctx: Context, backend: BatchBackend, row: repo.UploadRow, source: repo.ReferenceRow
+) -> str | None:
     """Adopt the file an interrupted upload made, or upload it under its recorded name; None
     when that name is spent (the file is there but too old to reuse)."""
-    remote = ctx.backend.get_file(row.name)
+    remote = backend.get_file(row.name)
     if remote is None:
-        return _send(ctx, row, source)
+        return _send(ctx, backend, row, source)
     if _usable(remote, ctx.now()):
         return _record(ctx, row, remote, "adopted")
     _stale(ctx, row, "found after an interrupted upload, with 24 h or less to live")
@@ -147,7 +150,7 @@ def _usable(remote: RemoteFile, now: datetime) -> bool:
     return bool(remote.uri) and remote.state in (None, "ACTIVE") and _lives(remote.expires_at, now)
 
 
-def _upload_new(ctx: Context, source: repo.ReferenceRow, seq: int) -> str:
+def _upload_new(ctx: Context, backend: BatchBackend, source: repo.ReferenceRow, seq: int) -> str:
     for n in range(seq + 1, seq + 1 + NAME_TRIES):
         name = f"files/nb-{source.sha256[:24]}-{n:x}"
         with ctx.engine.begin() as conn:
@@ -155,13 +158,15 @@ def _upload_new(ctx: Context, source: repo.ReferenceRow, seq: int) -> str:
         if row is None:  # the name is taken (an earlier upload, or another writer now)
             continue
         crashpoint("refs.intent")
-        found = _send(ctx, row, source)
+        found = _send(ctx, backend, row, source)
         if found is not None:
             return found
     return _Problem(f"reference image {source.source}: no free file name to upload it as")
 
 
-def _send(ctx: Context, row: repo.UploadRow, source: repo.ReferenceRow) -> str | None:
+def _send(
+    ctx: Context, backend: BatchBackend, row: repo.UploadRow, source: repo.ReferenceRow
+) -> str | None:
     """Upload the image's bytes as the row's name; its uri, a _Problem, or None when the name
     is taken by a file too old to reuse."""
     try:
@@ -172,7 +177,7 @@ def _send(ctx: Context, row: repo.UploadRow, source: repo.ReferenceRow) -> str |
         return _Problem(reason)
     reader = HashingReader(stream)
     try:
-        remote = ctx.backend.upload_image(reader, source.mime, row.name, source.sha256[:16])
+        remote = backend.upload_image(reader, source.mime, row.name, source.sha256[:16])
     except (AuthError, TransientApiError):
         raise
     except ApiError as exc:
@@ -180,7 +185,7 @@ def _send(ctx: Context, row: repo.UploadRow, source: repo.ReferenceRow) -> str |
             reason = f"reference image {source.source}: the Files API refused it: {exc}"
             _stale(ctx, row, reason)
             return _Problem(reason)
-        taken = ctx.backend.get_file(row.name)  # ours from a lost answer, or an old one
+        taken = backend.get_file(row.name)  # ours from a lost answer, or an old one
         if taken is None or not _usable(taken, ctx.now()):
             _stale(ctx, row, "the name is taken by a file with 24 h or less to live")
             return None

@@ -373,3 +373,23 @@ def test_line_lengths_count_what_request_lines_build(tmp_path: Path) -> None:
             references=ReferenceBook(tmp_path),
         )
         assert expand.line_lengths(out.items) == list(map(len, expand.request_lines(out.items)))
+
+
+def test_reference_images_are_refused_on_the_vertex_channel(tmp_path: Path) -> None:
+    """Reference images travel through the Files API, which Vertex AI has not: the spec is
+    refused when it is read (variants are fine there)."""
+    from pipeline.core.errors import SpecError
+
+    vertex = (
+        '[channel]\nkind = "vertex"\nproject = "my-project"\nlocation = "europe-west4"\n'
+        'staging_uri = "gs://my-bucket/nb"\n'
+    )
+    text = (
+        'name = "refs"\nmodel = "gemini-3-pro-image-preview"\n[input]\npath = "x.csv"\n'
+        'id_column = "id"\nprompt_column = "p"\n{extra}\n[output]\nuri = "o"\n' + vertex
+    )
+    with pytest.raises(SpecError) as info:
+        parse_spec(text.format(extra='images = ["a"]'), tmp_path / "job.toml", CAT)
+    assert "input.images" in str(info.value) and "Files API" in str(info.value)
+    spec = parse_spec(text.format(extra="variants = 2"), tmp_path / "job.toml", CAT)
+    assert spec.input.variants == 2

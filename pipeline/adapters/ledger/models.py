@@ -93,6 +93,9 @@ class Run(Base):
     """No tick tries the held run's storage again before this."""
     hold_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     """Tries that failed in a row since the hold began (the backoff's exponent)."""
+    channel: Mapped[str | None] = mapped_column(Text)
+    """Where the run's batches go: NULL for the Gemini Developer API, else the resolved
+    `[channel]` as JSON (kind, project, location, staging_uri)."""
 
 
 class Batch(Base):
@@ -214,14 +217,21 @@ class Upload(Base):
 
 
 class Attempt(Base):
-    """One item in one batch. Outcome NULL until the batch's result is recorded."""
+    """One item in one batch. Outcome NULL until the batch's result is recorded.
+
+    A results file with several lines for one key (Vertex AI) gives the item's attempt in
+    that batch (`duplicate` 0) and one row per other billed line (`duplicate` 1, 2, ...,
+    outcome `duplicate`): its cost counts, it is not a try."""
 
     __tablename__ = "attempts"
     __table_args__ = (
-        UniqueConstraint("item_id", "batch_id"),
+        UniqueConstraint("item_id", "batch_id", "duplicate"),
         CheckConstraint(
             "outcome IS NULL OR "
-            + _in("outcome", ["succeeded", "retry", "final", "cancelled", "not_sent"]),
+            + _in(
+                "outcome",
+                ["succeeded", "retry", "final", "cancelled", "not_sent", "duplicate"],
+            ),
             "outcome",
         ),
         Index("ix_attempts_batch", "batch_id"),
@@ -241,6 +251,7 @@ class Attempt(Base):
     cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     standard_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duplicate: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Reject(Base):

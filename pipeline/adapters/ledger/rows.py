@@ -66,6 +66,8 @@ class RunRow:
     hold_since: datetime | None = None
     hold_not_before: datetime | None = None
     hold_tries: int = 0
+    channel: str | None = None
+    """NULL: the Gemini Developer API; else the run's `[channel]` as JSON."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 where a run reads each of its reference images (`run_references`), and the Files API uploads
 of those images with their expiry (`uploads`), written as an intent before each upload.
 
-Revision ID: 0007_references
-Revises: 0006_run_holds
+Revision ID: 0008_references
+Revises: 0007_vertex_channel
 Create Date: 2026-11-27
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_references"
-down_revision: str | Sequence[str] | None = "0006_run_holds"
+revision: str = "0008_references"
+down_revision: str | Sequence[str] | None = "0007_vertex_channel"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
