@@ -18,7 +18,7 @@ from pipeline.adapters.config import LOG_FORMATS, Settings, load_settings
 from pipeline.adapters.ledger import db
 from pipeline.adapters.log import configure_logging, get_logger, mask_text, register_secret
 from pipeline.core.catalog import load_catalog
-from pipeline.core.errors import Interrupted, PipelineError
+from pipeline.core.errors import Interrupted, PipelineError, UsageError
 from pipeline.shell.context import Context
 
 EMULATOR_KEY = "nanobatch-emulator-key"
@@ -113,7 +113,8 @@ def cli(ctx: click.Context, log_format: str | None) -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("json_", "--json", is_flag=True, help="Print the plan as JSON.")
-def plan(spec: Path, json_: bool) -> None:
+@click.pass_context
+def plan(ctx: click.Context, spec: Path, json_: bool) -> None:
     """Validate, expand and shard SPEC; print counts, cost and quota windows.
 
     Touches no network and no ledger.
@@ -122,7 +123,7 @@ def plan(spec: Path, json_: bool) -> None:
     from pipeline.shell.render import print_plan
 
     catalog = load_catalog()
-    job = load_spec(spec, catalog)
+    job = load_spec(spec, catalog, _settings(ctx).channel_defaults)
     result = make_plan(job, catalog)
     print_plan(result, as_json=json_)
     if result.items == 0:
@@ -192,7 +193,7 @@ def run(
     """
     from pipeline.shell.commands import run_spec
 
-    with _maybe_emulator(ctx, emulator):
+    with _maybe_emulator(ctx, emulator, spec):
         code = run_spec(
             _context(ctx),
             spec,
@@ -205,22 +206,45 @@ def run(
 
 
 @contextlib.contextmanager
-def _maybe_emulator(ctx: click.Context, enabled: bool) -> Iterator[None]:
+def _maybe_emulator(ctx: click.Context, enabled: bool, spec: Path) -> Iterator[None]:
     if not enabled:
         yield
         return
     from pipeline.emulator import Emulator
 
-    with Emulator(pending_seconds=1.0, running_seconds=2.0) as emu:
+    settings = _settings(ctx)
+    if _is_vertex(spec, settings) and not settings.storage_emulator_host:
+        raise UsageError(
+            f"{spec}: a Vertex AI spec under --emulator reads and writes Cloud Storage through "
+            "a GCS emulator: start one (e.g. fake-gcs-server), create the staging bucket in it "
+            "and set STORAGE_EMULATOR_HOST (README: the Vertex AI channel)"
+        )
+    with Emulator(
+        pending_seconds=1.0, running_seconds=2.0, storage_host=settings.storage_emulator_host
+    ) as emu:
         obj = ctx.ensure_object(dict)
-        obj["settings"] = _settings(ctx).with_overrides(
+        obj["settings"] = settings.with_overrides(
             base_url=emu.url,
             api_key=EMULATOR_KEY,
             api_key_variable="GEMINI_API_KEY",
             api_key_unused=None,
+            # Vertex runs go to the same emulator, with a placeholder token: real
+            # credentials are never refreshed for, or sent to, it.
+            vertex_base_url=emu.url,
+            vertex_placeholder_token=True,
         )
         click.echo(f"emulator listening on {emu.url}", err=True)
         yield
+
+
+def _is_vertex(spec: Path, settings: Settings) -> bool:
+    """Whether SPEC says `[channel] kind = "vertex"` (a bad spec is reported by `run` itself)."""
+    from pipeline.shell.planning import load_spec
+
+    try:
+        return load_spec(spec, load_catalog(), settings.channel_defaults).channel.is_vertex
+    except PipelineError:
+        return False
 
 
 @cli.command()
@@ -483,7 +507,7 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply migrations to NANOBATCH_DATABASE_URL."""
     settings = _settings(ctx)
     engine = db.make_engine(settings.database_url)
-    ctx.call_on_close(engine.dispose)  # its connections close with the command, as _context's
+    ctx.call_on_close(engine.dispose)  # its connections close with the command
     db.upgrade(engine)
     click.echo(f"{db.mask_url(settings.database_url)} at {db.current_revision(engine)}", err=True)
 

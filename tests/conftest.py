@@ -29,6 +29,11 @@ def _isolated_env(
         "NANOBATCH_NOTIFY_URL",
         "NANOBATCH_WEBHOOK_SECRET",
         "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_VERTEX_BASE_URL",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_CLOUD_LOCATION",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "STORAGE_EMULATOR_HOST",
     ):
         monkeypatch.delenv(name, raising=False)
 

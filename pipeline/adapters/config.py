@@ -31,6 +31,17 @@ class Settings:
     """The other key variable, when both are set: like google-genai, GOOGLE_API_KEY wins."""
     base_url: str | None = None
     """GOOGLE_GEMINI_BASE_URL: another endpoint, e.g. the emulator."""
+    cloud_project: str | None = None
+    """GOOGLE_CLOUD_PROJECT: the default `[channel] project` of a Vertex spec."""
+    cloud_location: str | None = None
+    """GOOGLE_CLOUD_LOCATION: the default `[channel] location` of a Vertex spec."""
+    vertex_base_url: str | None = None
+    """GOOGLE_VERTEX_BASE_URL: another Vertex AI endpoint, e.g. the emulator."""
+    vertex_placeholder_token: bool = False
+    """Send a placeholder token to Vertex even when Application Default Credentials exist
+    (`run --emulator`: real credentials must never be refreshed for, or sent to, it)."""
+    storage_emulator_host: str | None = None
+    """STORAGE_EMULATOR_HOST: a GCS emulator (google-cloud-storage reads it itself)."""
     log_format: str = "auto"
     """NANOBATCH_LOG_FORMAT: console, json or auto (console on a terminal)."""
     state_dir: Path = Path(".nanobatch")
@@ -57,6 +68,12 @@ class Settings:
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
 
+    @property
+    def channel_defaults(self) -> dict[str, str]:
+        """`[channel]` defaults of a Vertex spec: project and location from the environment."""
+        found = {"project": self.cloud_project, "location": self.cloud_location}
+        return {k: v for k, v in found.items() if v}
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -71,6 +88,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_key_variable=key_var,
         api_key_unused=unused,
         base_url=env.get("GOOGLE_GEMINI_BASE_URL") or None,
+        cloud_project=(env.get("GOOGLE_CLOUD_PROJECT") or "").strip() or None,
+        cloud_location=(env.get("GOOGLE_CLOUD_LOCATION") or "").strip() or None,
+        vertex_base_url=env.get("GOOGLE_VERTEX_BASE_URL") or None,
+        storage_emulator_host=env.get("STORAGE_EMULATOR_HOST") or None,
         log_format=_log_format(env),
         state_dir=Path(env.get("NANOBATCH_STATE_DIR") or ".nanobatch"),
         daily_budget_usd=_decimal(env, "NANOBATCH_DAILY_BUDGET_USD"),

@@ -8,6 +8,7 @@ crosses this module's edge.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,10 @@ _DOWNLOAD_CHUNK = 1 << 20
 class RemoteFile:
     name: str
     expires_at: datetime | None
+    uri: str | None = None
+    """The uri lines name it by (fileData.fileUri)."""
+    state: str | None = None
+    """ACTIVE, PROCESSING or FAILED."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class RemoteWebhook:
 
 class BatchBackend(Protocol):
     def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile: ...
+    def upload_image(
+        self, stream: io.IOBase, mime: str, name: str, display_name: str
+    ) -> RemoteFile: ...
+    def get_file(self, name: str) -> RemoteFile | None: ...
     def create_batch(
         self,
         model: str,
@@ -95,6 +104,25 @@ class GeminiBackend:
         config = types.UploadFileConfig(mime_type="jsonl", display_name=display_name[:120])
         file = self._call(lambda: self._client.files.upload(file=str(path), config=config))
         return RemoteFile(name=file.name or "", expires_at=file.expiration_time)
+
+    def upload_image(
+        self, stream: io.IOBase, mime: str, name: str, display_name: str
+    ) -> RemoteFile:
+        """Upload a reference image from a seekable stream as `name` (files/<id>, chosen by
+        the caller so a lost answer can be found again); ApiError 409 when it exists."""
+        config = types.UploadFileConfig(mime_type=mime, name=name, display_name=display_name[:120])
+        file = self._call(lambda: self._client.files.upload(file=stream, config=config))
+        return _file(file)
+
+    def get_file(self, name: str) -> RemoteFile | None:
+        """The file, or None when the service says it does not exist (403 or 404: an expired
+        or missing file answers 403)."""
+        try:
+            return _file(self._call(lambda: self._client.files.get(name=name)))
+        except ApiError as exc:
+            if exc.code in (403, 404) and not isinstance(exc, AuthError):
+                return None
+            raise
 
     def create_batch(
         self,
@@ -202,6 +230,13 @@ class GeminiBackend:
 
     def delete_webhook(self, webhook_id: str) -> None:
         self._call_nextgen(lambda: self._client.webhooks.delete(id=webhook_id))
+
+
+def _file(file: Any) -> RemoteFile:
+    state = file.state.name if file.state is not None else None
+    return RemoteFile(
+        name=file.name or "", expires_at=file.expiration_time, uri=file.uri, state=state
+    )
 
 
 def _remote(job: Any) -> RemoteBatch:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from pipeline.adapters.storage import sha256_file
 from pipeline.core.errors import InputError
-from pipeline.core.expand import UNDECODABLE, Block, Cell
+from pipeline.core.expand import UNDECODABLE, Block, Cell, variant_base
 
 __all__ = [
     "EXTENSIONS",
@@ -445,16 +445,23 @@ def read_blocks(
         raise InputError(f"{path}: cannot read the table: {exc}") from exc
 
 
-def repeated_key_hashes(path: Path, column: str, encoding: str = "utf-8") -> frozenset[int]:
+def repeated_key_hashes(
+    path: Path, column: str, encoding: str = "utf-8", variants: int = 1
+) -> frozenset[int]:
     """hash() of every text cell of `column` that occurs more than once in the table (this
     process's hash; a collision only adds a key that is then checked exactly).
 
     A pre-pass over the key column alone, so the row pass need not remember every key it has
-    seen to find duplicates: 8 bytes a row here, where a dict of a million keys held 124 MB."""
+    seen to find duplicates: 8 bytes a row here, where a dict of a million keys held 124 MB.
+    With variants, a key `K.vn` (n <= variants) also counts as an occurrence of `K`: the row
+    `K` claims it, so both rows must be remembered (`expand.variant_base`)."""
     hashes = array.array("q")
     for block in read_blocks(path, [column], encoding):
         cells = block.columns.get(column, ())
         hashes.extend(hash(cell) for cell in cells if isinstance(cell, str))
+        if variants > 1:
+            bases = (variant_base(cell, variants) for cell in cells if isinstance(cell, str))
+            hashes.extend(hash(base) for base in bases if base is not None)
     if not hashes:
         return frozenset()
     values = pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)])

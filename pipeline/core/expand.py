@@ -16,7 +16,9 @@ repeat when the caller knows them (`repeated_keys`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -24,6 +26,7 @@ from typing import Any, Final, cast
 
 from pipeline.core.catalog import ModelInfo
 from pipeline.core.pricing import Estimate, Estimator
+from pipeline.core.refimage import Ref, RefLookup
 from pipeline.core.spec import RATIO_COLUMN, SIZE_COLUMN, JobSpec, template_parts
 
 _json_str = encode_basestring
@@ -76,6 +79,10 @@ class Item:
     """"" when the model takes no size."""
     estimate: Estimate
     """Enqueued tokens (prompt + image tokens + thinking allowance) and estimated cost."""
+    seed: int | None = None
+    """generationConfig.seed: variant n of its row (None without variants)."""
+    refs: tuple[Ref, ...] = ()
+    """Reference images, in the order they are sent."""
 
     @property
     def est_tokens(self) -> int:
@@ -102,6 +109,10 @@ class Items:
     sizes: Sequence[str]
     """"" when the model takes no size."""
     estimates: Sequence[Estimate]
+    seeds: Sequence[int | None] = ()
+    """Each item's seed; empty when no item has one (no variants)."""
+    refs: Sequence[tuple[Ref, ...]] = ()
+    """Each item's reference images; empty when no item has any."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -115,10 +126,21 @@ class Items:
 
     def pick(self, indexes: Sequence[int]) -> Items:
         """The items at `indexes`, in that order."""
-        return Items(*([column[i] for i in indexes] for column in self._columns()))
+        return Items(
+            *([column[i] for i in indexes] if column else column for column in self._columns())
+        )
 
     def _columns(self) -> tuple[Sequence[Any], ...]:
-        return (self.rows, self.keys, self.prompts, self.ratios, self.sizes, self.estimates)
+        return (
+            self.rows,
+            self.keys,
+            self.prompts,
+            self.ratios,
+            self.sizes,
+            self.estimates,
+            self.seeds,
+            self.refs,
+        )
 
     def item(self, i: int) -> Item:
         return Item(
@@ -128,7 +150,16 @@ class Items:
             self.ratios[i],
             self.sizes[i],
             self.estimates[i],
+            self.seeds[i] if self.seeds else None,
+            self.refs[i] if self.refs else (),
         )
+
+    def ref_text(self) -> list[str | None]:
+        """Each item's reference sha256s as the ledger keeps them (comma-separated, in order;
+        None for none)."""
+        if not self.refs:
+            return [None] * len(self.rows)
+        return [",".join(r.sha256 for r in refs) or None for refs in self.refs]
 
 
 @dataclass(frozen=True)
@@ -150,6 +181,24 @@ _Judged = list[str | _Bad]
 """A per-row value of a block: the text, or why the row is rejected."""
 
 
+_Refs = tuple[Ref, ...]
+_JudgedRefs = list[_Refs | _Bad]
+
+
+def variant_base(key: str, variants: int) -> str | None:
+    """The row key whose variant `key` would be (`K` of `K.vn`, n <= variants), or None."""
+    if variants > 1 and len(key) > 3 and key[-3:-1] == ".v" and "1" <= key[-1] <= str(variants):
+        return key[:-3]
+    return None
+
+
+def row_keys(key: str, variants: int) -> tuple[str, ...]:
+    """The keys a row claims: its own, and with variants `K.v1`..`K.vN` too."""
+    if variants <= 1:
+        return (key,)
+    return (key, *(f"{key}.v{n}" for n in range(1, variants + 1)))
+
+
 class _Rules:
     """The row rules of one spec, applied a block at a time, column by column. State across
     blocks: the seen keys (key -> first row), the only memory that grows with the table;
@@ -162,6 +211,7 @@ class _Rules:
         has_ratio: bool,
         has_size: bool,
         repeated: Container[int] | None,
+        references: RefLookup | None,
     ) -> None:
         self.spec, self.info = spec, info
         self.enc = spec.input.encoding
@@ -171,6 +221,9 @@ class _Rules:
         self.estimate = Estimator(info)
         self.seen: dict[str, int] = {}
         self.repeated = repeated
+        self.images = spec.input.images
+        self.references = references
+        self.variants = spec.input.variants
 
     def block(self, block: Block) -> Expanded:
         """Judge every row of the block: the per-row loop only tests, and the accepted rows'
@@ -180,27 +233,57 @@ class _Rules:
         prompts = self._prompts(block)
         ratios = self._overrides(block, RATIO_COLUMN, self.spec.image.aspect_ratio, self.has_ratio)
         sizes = self._overrides(block, SIZE_COLUMN, self.size, self.has_size)
+        refs = self._references(block)
         rejects: list[Reject] = []
-        bad_rows = self._judge(block, keys, prompts, ratios, sizes, rejects)
+        bad_rows = self._judge(block, keys, prompts, ratios, sizes, refs, rejects)
         if bad_rows:
             keep = [i for i in range(n) if i not in bad_rows]
             keys, prompts = [keys[i] for i in keep], [prompts[i] for i in keep]
             ratios, sizes = [ratios[i] for i in keep], [sizes[i] for i in keep]
+            refs = [refs[i] for i in keep] if refs else refs
             rows = [block.first_row + i for i in keep]
         else:
             rows = list(range(block.first_row, block.first_row + n))
         # Every kept cell is text now (the judge rejected the rest).
-        texts = cast(Sequence[str], prompts)
-        sizes_ok = cast(Sequence[str], sizes)
         items = Items(
             rows,
             cast(Sequence[str], keys),
-            texts,
+            cast(Sequence[str], prompts),
             cast(Sequence[str], ratios),
-            sizes_ok,
-            list(map(self.estimate, sizes_ok, texts)),
+            cast(Sequence[str], sizes),
+            [],
+            (),
+            cast(Sequence[_Refs], refs),
         )
-        return Expanded(items, rejects)
+        if self.variants > 1:
+            items = self._variants(items)
+        return Expanded(self._estimated(items), rejects)
+
+    def _estimated(self, items: Items) -> Items:
+        if items.refs:
+            counts = [len(r) for r in items.refs]
+            estimates = list(map(self.estimate, items.sizes, items.prompts, counts))
+        else:
+            estimates = list(map(self.estimate, items.sizes, items.prompts))
+        return dataclasses.replace(items, estimates=estimates)
+
+    def _variants(self, items: Items) -> Items:
+        """Each row's N items: keys K.v1..K.vN, seeds 1..N, everything else the row's."""
+        many = range(1, self.variants + 1)
+
+        def spread(column: Sequence[Any]) -> list[Any]:
+            return [value for value in column for _ in many]
+
+        return Items(
+            spread(items.rows),
+            [f"{key}.v{n}" for key in items.keys for n in many],
+            spread(items.prompts),
+            spread(items.ratios),
+            spread(items.sizes),
+            [],
+            [n for _ in items.keys for n in many],
+            spread(items.refs) if items.refs else (),
+        )
 
     def _judge(
         self,
@@ -209,15 +292,18 @@ class _Rules:
         prompts: _Judged,
         ratios: _Judged,
         sizes: _Judged,
+        refs: _JudgedRefs,
         rejects: list[Reject],
     ) -> set[int]:
         """The block's rows that are rejected (their Rejects appended to `rejects`). The
         loop tests what a good row passes; a failing row is then explained by `_reason`."""
         bad: set[int] = set()
-        repeated, seen = self.repeated, self.seen
+        repeated, claim = self.repeated, self._claim
+        by_base = self._watched_base if self.variants > 1 else None
         number = block.first_row
-        for i, (key, prompt, ratio, size) in enumerate(
-            zip(keys, prompts, ratios, sizes, strict=True)
+        ref_cells = refs or itertools.repeat(())
+        for i, (key, prompt, ratio, size, ref) in enumerate(
+            zip(keys, prompts, ratios, sizes, ref_cells, strict=False)
         ):
             if (
                 not isinstance(key, str)
@@ -226,18 +312,50 @@ class _Rules:
                 or not prompt.strip()
                 or isinstance(ratio, _Bad)
                 or isinstance(size, _Bad)
+                or isinstance(ref, _Bad)
                 or (
-                    (repeated is None or hash(key) in repeated)
-                    and seen.setdefault(key, number + i) != number + i
+                    (
+                        repeated is None
+                        or hash(key) in repeated
+                        or (by_base is not None and by_base(key))
+                    )
+                    and claim(key, number + i) != number + i
                 )
             ):
                 bad.add(i)
-                rejects.append(self._reason(number + i, key, prompt, ratio, size))
+                rejects.append(self._reason(number + i, key, prompt, ratio, size, ref))
         return bad
 
-    def _reason(self, number: int, cell: Cell, prompt: Cell | _Bad, *more: Cell | _Bad) -> Reject:
+    def _watched(self, key: str) -> bool:
+        """Whether the key may be claimed by another row (so its claims must be remembered):
+        every key without the pre-pass, else those whose hash (or, for a variant-like key
+        `K.vn`, the hash of `K`) occurs more than once in the table (`repeated_key_hashes`)."""
+        repeated = self.repeated
+        return repeated is None or hash(key) in repeated or self._watched_base(key)
+
+    def _watched_base(self, key: str) -> bool:
+        base = variant_base(key, self.variants)
+        return base is not None and self.repeated is not None and hash(base) in self.repeated
+
+    def _claim(self, key: str, number: int) -> int:
+        """Claim the row's keys for row `number`; the first row that already has one of them
+        (then this row claims none), else `number`."""
+        seen = self.seen
+        if self.variants <= 1:
+            return seen.setdefault(key, number)
+        claimed = row_keys(key, self.variants)
+        for name in claimed:
+            first = seen.get(name)
+            if first is not None and first != number:
+                return first
+        for name in claimed:
+            seen[name] = number
+        return number
+
+    def _reason(self, number: int, cell: Cell, prompt: Cell | _Bad, *more: object) -> Reject:
         """Why row `number` is rejected, in the rules' order: key, duplicate, prompt, ratio,
-        size. A key seen first here is remembered (it belongs to this row, valid or not)."""
+        size, references. A key seen first here is remembered (it belongs to this row, valid
+        or not)."""
         id_column = self.spec.input.id_column
         if cell is UNDECODABLE:
             return Reject(number, "", f"key in column '{id_column}' does not decode as {self.enc}")
@@ -245,9 +363,11 @@ class _Rules:
         if not key.strip():
             return Reject(number, key, f"empty key in column '{id_column}'")
         first = number
-        if self.repeated is None or hash(key) in self.repeated:
-            first = self.seen.setdefault(key, number)
+        if self._watched(key):
+            first = self._claim(key, number)
         if first != number:
+            if self.variants > 1:
+                return Reject(number, key, f"duplicate key: a key of this row is row {first}'s")
             return Reject(number, key, f"duplicate key, first seen in row {first}")
         if isinstance(prompt, _Bad):
             return Reject(number, key, str(prompt))
@@ -255,6 +375,44 @@ class _Rules:
             return Reject(number, key, "empty prompt")
         bad = next(value for value in more if isinstance(value, _Bad))
         return Reject(number, key, str(bad))
+
+    def _references(self, block: Block) -> _JudgedRefs:
+        """Each row's reference images in column order (empty cells skipped), or why the row
+        cannot be sent; [] when the spec names no image columns. Rows with the same cells
+        share one answer (and one tuple): tables repeat a few images over many rows."""
+        if not self.images:
+            return []
+        columns = [self._cells(block, name) for name in self.images]
+        memo: dict[tuple[Cell, ...], _Refs | _Bad] = {}
+        out: _JudgedRefs = []
+        for cells in zip(*columns, strict=True):
+            found = memo.get(cells)
+            if found is None:
+                found = memo[cells] = self._row_references(cells)
+            out.append(found)
+        return out
+
+    def _row_references(self, cells: tuple[Cell, ...]) -> _Refs | _Bad:
+        lookup = self.references
+        assert lookup is not None, "a spec with [input] images needs a reference lookup"
+        found: list[Ref] = []
+        for name, cell in zip(self.images, cells, strict=True):
+            if cell is UNDECODABLE:
+                return _Bad(f"reference image in column '{name}' does not decode")
+            text = cell.strip() if isinstance(cell, str) else ""
+            if not text:
+                continue
+            ref = lookup(text)
+            if isinstance(ref, str):
+                return _Bad(f"reference image in column '{name}': {ref}")
+            found.append(ref)
+        limit, model = self.info.max_reference_images, self.info.name
+        if len(found) > limit:
+            return _Bad(
+                f"{len(found)} reference images, more than the {limit} {model} accepts "
+                "(pipeline/data/models.toml)"
+            )
+        return tuple(found)
 
     @staticmethod
     def _cells(block: Block, column: str) -> Sequence[Cell]:
@@ -317,7 +475,13 @@ class _Rules:
         if not value:
             return default
         if value not in valid:
-            return _Bad(f"{column} '{value}' is not valid; valid: {', '.join(valid)}")
+            # A size the model makes but this channel's batch does not serve names the limit.
+            limit = (
+                f" ({self.info.size_limit})"
+                if column == SIZE_COLUMN and self.info.size_limit
+                else ""
+            )
+            return _Bad(f"{column} '{value}' is not valid{limit}; valid: {', '.join(valid)}")
         return value
 
 
@@ -329,12 +493,14 @@ def expand_columns(
     has_ratio_column: bool,
     has_size_column: bool,
     repeated_keys: Container[int] | None = None,
+    references: RefLookup | None = None,
 ) -> Iterator[Expanded]:
     """Each block's items (column by column) and rejects with their reasons.
 
     `repeated_keys`, when given, holds hash() of every key that occurs more than once in the
-    table (a superset is fine): only those keys are remembered to find duplicates."""
-    rules = _Rules(spec, info, has_ratio_column, has_size_column, repeated_keys)
+    table (a superset is fine; see `repeated_key_hashes` for variants): only those keys are
+    remembered to find duplicates. `references` reads the spec's reference image cells."""
+    rules = _Rules(spec, info, has_ratio_column, has_size_column, repeated_keys, references)
     for block in blocks:
         yield rules.block(block)
 
@@ -359,35 +525,108 @@ def effective_size(info: ModelInfo, size: str) -> str:
 
 _LINE_HEAD = '{"key":'
 _LINE_MID = ',"request":{"contents":[{"role":"user","parts":[{"text":'
+_LINE_PARTS = ',"request":{"contents":[{"role":"user","parts":['
+PLACEHOLDER_URI = "https://generativelanguage.googleapis.com/v1beta/files/" + "x" * 40
+"""The longest Files API uri a line may carry: packing measures lines before the uploads."""
+
+FileOf = Callable[[Ref], tuple[str, str]]
+"""(mime type, file uri) a reference image is sent as."""
 
 
-def _line_tail(aspect_ratio: str, image_size: str) -> str:
+def _line_tail(aspect_ratio: str, image_size: str, seed: int | None = None) -> str:
     size = f',"imageSize":{_json_str(image_size)}' if image_size else ""
+    seeded = f',"seed":{int(seed)}' if seed is not None else ""
     return (
         '}]}],"generationConfig":{"responseModalities":["IMAGE"],"imageConfig":'
-        f'{{"aspectRatio":{_json_str(aspect_ratio)}{size}}}}}}}}}\n'
+        f'{{"aspectRatio":{_json_str(aspect_ratio)}{size}}}{seeded}}}}}}}\n'
     )
 
 
-def request_line(key: str, prompt: str, aspect_ratio: str, image_size: str) -> bytes:
+def _file_parts(files: Sequence[tuple[str, str]]) -> str:
+    return "".join(
+        f'{{"fileData":{{"mimeType":{_json_str(mime)},"fileUri":{_json_str(uri)}}}}},'
+        for mime, uri in files
+    )
+
+
+def request_line(
+    key: str,
+    prompt: str,
+    aspect_ratio: str,
+    image_size: str,
+    files: Sequence[tuple[str, str]] = (),
+    seed: int | None = None,
+) -> bytes:
     """One JSONL request line ending in b"\\n"; imageSize omitted when image_size is "".
+    `files` are the reference images as (mime type, file uri), sent as fileData parts before
+    the prompt text, in order; `seed` goes to generationConfig.seed.
 
     The same bytes as json.dumps(..., ensure_ascii=False, separators=(",", ":")) of the nested
-    request, built from a template (only the four strings are encoded): it runs once per item
+    request, built from a template (only the strings are encoded): it runs once per item
     in form_batches and upload."""
+    mid = f'{_LINE_PARTS}{_file_parts(files)}{{"text":' if files else _LINE_MID
     return (
-        f"{_LINE_HEAD}{_json_str(key)}{_LINE_MID}{_json_str(prompt)}"
-        f"{_line_tail(aspect_ratio, image_size)}"
+        f"{_LINE_HEAD}{_json_str(key)}{mid}{_json_str(prompt)}"
+        f"{_line_tail(aspect_ratio, image_size, seed)}"
     ).encode()
 
 
-def request_lines(items: Items) -> list[bytes]:
-    """`request_line` of each item: the template's tail is built once per (ratio, size)."""
+def request_lines(items: Items, file_of: FileOf | None = None) -> list[bytes]:
+    """`request_line` of each item: the template's tail is built once per (ratio, size).
+    Items with reference images or seeds take `file_of` for each image (a placeholder uri
+    of the longest length when None: the lines are then only measured)."""
+    if items.refs or items.seeds:
+        return _rich_lines(items, file_of or _placeholder)
     tails = _per_pair(items, _line_tail)
     return [
         f"{_LINE_HEAD}{_json_str(key)}{_LINE_MID}{_json_str(prompt)}{tail}".encode()
         for key, prompt, tail in zip(items.keys, items.prompts, tails, strict=True)
     ]
+
+
+def line_lengths(items: Items) -> list[int]:
+    """The byte length of each item's request line, its reference images sent with the
+    longest file uri: what packing measures before the images are uploaded. Counted, not
+    built, for the images (a part's length depends only on its mime type)."""
+    if not items.refs:
+        return list(map(len, request_lines(items)))
+    base = map(len, request_lines(dataclasses.replace(items, refs=())))
+    extra: dict[str, int] = {}
+    for refs in items.refs:
+        for ref in refs:
+            if ref.mime not in extra:
+                extra[ref.mime] = len(_file_parts([_placeholder(ref)]).encode())
+    # A line with images is the same line with their parts inserted before the text part.
+    return [
+        n + sum(extra[r.mime] for r in refs) if refs else n
+        for n, refs in zip(base, items.refs, strict=True)
+    ]
+
+
+def _placeholder(ref: Ref) -> tuple[str, str]:
+    return ref.mime or "image/jpeg", PLACEHOLDER_URI
+
+
+def _rich_lines(items: Items, file_of: FileOf) -> list[bytes]:
+    """Lines of items with seeds or reference images: the tail built once per (ratio, size,
+    seed), the file parts once per distinct tuple of images."""
+    seeds = items.seeds or itertools.repeat(None)
+    refs = items.refs or itertools.repeat(())
+    tails: dict[tuple[str, str, int | None], str] = {}
+    mids: dict[tuple[Ref, ...], str] = {(): _LINE_MID}
+    out = []
+    for key, prompt, ratio, size, seed, item_refs in zip(
+        items.keys, items.prompts, items.ratios, items.sizes, seeds, refs, strict=False
+    ):
+        tail = tails.get((ratio, size, seed))
+        if tail is None:
+            tail = tails[(ratio, size, seed)] = _line_tail(ratio, size, seed)
+        mid = mids.get(item_refs)
+        if mid is None:
+            parts = _file_parts([file_of(r) for r in item_refs])
+            mid = mids[item_refs] = f'{_LINE_PARTS}{parts}{{"text":'
+        out.append(f"{_LINE_HEAD}{_json_str(key)}{mid}{_json_str(prompt)}{tail}".encode())
+    return out
 
 
 def _per_pair(items: Items, build: Callable[[str, str], str]) -> Sequence[str]:
@@ -405,26 +644,52 @@ def _per_pair(items: Items, build: Callable[[str, str], str]) -> Sequence[str]:
     return out
 
 
-def prompt_sha256(model: str, prompt: str, aspect_ratio: str, image_size: str) -> str:
-    """Hex sha256 of the canonical request content, for the prompt cache (versioned "v1:")."""
-    return _hash_hex(_hash_head(model), prompt, _hash_tail(aspect_ratio, image_size))
+def prompt_sha256(
+    model: str,
+    prompt: str,
+    aspect_ratio: str,
+    image_size: str,
+    seed: int | None = None,
+    references: Sequence[str] = (),
+) -> str:
+    """Hex sha256 of the canonical request content, for the prompt cache (versioned "v1:"):
+    model, prompt, ratio, size and, when there are any, the seed and the reference images'
+    sha256s in order."""
+    tail = _hash_tail(aspect_ratio, image_size) + _hash_more(seed, references)
+    return _hash_hex(_hash_head(model), prompt, tail + "]")
 
 
 def prompt_hashes(model: str, items: Items) -> list[str]:
     """`prompt_sha256` of each item, the fixed parts of the hashed text built once."""
     head = _hash_head(model)
     tails = _per_pair(items, _hash_tail)
-    return [_hash_hex(head, p, t) for p, t in zip(items.prompts, tails, strict=True)]
+    if items.refs or items.seeds:
+        seeds = items.seeds or itertools.repeat(None)
+        refs = items.refs or itertools.repeat(())
+        return [
+            _hash_hex(head, p, t + _hash_more(seed, [r.sha256 for r in rs]) + "]")
+            for p, t, seed, rs in zip(items.prompts, tails, seeds, refs, strict=False)
+        ]
+    return [_hash_hex(head, p, t + "]") for p, t in zip(items.prompts, tails, strict=True)]
 
 
 # The hashed text is json.dumps([model, prompt, ratio, size], ensure_ascii=False), string by
-# string: changing it would change every hash (PROMPT_HASH_VERSION says which form).
+# string: changing it would change every hash (PROMPT_HASH_VERSION says which form). Items with
+# a seed or reference images add them as two more elements, [..., seed or null, [sha256...]],
+# so an item without either keeps the hash it always had.
 def _hash_head(model: str) -> str:
     return f"{PROMPT_HASH_VERSION}:[{_json_str(model)}, "
 
 
 def _hash_tail(aspect_ratio: str, image_size: str) -> str:
-    return f", {_json_str(aspect_ratio)}, {_json_str(image_size)}]"
+    return f", {_json_str(aspect_ratio)}, {_json_str(image_size)}"
+
+
+def _hash_more(seed: int | None, references: Sequence[str]) -> str:
+    if seed is None and not references:
+        return ""
+    shas = ", ".join(_json_str(sha) for sha in references)
+    return f", {'null' if seed is None else int(seed)}, [{shas}]"
 
 
 def _hash_hex(head: str, prompt: str, tail: str) -> str:

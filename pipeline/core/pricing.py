@@ -46,14 +46,15 @@ def _tokens_of_bytes(n_bytes: int) -> int:
     return max(1, math.ceil(n_bytes / 4))
 
 
-def estimate_item_usage(info: ModelInfo, size: str, prompt: str) -> Usage:
-    """Expected usage of one request: prompt estimate, image tokens for `size`, thinking."""
-    return _usage_of(info, size, _utf8_len(prompt))
+def estimate_item_usage(info: ModelInfo, size: str, prompt: str, references: int = 0) -> Usage:
+    """Expected usage of one request: prompt estimate plus the model's input tokens for each
+    reference image, image tokens for `size`, thinking."""
+    return _usage_of(info, size, _utf8_len(prompt), references)
 
 
-def _usage_of(info: ModelInfo, size: str, prompt_bytes: int) -> Usage:
+def _usage_of(info: ModelInfo, size: str, prompt_bytes: int, references: int = 0) -> Usage:
     return Usage(
-        input=_tokens_of_bytes(prompt_bytes),
+        input=_tokens_of_bytes(prompt_bytes) + references * info.reference_image_tokens,
         output_image=info.tokens_for(size),
         output_text=0,
         thinking=info.thinking_allowance,
@@ -90,27 +91,28 @@ class Estimate(NamedTuple):
 
 
 class Estimator:
-    """Estimates of one model's requests, memoised by (size, prompt UTF-8 length), the only
-    inputs they depend on: a table of a million prompts has a few hundred distinct pairs."""
+    """Estimates of one model's requests, memoised by (size, prompt UTF-8 length, reference
+    images), the only inputs they depend on: a table of a million prompts has a few hundred
+    distinct ones."""
 
     MEMO_LIMIT = 65_536
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info
-        self._memo: dict[tuple[str, int], Estimate] = {}
+        self._memo: dict[tuple[str, int, int], Estimate] = {}
 
-    def __call__(self, size: str, prompt: str) -> Estimate:
-        key = (size, _utf8_len(prompt))
+    def __call__(self, size: str, prompt: str, references: int = 0) -> Estimate:
+        key = (size, _utf8_len(prompt), references)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= self.MEMO_LIMIT:
                 self._memo.clear()
-            found = self._memo[key] = self._estimate(size, key[1])
+            found = self._memo[key] = self._estimate(size, key[1], references)
         return found
 
-    def _estimate(self, size: str, prompt_bytes: int) -> Estimate:
+    def _estimate(self, size: str, prompt_bytes: int, references: int) -> Estimate:
         info = self.info
-        usage = _usage_of(info, size, prompt_bytes)
+        usage = _usage_of(info, size, prompt_bytes, references)
         return Estimate(
             _enqueued(usage), cost_nanos(info.batch, usage), cost_nanos(info.standard, usage)
         )

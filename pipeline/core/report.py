@@ -26,6 +26,9 @@ ITEM_FIELDS = (
     "cost_usd",
     "cached",
     "error",
+    "duplicates",
+    "references",
+    "seed",
 )
 _STATUS = {"queued": "pending", "in_batch": "pending"}
 
@@ -46,7 +49,17 @@ def item_row(item: Any, sums: Mapping[str, Any]) -> dict[str, Any]:
         "cost_usd": nanos_to_usd(int(sums["cost_nanos"])),
         "cached": bool(item.cached),
         "error": item.error if item.state != "succeeded" else None,
+        # Other lines for the item's key in its batches' results (Vertex AI): billed, in
+        # the cost and tokens above, not tries (CONTRACT section 10).
+        "duplicates": int(sums.get("duplicates", 0)),
+        "references": item.refs.split(",") if item.refs else [],
+        "seed": item.seed,
     }
+
+
+def flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row for a flat table (CSV): `references` as comma-separated sha256s."""
+    return {**row, "references": ",".join(row["references"])}
 
 
 @dataclass
@@ -61,6 +74,7 @@ class Summary:
     cost_nanos: int = 0
     standard_nanos: int = 0
     saved_by_cache_nanos: int = 0
+    duplicates: int = 0
     tokens: dict[str, int] = field(
         default_factory=lambda: {"input": 0, "output_image": 0, "output_text": 0, "thinking": 0}
     )
@@ -73,6 +87,7 @@ class Summary:
         self.cached += int(bool(row["cached"]))
         self.cost_nanos += int(sums["cost_nanos"])
         self.standard_nanos += int(sums["standard_nanos"])
+        self.duplicates += int(sums.get("duplicates", 0))
         for name in self.tokens:
             self.tokens[name] += int(sums[f"{name}_tokens"])
 
@@ -88,6 +103,7 @@ class Summary:
             "cost_usd": nanos_to_usd(self.cost_nanos),
             "standard_cost_usd": nanos_to_usd(self.standard_nanos),
             "saved_by_cache_usd": nanos_to_usd(self.saved_by_cache_nanos),
+            "duplicates": self.duplicates,
             "tokens": dict(self.tokens),
         }
 

@@ -1,6 +1,8 @@
 """Results lines: classify one parsed line of a batch results file (CONTRACT.md section 6).
 
-Pure. A line is `{"key", "response"}` or `{"key", "error"}`. Outcomes:
+Pure. A line is `{"key", "response"}` or `{"key", "error"}`; a Vertex AI prediction line
+is `{"key", "status", "processed_time", "request", "response"}`, where a non-empty
+`status` is the line's error (see `classify_status`). Outcomes:
 - succeeded: the response holds an image (the LAST non-thought inlineData part whose
   mimeType starts with image/), whatever the finishReason;
 - final: a per-line error with a non-retryable code (gRPC 3, 5, 7, 9, ..., HTTP 4xx but 429),
@@ -71,6 +73,23 @@ SAFETY_FINISH_REASONS: Final = frozenset(
     }
 )
 _URLSAFE: Final = str.maketrans("-_", "+/")
+FINAL_STATUS_NAMES: Final = (
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "OUT_OF_RANGE",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+)
+"""The 400-class gRPC names: a Vertex line whose status names one fails for good."""
+_STATUS_NAME: Final = re.compile(r"\b(" + "|".join(GRPC_CODES.values()) + r")\b")
+_STATUS_HTTP: Final = re.compile(
+    r"(?:\b(?:code|error|status)\b\W{0,3}|\bHTTP(?:/[\d.]+)?\s+|^)([1-5]\d\d)\b", re.IGNORECASE
+)
+_FINAL_HTTP_PHRASES: Final = re.compile(
+    r"\b(bad request|unauthorized|forbidden|not found)\b", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,37 @@ def classify_error(status: Mapping[str, Any]) -> tuple[Literal["retry", "final"]
     name = name or HTTP_STATUS.get(code, "")
     label = f"http {code} {name}".rstrip()
     return ("retry" if code in RETRYABLE_HTTP else "final"), label + tail
+
+
+def classify_status(status: Any) -> tuple[Literal["retry", "final"], str]:
+    """A Vertex AI prediction line's non-empty `status` to an outcome and a reason.
+
+    Its format is not documented (opaque text in the samples), so: a google.rpc.Status
+    object, or text holding one as JSON (also wrapped as {"error": {...}}), is read as such;
+    other text fails for good when it names a 400-class gRPC status (FINAL_STATUS_NAMES) or
+    an HTTP 4xx other than 429, and is retried otherwise (CONTRACT section 10)."""
+    if isinstance(status, Mapping):
+        inner = status.get("error")
+        return classify_error(inner if isinstance(inner, Mapping) else status)
+    text = str(status).strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, Mapping) and ("code" in parsed or "error" in parsed):
+            return classify_status(parsed)
+    reason = f"status: {text[:500]}"
+    name = _STATUS_NAME.search(text)
+    if name is not None:
+        return ("final" if name.group(1) in FINAL_STATUS_NAMES else "retry"), reason
+    http = _STATUS_HTTP.search(text)
+    if http is not None:
+        code = int(http.group(1))
+        return ("final" if 400 <= code < 500 and code != 429 else "retry"), reason
+    if _FINAL_HTTP_PHRASES.search(text):
+        return "final", reason
+    return "retry", reason
 
 
 def _int(mapping: Mapping[str, Any], key: str) -> int:
@@ -188,6 +238,11 @@ def classify_line(line: Mapping[str, Any]) -> LineOutcome:
         kind, reason = classify_error(error)
         return LineOutcome(key, kind, reason, False, None, None, None)
     response = line.get("response")
+    status = line.get("status")
+    if status:  # Vertex: "" on success, the error otherwise
+        kind, reason = classify_status(status)
+        usage = _usage(response) if isinstance(response, Mapping) else None
+        return LineOutcome(key, kind, reason, False, None, None, usage)
     if not isinstance(response, Mapping):
         reason = "malformed line: neither response nor error"
         return LineOutcome(key, "retry", reason, False, None, None, None)
@@ -196,6 +251,23 @@ def classify_line(line: Mapping[str, Any]) -> LineOutcome:
     if image is None:
         return _no_image(key, response, usage)
     return LineOutcome(key, "succeeded", None, False, image[0], image[1], usage)
+
+
+GONE_CODES: Final = frozenset({5, 7, 403, 404})
+"""NOT_FOUND and PERMISSION_DENIED (and their HTTP twins): what the service answers for a
+fileData naming a file that is missing or expired."""
+_FILE_ID: Final = re.compile(r"(?:\bfiles/|\bFile )([a-z0-9][a-z0-9-]{0,39})\b")
+
+
+def files_gone(line: Mapping[str, Any]) -> set[str]:
+    """Ids of the Files API files a per-line NOT_FOUND / PERMISSION_DENIED error names (the
+    service: "You do not have permission to access the File <id> or it may not exist.");
+    empty for any other line. Whether the line referenced them is the caller's to check."""
+    error = line.get("error")
+    if not isinstance(error, Mapping) or _code(error.get("code")) not in GONE_CODES:
+        return set()
+    message = error.get("message")
+    return set(_FILE_ID.findall(message)) if isinstance(message, str) else set()
 
 
 # An image payload inside a results line: `"data": "<base64>"`. Base64 holds no quote or

@@ -3,6 +3,9 @@
 Pure. A batch holds at most `max_requests` lines, `max_bytes` of JSONL (under the 2 GB input
 file limit) and `max_tokens` estimated enqueued tokens (so one batch always fits the model's
 enqueued-token quota). Packing is greedy and streaming, in input order.
+
+On Vertex AI batch prediction a job holds at most 200,000 requests and a request file at
+most 1 GB (the data file's `[channels.vertex]`), and there is no enqueued-token quota.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import SpecError
 from pipeline.core.spec import JobSpec
 
@@ -19,6 +23,10 @@ T = TypeVar("T")
 DEFAULT_MAX_BYTES = 1_900_000_000
 """Under the 2 GB input file limit."""
 DEFAULT_MAX_REQUESTS = 100_000
+NO_TOKEN_QUOTA = 10**18
+"""`max_tokens` of a channel without an enqueued-token quota: never reached."""
+FILE_MARGIN = 0.95
+"""Share of a channel's request-file limit a batch file may fill."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,25 @@ class ShardLimits:
     max_tokens: int
 
 
-def limits_for(spec: JobSpec) -> ShardLimits:
-    """The spec's per-batch limits (requests default 100,000; tokens = max_enqueued_tokens)."""
+def limits_for(spec: JobSpec, catalog: Catalog | None = None) -> ShardLimits:
+    """The spec's per-batch limits (requests default 100,000; tokens = max_enqueued_tokens).
+    On Vertex: up to the job's request limit, 95% of its file limit, no token limit."""
+    channel = (catalog or load_catalog()).limits(spec.channel.kind)
+    if channel is None:
+        return ShardLimits(
+            max_requests=spec.limits.max_requests_per_batch or DEFAULT_MAX_REQUESTS,
+            max_bytes=DEFAULT_MAX_BYTES,
+            max_tokens=spec.limits.max_enqueued_tokens,
+        )
     return ShardLimits(
-        max_requests=spec.limits.max_requests_per_batch or DEFAULT_MAX_REQUESTS,
-        max_bytes=DEFAULT_MAX_BYTES,
-        max_tokens=spec.limits.max_enqueued_tokens,
+        max_requests=min(
+            spec.limits.max_requests_per_batch or channel.max_requests_per_job,
+            channel.max_requests_per_job,
+        ),
+        max_bytes=int(channel.max_file_bytes * FILE_MARGIN),
+        max_tokens=spec.limits.max_enqueued_tokens
+        if channel.enqueued_token_quota
+        else NO_TOKEN_QUOTA,
     )
 
 

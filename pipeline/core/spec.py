@@ -12,10 +12,15 @@ Decisions where the contract is silent:
 - A prompt template uses plain `{column}` placeholders; the text between the braces is the
   column name as it is (no attribute/index access, no format spec, no conversion); `{{` and
   `}}` are literal braces.
+- `[channel] kind = "vertex"` resolves project and location when the spec is read (from the
+  `defaults` the caller passes: GOOGLE_CLOUD_PROJECT / GOOGLE_CLOUD_LOCATION), so the run
+  records where its batches go and a cron tick without those variables finds them. Sizes,
+  request counts and webhooks Vertex batch does not serve are refused here (exit 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
@@ -24,7 +29,7 @@ import re
 import string
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,12 +46,28 @@ SIZE_COLUMN = "image_size"
 """A column with this name overrides [image] size per row."""
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_ENQUEUED_TOKENS = 2_000_000
+MAX_VARIANTS = 8
 
-_TOP_KEYS = ("name", "model", "fallback_model", "input", "image", "output", "limits", "notify")
-_INPUT_KEYS = ("path", "id_column", "prompt", "prompt_column", "encoding")
+_TOP_KEYS = (
+    "name",
+    "model",
+    "fallback_model",
+    "input",
+    "image",
+    "output",
+    "limits",
+    "channel",
+    "notify",
+)
+_INPUT_KEYS = ("path", "id_column", "prompt", "prompt_column", "encoding", "images", "variants")
 _IMAGE_KEYS = ("aspect_ratio", "size")
 _OUTPUT_KEYS = ("uri", "overwrite")
 _LIMIT_KEYS = ("max_attempts", "budget_usd", "max_requests_per_batch", "max_enqueued_tokens")
+_CHANNEL_KEYS = ("kind", "project", "location", "staging_uri")
+CHANNEL_KINDS = ("gemini", "vertex")
+_GCP_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
+"""A project id (6-30 of a-z 0-9 -) or a legacy domain-scoped one (example.com:name)."""
+_LOCATION_RE = re.compile(r"[a-z0-9-]{2,40}")
 _NOTIFY_KEYS = ("webhook_url",)
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -60,6 +81,10 @@ class InputSpec:
     """A template over columns, `{column}` placeholders; exactly one of prompt / prompt_column."""
     prompt_column: str | None
     encoding: str = "utf-8"
+    images: tuple[str, ...] = ()
+    """Columns holding reference images, in the order they are sent (CONTRACT section 9)."""
+    variants: int = 1
+    """Images per row: keys K.v1..K.vN, each sent with generationConfig.seed = n (N > 1)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,33 @@ class NotifySpec:
 
 
 @dataclass(frozen=True)
+class ChannelSpec:
+    """Where the batches go: "gemini" (the Developer API) or "vertex" (Vertex AI batch
+    prediction, with its project, location and gs:// staging prefix, all resolved)."""
+
+    kind: str = "gemini"
+    project: str | None = None
+    location: str | None = None
+    staging_uri: str | None = None
+
+    @property
+    def is_vertex(self) -> bool:
+        return self.kind == "vertex"
+
+    def to_json(self) -> str | None:
+        """The run's `channel` column: None for the Developer API."""
+        if not self.is_vertex:
+            return None
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ChannelSpec:
+        if not text:
+            return cls()
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     model: str
@@ -102,6 +154,7 @@ class JobSpec:
     limits: LimitsSpec
     source: Path
     """The spec file's absolute path (for messages)."""
+    channel: ChannelSpec = dataclasses.field(default_factory=ChannelSpec)
     notify: NotifySpec = NotifySpec()
 
 
@@ -256,7 +309,39 @@ def _input(data: Mapping[str, Any], base: Path, ctx: _Ctx) -> InputSpec:
     elif not prompt_column:
         raise ctx.bad("input.prompt_column", prompt_column, "must name a column")
     encoding = _encoding(ctx.string(table, "encoding", "input"), ctx)
-    return InputSpec(Path(_local_path(path, base)), id_column, prompt, prompt_column, encoding)
+    return InputSpec(
+        Path(_local_path(path, base)),
+        id_column,
+        prompt,
+        prompt_column,
+        encoding,
+        _images(table.get("images"), ctx),
+        _variants(table.get("variants", 1), ctx),
+    )
+
+
+def _images(value: Any, ctx: _Ctx) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ctx.bad(
+            "input.images",
+            value,
+            "must be a list of column names",
+            'e.g. images = ["product_photo", "style_ref"]',
+        )
+    for column in value:
+        if value.count(column) > 1:
+            raise ctx.bad("input.images", value, f"names the column {column!r} twice")
+    return tuple(value)
+
+
+def _variants(value: Any, ctx: _Ctx) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VARIANTS:
+        raise ctx.bad(
+            "input.variants", value, "images per row", f"a whole number from 1 to {MAX_VARIANTS}"
+        )
+    return value
 
 
 def _image(data: Mapping[str, Any], info: catalog.ModelInfo, ctx: _Ctx) -> ImageSpec:
@@ -275,7 +360,8 @@ def _image(data: Mapping[str, Any], info: catalog.ModelInfo, ctx: _Ctx) -> Image
         return ImageSpec(aspect_ratio=ratio, size="")
     size = size or info.default_size or info.sizes[0]
     if size not in info.sizes:
-        raise ctx.bad("image.size", size, f"not accepted by {info.name}", _listing(info.sizes))
+        problem = info.size_limit or f"not accepted by {info.name}"
+        raise ctx.bad("image.size", size, problem, _listing(info.sizes))
     return ImageSpec(aspect_ratio=ratio, size=size)
 
 
@@ -378,32 +464,142 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _channel(data: Mapping[str, Any], defaults: Mapping[str, str], ctx: _Ctx) -> ChannelSpec:
+    table = ctx.table(data, "channel", required=False)
+    ctx.check_keys(table, "channel", _CHANNEL_KEYS)
+    kind = ctx.string(table, "kind", "channel") or "gemini"
+    if kind not in CHANNEL_KINDS:
+        raise ctx.bad("channel.kind", kind, "unknown channel", _listing(CHANNEL_KINDS))
+    if kind == "gemini":
+        extra = [k for k in ("project", "location", "staging_uri") if k in table]
+        if extra:
+            raise ctx.bad(
+                f"channel.{extra[0]}",
+                table[extra[0]],
+                'only for kind = "vertex" (the Gemini Developer API takes none)',
+            )
+        return ChannelSpec()
+    notify = data.get("notify")
+    if isinstance(notify, dict) and "webhook_url" in notify:
+        raise ctx.bad(
+            "notify.webhook_url",
+            notify["webhook_url"],
+            "webhooks are not on Vertex AI: batch prediction jobs are polled by `nanobatch "
+            'tick`; remove notify.webhook_url, or use kind = "gemini"',
+        )
+    project = ctx.string(table, "project", "channel") or defaults.get("project") or ""
+    if not project:
+        raise ctx.missing(
+            "channel.project", "the Google Cloud project, or set GOOGLE_CLOUD_PROJECT"
+        )
+    if not _GCP_PROJECT_RE.fullmatch(project):
+        raise ctx.bad("channel.project", project, "not a Google Cloud project id")
+    location = ctx.string(table, "location", "channel") or defaults.get("location") or ""
+    if not location:
+        raise ctx.missing(
+            "channel.location",
+            'the Vertex AI region, e.g. "us-central1", or set GOOGLE_CLOUD_LOCATION',
+        )
+    if not _LOCATION_RE.fullmatch(location):
+        raise ctx.bad("channel.location", location, "not a Vertex AI location", "e.g. us-central1")
+    return ChannelSpec("vertex", project, location, _staging_uri(table, ctx))
+
+
+def _staging_uri(table: Mapping[str, Any], ctx: _Ctx) -> str:
+    uri = ctx.string(table, "staging_uri", "channel")
+    if not uri:
+        raise ctx.missing(
+            "channel.staging_uri",
+            "a gs://bucket/prefix for request files and predictions (Vertex AI batch "
+            "prediction reads and writes Cloud Storage)",
+        )
+    bucket = uri[len("gs://") :].split("/", 1)[0] if uri.startswith("gs://") else ""
+    if not bucket or "{" in uri or "}" in uri:
+        raise ctx.bad("channel.staging_uri", uri, "must be gs://bucket/prefix", "gs://my-bucket/nb")
+    return uri.rstrip("/")
+
+
+def _check_vertex_limits(limits: LimitsSpec, models: catalog.Catalog, ctx: _Ctx) -> None:
+    found = models.limits("vertex")
+    assert found is not None
+    per_batch = limits.max_requests_per_batch
+    if per_batch is not None and per_batch > found.max_requests_per_job:
+        raise ctx.bad(
+            "limits.max_requests_per_batch",
+            per_batch,
+            f"more than the {found.max_requests_per_job:,} requests a Vertex AI batch "
+            "prediction job may hold",
+            f"an integer from 1 to {found.max_requests_per_job}",
+        )
+
+
 # ---------------------------------------------------------------- public API
 
 
-def parse_spec(text: str, spec_path: Path, models: catalog.Catalog) -> JobSpec:
-    """Validate TOML text into a JobSpec; raise SpecError naming the key and the valid values."""
+def parse_spec(
+    text: str,
+    spec_path: Path,
+    models: catalog.Catalog,
+    defaults: Mapping[str, str] | None = None,
+) -> JobSpec:
+    """Validate TOML text into a JobSpec; raise SpecError naming the key and the valid values.
+
+    `defaults` may hold "project" and "location" for a Vertex channel (the caller's
+    GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION)."""
     source = Path(os.path.normpath(spec_path.expanduser().absolute()))
     ctx = _Ctx(source)
     data = _parse_toml(text, ctx)
+    # First: a Vertex spec with a webhook is refused for that reason, not as an unknown key.
+    channel = _channel(data, defaults or {}, ctx)
     ctx.check_keys(data, "", _TOP_KEYS)
     name = _name(data, ctx)
-    model = _model(data, "model", models, ctx)
+    served = models.for_channel(channel.kind)
+    model = _model(data, "model", served, ctx)
     if model is None:
         raise ctx.missing("model", f"one of {_listing(models.names())}")
-    fallback = _model(data, "fallback_model", models, ctx)
+    fallback = _model(data, "fallback_model", served, ctx)
     base = source.parent
+    limits = _limits(data, ctx)
+    if channel.is_vertex:
+        _check_vertex_limits(limits, models, ctx)
+    input_spec = _input(data, base, ctx)
+    if channel.is_vertex and input_spec.images:
+        raise ctx.bad(
+            "input.images",
+            list(input_spec.images),
+            'reference images are sent through the Files API, which [channel] kind = "vertex" '
+            "does not have",
+            'the Gemini channel (kind = "gemini", the default)',
+        )
     return JobSpec(
         name=name,
         model=model,
         fallback_model=fallback,
-        input=_input(data, base, ctx),
-        image=_image(data, models.get(model), ctx),
+        input=input_spec,
+        image=_image(data, served.get(model), ctx),
         output=_output(data, base, ctx),
-        limits=_limits(data, ctx),
+        limits=limits,
         source=source,
+        channel=channel,
         notify=_notify(data, ctx),
     )
+
+
+def spec_record(spec: JobSpec) -> dict[str, Any]:
+    """The spec as a plain dict, for a run's identity and `runs.spec_json`. Keys a spec added
+    later are left out while they hold their defaults, so a spec written before them keeps
+    the identity (and finds the runs) it had."""
+    record = asdict(spec)
+    # `[notify]` says where to tell, not what to make (runs.webhook_url keeps it): never part
+    # of the identity, so adding or changing a webhook URL finds the same run.
+    del record["notify"]
+    if not spec.channel.is_vertex:
+        del record["channel"]
+    defaults = InputSpec(Path(), "", None, None)
+    for key in ("images", "variants"):
+        if record["input"][key] == getattr(defaults, key):
+            del record["input"][key]
+    return record
 
 
 def _template_fields(template: str, ctx: _Ctx | None) -> tuple[str, ...]:
@@ -444,11 +640,12 @@ def template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
 
 
 def required_columns(spec: JobSpec) -> tuple[str, ...]:
-    """Columns the input must have: the id column, then template fields or the prompt column."""
+    """Columns the input must have: the id column, then template fields or the prompt column,
+    then the reference image columns."""
     others = (
         template_fields(spec) if spec.input.prompt_column is None else (spec.input.prompt_column,)
     )
-    return tuple(dict.fromkeys((spec.input.id_column, *others)))
+    return tuple(dict.fromkeys((spec.input.id_column, *others, *spec.input.images)))
 
 
 def optional_columns(spec: JobSpec) -> tuple[str, ...]:

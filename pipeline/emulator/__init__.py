@@ -1,5 +1,6 @@
 """The Gemini Batch API emulator: a stdlib HTTP server the real google-genai SDK cannot tell
-from the service (Files resumable upload/download, batches create/get/list/cancel/delete).
+from the service (Files resumable upload/download, batches create/get/list/cancel/delete),
+and Vertex AI batch prediction jobs over a GCS emulator (`vertex`).
 
 Public API: ``Emulator`` (start/stop in-process, on port 0 by default), ``serve`` (blocking, for
 ``python -m pipeline.emulator`` and ``nanobatch emulator serve``), ``FaultPlan`` and ``Clock``.
@@ -27,6 +28,7 @@ from pipeline.emulator.faults import (
 )
 from pipeline.emulator.server import EmulatorServer
 from pipeline.emulator.state import Config, State
+from pipeline.emulator.vertex import VertexJobs
 from pipeline.emulator.webhooks import WebhookBatches, Webhooks
 
 __all__ = [
@@ -81,6 +83,7 @@ class Emulator:
         running_seconds: float = 120.0,
         max_file_bytes: int = 2 * 1024**3,
         max_storage_bytes: int = 20 * 1024**3,
+        storage_host: str | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         root = (
@@ -104,6 +107,9 @@ class Emulator:
         self._batches = WebhookBatches(self._state)
         self.webhooks: Webhooks = self._batches.webhooks
         """The webhooks API, JWKS and deliveries (knobs: retry_base_s, refused_events; log)."""
+        # Vertex AI jobs read and write Cloud Storage through a GCS emulator:
+        # `storage_host`, else STORAGE_EMULATOR_HOST when a job is created.
+        self._vertex = VertexJobs(self._state, storage_host)
         self._address = (host, port)
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
@@ -124,7 +130,9 @@ class Emulator:
     def start(self) -> Emulator:
         """Bind and serve in a background daemon thread."""
         if self._server is None:
-            self._server = EmulatorServer(self._address, self._state, self._batches, self.webhooks)
+            self._server = EmulatorServer(
+                self._address, self._state, self._batches, self._vertex, self.webhooks
+            )
             self.webhooks.start()
             self._thread = threading.Thread(
                 target=self._server.serve_forever, name="nanobatch-emulator", daemon=True
@@ -135,7 +143,9 @@ class Emulator:
     def serve_forever(self) -> None:
         """Bind and serve on the calling thread until ``stop`` (from another thread)."""
         if self._server is None:
-            self._server = EmulatorServer(self._address, self._state, self._batches, self.webhooks)
+            self._server = EmulatorServer(
+                self._address, self._state, self._batches, self._vertex, self.webhooks
+            )
             self.webhooks.start()
         self._server.serve_forever()
 
@@ -162,6 +172,21 @@ class Emulator:
                 "keys": list(b.keys),
             }
             for b in self._batches.listing()
+        ]
+
+    def vertex_jobs(self) -> list[dict[str, Any]]:
+        """Internal view for tests: each Vertex job's name, displayName, state, model,
+        output folder and input files."""
+        return [
+            {
+                "name": j.name,
+                "displayName": j.display_name,
+                "state": j.state,
+                "model": j.model,
+                "outputDir": j.output_dir,
+                "inputs": list(j.inputs),
+            }
+            for j in sorted(self._vertex.jobs.values(), key=lambda j: int(j.id))
         ]
 
     def __enter__(self) -> Emulator:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.emulator import lines, models
+from pipeline.emulator import lines, models, references
 from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import FileRec, State, sha256_field
 from pipeline.emulator.wire import (
@@ -265,6 +265,7 @@ class Batches:
                 version=batch.version,
                 checked=True,  # the line (file) or the create body (inline) was checked
                 files=self._files_at(batch),
+                refs=references.image_salt(request, self._reference_files(batch)),
             )
         outcome = "missing" if out is None else fault.kind if fault else "ok"
         if out is not None and fault is None and "error" in out:
@@ -282,6 +283,11 @@ class Batches:
         made lazily, maybe much later, but the service reads the files as it runs)."""
         when = batch.created + timedelta(seconds=self.state.config.pending_seconds)
         return lambda file_id: self.state.file_live_at(file_id, when)
+
+    def _reference_files(self, batch: Batch) -> references.Lookup:
+        """The files a batch's lines may name: those live when it started running."""
+        when = batch.created + timedelta(seconds=self.state.config.pending_seconds)
+        return references.files_at(self.state, when)
 
     def _produce_inline(self, batch: Batch) -> None:
         results: list[dict[str, Any]] = []

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.emulator.vertex_faults import VertexFaults
+
 LINE_KINDS = ("error", "finish", "block", "text_only", "missing")
 
 
@@ -109,6 +111,8 @@ class FaultPlan:
     line_faults: list[LineFault] = field(default_factory=list)
     shuffle: bool = False
     download: DownloadFault = field(default_factory=DownloadFault)
+    vertex: VertexFaults = field(default_factory=VertexFaults)
+    """The Vertex AI batch prediction routes' faults (see `vertex_faults`)."""
     webhooks: WebhookFaults = field(default_factory=WebhookFaults)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _used: dict[tuple[str, int, str], int] = field(default_factory=dict, repr=False, compare=False)
@@ -126,6 +130,7 @@ class FaultPlan:
         plan.batch_faults = [BatchFault(**x) for x in d.get("batch_faults", [])]
         plan.line_faults = [_line_fault(x) for x in d.get("line_faults", [])]
         plan.download = DownloadFault(**d.get("download", {}))
+        plan.vertex = VertexFaults.from_dict(d.get("vertex", {}))
         plan.webhooks = WebhookFaults(**d.get("webhooks", {}))
         return plan
 

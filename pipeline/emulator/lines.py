@@ -378,11 +378,13 @@ def serve(
     version: str = "v1beta",
     checked: bool = False,
     files: FileCheck | None = None,
+    refs: str = "",
 ) -> dict[str, Any] | None:
     """The output of one request line (without its key), or None when the line goes missing.
 
     ``checked``: the request already passed the schema check (with its line or create body).
-    ``files`` says which file ids are live; None skips the ``fileData`` check."""
+    ``files`` says which file ids are live; None skips the ``fileData`` check. ``refs``: what
+    the line's reference images and seed add to its image (`references.image_salt`)."""
     if fault is not None and fault.kind == "missing":
         return None
     if fault is not None and fault.kind == "error":
@@ -405,7 +407,7 @@ def serve(
         return {"response": _text_answer(model, p, meta)}
     if (fault is not None and fault.kind == "text_only") or not p.want_image:
         return {"response": _text_only(model, p, meta)}
-    return {"response": _image_response(model, p, scale, meta)}
+    return {"response": _image_response(model, p, scale, meta, refs)}
 
 
 def _code_message(fault: LineFault) -> str:
@@ -443,7 +445,9 @@ def _text_answer(model: str, p: Parsed, meta: dict[str, Any]) -> dict[str, Any]:
     return {"candidates": [cand], **_usage(model, p, [], text_n, thoughts), **meta}
 
 
-def _image_response(model: str, p: Parsed, scale: float, meta: dict[str, Any]) -> dict[str, Any]:
+def _image_response(
+    model: str, p: Parsed, scale: float, meta: dict[str, Any], refs: str = ""
+) -> dict[str, Any]:
     digest = _h(model, p.prompt, p.ratio, p.size)
     pro = models.is_pro(model)
     thoughts = 100 + int.from_bytes(digest[2:4], "big") % 201 if pro else 0
@@ -467,7 +471,7 @@ def _image_response(model: str, p: Parsed, scale: float, meta: dict[str, Any]) -
         text = _caption(p.prompt, text_n)
         parts.append({"text": text, "thoughtSignature": signature} if gemini3 else {"text": text})
     image: dict[str, Any] = {
-        "inlineData": {"mimeType": "image/png", "data": png_base64(_seed(model, p), w, h)}
+        "inlineData": {"mimeType": "image/png", "data": png_base64(_seed(model, p) + refs, w, h)}
     }
     if gemini3:
         image["thoughtSignature"] = signature

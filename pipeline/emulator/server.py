@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.emulator import lines, models
+from pipeline.emulator import lines, models, vertex
 from pipeline.emulator.batches import Batches
 from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import State
@@ -47,11 +47,17 @@ class EmulatorServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], state: State, batches: Batches, webhooks: Any = None
+        self,
+        address: tuple[str, int],
+        state: State,
+        batches: Batches,
+        vertex_jobs: vertex.VertexJobs | None = None,
+        webhooks: Any = None,
     ) -> None:
         super().__init__(address, Handler)
         self.state = state
         self.batches = batches
+        self.vertex = vertex_jobs or vertex.VertexJobs(state)
         self.webhooks = webhooks
         """The webhooks API and JWKS (pipeline.emulator.webhooks.Webhooks)."""
 
@@ -88,6 +94,9 @@ def _match(method: str, marker: str, rest: list[str], has_upload_id: bool) -> tu
             return kind, [model]
     if rest[:1] == ["webhooks"]:
         return "webhooks", rest[1:]
+    found = vertex.match(method, rest)
+    if found is not None:
+        return found
     if rest == ["batches"] and method == "GET":
         return "list", []
     if len(rest) == 2 and rest[0] == "batches":
@@ -134,7 +143,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             kind, self._version, args = route(self.command, url.path, self._query)
             self._entry["kind"] = kind
-            if kind not in ("upload_chunk", "jwks"):
+            if kind == "vertex":  # Vertex AI: OAuth bearer tokens, not API keys
+                vertex.check_auth(self.headers.get("Authorization"))
+            elif kind not in ("upload_chunk", "jwks"):
                 self._check_key()
             getattr(self, f"_on_{kind}")(*args)
         except ApiError as exc:
@@ -306,6 +317,26 @@ class Handler(BaseHTTPRequestHandler):
 
     def _on_jwks(self) -> None:
         self._send_json(200, self.server.webhooks.jwks())
+
+    # --- Vertex AI batch prediction (pipeline.emulator.vertex) -----------------------------
+
+    def _on_vertex(self, op: str, project: str, location: str, job_id: str) -> None:
+        self._entry["kind"] = f"vertex_{op}"
+        page = (
+            int((self._query.get("pageSize") or ["0"])[0] or 0),
+            (self._query.get("pageToken") or [""])[0],
+        )
+        body = self._read_json() if op == "create" else {}
+        if op == "cancel":
+            self._read_json()
+        answer, self._entry["batch"] = vertex.serve(
+            self.server.vertex, op, project, location, job_id, body, page
+        )
+        if answer is vertex.LOST:  # the create took effect; its answer never arrives
+            self._entry["status"] = "lost"
+            self.close_connection = True
+            return
+        self._send_json(200, answer)
 
     # --- batches ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The prompt cache: a queued item whose content hash (model, prompt, aspect ratio, image size:
-`items.prompt_sha256`, see `expand.prompt_sha256`) matches an image another run already
+"""The prompt cache: a queued item whose content hash (model, prompt, aspect ratio, image size,
+and its seed and reference images' sha256s when it has them: `items.prompt_sha256`, see
+`expand.prompt_sha256`) matches an image another run already
 stored is not sent. Its image is copied into this run's output, and the item becomes
 `succeeded` with `cached = true`, zero cost and no attempt row (its report says attempts 0).
 
@@ -20,6 +21,7 @@ from pipeline.adapters.log import get_logger
 from pipeline.adapters.storage import ObjectNotFound, ObjectStore, sha256_hex
 from pipeline.core import naming
 from pipeline.core.errors import ObjectConflict
+from pipeline.core.refimage import reference_metadata
 from pipeline.shell.context import Context
 
 log = get_logger()
@@ -133,4 +135,5 @@ def _metadata(run: repo.RunRow, row: Any, source: Any) -> dict[str, str]:
         "nanobatch-thinking-tokens": "0",
         "nanobatch-cost-usd": "0",
         "nanobatch-cached-from": f"{source.run_id}/{source.key}",
+        **reference_metadata(row.refs, row.seed),
     }

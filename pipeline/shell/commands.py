@@ -32,7 +32,7 @@ def submit_spec(ctx: Context, spec_path: Path, *, force: bool, use_cache: bool) 
     An identical run that still has queued work (its submit was stopped before sending it)
     is sent now rather than left waiting: submitting again is how a user retries a submit."""
     catalog = load_catalog()
-    spec = load_spec(spec_path, catalog)
+    spec = load_spec(spec_path, catalog, ctx.settings.channel_defaults)
     run_id, created = create_run(ctx, spec, catalog, force=force, use_cache=use_cache)
     if not created:
         queued = _queued_work(ctx, run_id)
@@ -81,7 +81,7 @@ def run_spec(
     from pipeline.shell.render import write_report
 
     catalog = load_catalog()
-    spec = load_spec(spec_path, catalog)
+    spec = load_spec(spec_path, catalog, ctx.settings.channel_defaults)
     run_id: str | None = None
     progress: RunProgress | None = None
     try:

@@ -73,7 +73,10 @@ class _Recorder:
         taken: TakenNames | None,
     ):
         self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
-        self.spool = spool
+        # Lines with reference images name their uploads, made when the batch is created:
+        # their files are built then, not now.
+        self.spool = None if spec.input.images else spool
+        self.rich = bool(spec.input.images) or spec.input.variants > 1
         self.taken = taken if taken is not None and not taken.idle else None
         self.written: list[shardfile.ShardWriter] = []
         """Files written so far: removed again if the run is not recorded."""
@@ -87,6 +90,9 @@ class _Recorder:
         """Record a slice of items: cached content stays queued (the cache or, on a miss,
         `form_batches` checks its name later), items whose name is taken fail, the rest is
         packed."""
+        if items.refs:
+            distinct = {ref.sha256: ref for refs in items.refs for ref in refs}
+            repo.insert_run_references(self.conn, self.run_id, distinct.values())
         hashes = expand.prompt_hashes(self.model, items)
         self.done.items += len(items)
         self.done.est_nanos += sum(e.batch_nanos for e in items.estimates)
@@ -127,9 +133,11 @@ class _Recorder:
     def _pack(self, items: expand.Items, hashes: list[str]) -> None:
         """Split the items where the packer opens a batch; each run of them goes to its batch
         (the first run to the batch already open, if it does not start a new one)."""
-        lines = expand.request_lines(items)
+        # Only written files need the lines themselves; packing needs their lengths.
+        lines = expand.request_lines(items) if self.spool is not None else None
+        sizes = list(map(len, lines)) if lines is not None else expand.line_lengths(items)
         tokens = items.tokens()
-        bounds = [*self.packer.starts(list(map(len, lines)), tokens), len(items)]
+        bounds = [*self.packer.starts(sizes, tokens), len(items)]
         if bounds[0] > 0:
             self._add(items, hashes, lines, tokens, 0, bounds[0])
         for start, stop in itertools.pairwise(bounds):
@@ -140,7 +148,7 @@ class _Recorder:
         self,
         items: expand.Items,
         hashes: list[str],
-        lines: list[bytes],
+        lines: list[bytes] | None,
         tokens: list[int],
         start: int,
         stop: int,
@@ -153,7 +161,7 @@ class _Recorder:
         batch.tokens += sum(part_tokens)
         batch.nanos += sum(e.batch_nanos for e in part.estimates)
         self._write(part, hashes[start:stop], part_tokens, "in_batch", batch.id)
-        if batch.file is not None:
+        if batch.file is not None and lines is not None:
             batch.file.write(b"".join(lines[start:stop]))
 
     def _write(
@@ -167,6 +175,9 @@ class _Recorder:
         """Insert the items' rows (repo.ITEM_ROW order), all in `state` and `batch_id`."""
         if not len(items):
             return
+        extra: list[Any] = []
+        if self.rich:
+            extra = [items.seeds or itertools.repeat(None), items.ref_text()]
         rows = list(
             # strict=False: repeat() is endless; the zip ends with the item columns.
             zip(
@@ -179,10 +190,11 @@ class _Recorder:
                 items.sizes,
                 itertools.repeat(self.model),
                 tokens,
+                *extra,
                 strict=False,
             )
         )
-        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id)
+        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id, rich=self.rich)
 
     def _open_batch(self) -> None:
         self.close()

@@ -36,13 +36,17 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("cost_usd", pa.float64()),
         pa.field("cached", pa.bool_()),
         pa.field("error", pa.string()),
+        pa.field("duplicates", pa.int64()),
+        pa.field("references", pa.list_(pa.string())),
+        pa.field("seed", pa.int64()),
         pa.field("prompt", pa.string()),
         pa.field("aspect_ratio", pa.string()),
         pa.field("image_size", pa.string()),
     ]
 )
 """One row per harvested item. key, status and attempts are never null; uri and sha256 are
-null for an item with no stored image, error is null for a success."""
+null for an item with no stored image, error is null for a success; references are the
+reference images' sha256s in order (empty for none), seed is null without variants."""
 
 MERGED_MANIFEST_SCHEMA = MANIFEST_SCHEMA.append(pa.field("run", pa.string(), nullable=False))
 """manifest.parquet at a location several runs share: every run's rows, each with its run."""

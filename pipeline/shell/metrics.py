@@ -127,6 +127,7 @@ def run_metrics(conn: Any, run_id: str) -> dict[str, Any]:
             "cost_per_image_usd": nanos_to_usd(int(row.cost_nanos)) / images if images else None,
         }
     attempts, errors = _errors(repo.attempt_reasons(conn, run_id))
+    duplicates, duplicate_cost = repo.duplicate_totals(conn, run_id)
     turnaround, wait = _durations(repo.batch_times(conn, run_id))
 
     def clean(d: dict[str, float]) -> dict[str, float | None]:
@@ -135,6 +136,7 @@ def run_metrics(conn: Any, run_id: str) -> dict[str, Any]:
     return {
         "by_model": models,
         "attempts": attempts,
+        "duplicates": {"lines": duplicates, "cost_usd": nanos_to_usd(duplicate_cost)},
         "errors": errors,
         "error_rate": {k: round(v / attempts, 6) for k, v in errors.items()} if attempts else {},
         "batch_turnaround_s": clean(_summary(turnaround)),
@@ -202,6 +204,7 @@ def render(ctx: Context) -> str:
         _held(out, runs, now)
         _costs(out, repo.cost_by_model(conn))
         _error_metrics(out, *_errors(repo.attempt_reasons(conn)))
+        _duplicates(out, *repo.duplicate_totals(conn))
         turnaround, wait = _durations(repo.batch_times(conn, since=now - WINDOW))
         spent, reserved = repo.day_spend(conn, day_start(now))
         _webhook_metrics(out, deliveries.counts(conn), deliveries.stored_times(conn, now - WINDOW))
@@ -300,6 +303,21 @@ def _error_metrics(out: _Writer, attempts: int, errors: dict[str, int]) -> None:
     out.family("nanobatch_error_rate", "gauge", "Share of recorded attempts failing, by class.")
     for name, n in errors.items():
         out.sample("nanobatch_error_rate", n / attempts if attempts else 0.0, reason=name)
+
+
+def _duplicates(out: _Writer, lines: int, cost_nanos: int) -> None:
+    """Billed duplicate lines: several results lines for one key (Vertex AI); each one's cost
+    is in the account, none is a try (CONTRACT section 10)."""
+    out.family(
+        "nanobatch_duplicate_lines_total",
+        "counter",
+        "Billed results lines beyond the one that decided their item (not tries).",
+    )
+    out.sample("nanobatch_duplicate_lines_total", lines)
+    out.family(
+        "nanobatch_duplicate_cost_usd_total", "counter", "Cost of the billed duplicate lines, USD."
+    )
+    out.sample("nanobatch_duplicate_cost_usd_total", nanos_to_usd(cost_nanos))
 
 
 def write_metrics(ctx: Context, out: Path | None) -> str:

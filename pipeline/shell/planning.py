@@ -5,11 +5,12 @@ and no ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.adapters import inputs
+from pipeline.adapters.references import ReferenceBook
 from pipeline.core import expand, shard
 from pipeline.core.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.core.errors import SpecError, UsageError
@@ -19,15 +20,18 @@ from pipeline.core.values import nanos_to_usd, usd_to_nanos
 OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")
 
 
-def load_spec(path: Path, catalog: Catalog | None = None) -> JobSpec:
-    """Read and validate a spec file; SpecError naming the file when it cannot be read."""
+def load_spec(
+    path: Path, catalog: Catalog | None = None, defaults: Mapping[str, str] | None = None
+) -> JobSpec:
+    """Read and validate a spec file; SpecError naming the file when it cannot be read.
+    `defaults`: a Vertex channel's project and location (Settings.channel_defaults)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file; job specs live in jobs/*.toml") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc})") from None
-    return parse_spec(text, path.resolve(), catalog or load_catalog())
+    return parse_spec(text, path.resolve(), catalog or load_catalog(), defaults)
 
 
 def nothing_to_do(spec: JobSpec, rejected: int) -> UsageError:
@@ -43,17 +47,22 @@ def nothing_to_do(spec: JobSpec, rejected: int) -> UsageError:
     return UsageError(f"{spec.input.path}: {why}; nothing to do ({fix}).")
 
 
-def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
+def expansion(
+    spec: JobSpec, info: ModelInfo, book: ReferenceBook | None = None
+) -> Iterator[expand.Expanded]:
     """Items and rejects of the spec's table, a block at a time, streamed; InputError for a
-    missing column."""
+    missing column. Reference images are read through `book` (by default one that reads
+    local files only: gs:// objects are checked at submit)."""
     present = inputs.check_columns(
         spec.input.path, required_columns(spec), OVERRIDE_COLUMNS, spec.input.encoding
     )
     columns = [*required_columns(spec), *sorted(present)]
     path, encoding = spec.input.path, spec.input.encoding
     inputs.check_column_types(path, column_uses(spec))
-    repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding)
+    repeated = inputs.repeated_key_hashes(path, spec.input.id_column, encoding, spec.input.variants)
     blocks = inputs.read_blocks(path, list(dict.fromkeys(columns)), encoding)
+    if book is None and spec.input.images:
+        book = ReferenceBook(spec.source.parent)
     return expand.expand_columns(
         spec,
         info,
@@ -61,6 +70,7 @@ def expansion(spec: JobSpec, info: ModelInfo) -> Iterator[expand.Expanded]:
         repeated_keys=repeated,
         has_ratio_column="aspect_ratio" in present,
         has_size_column="image_size" in present,
+        references=book,
     )
 
 
@@ -68,7 +78,7 @@ def column_uses(spec: JobSpec) -> dict[str, str]:
     """What the job makes of each column it reads (inputs.TEXT, KEY or VALUE); a column with
     two uses gets the stricter (a key that is also a template value must be a key)."""
     uses = {name: inputs.VALUE for name in template_fields(spec)}
-    for name in (spec.input.prompt_column, *OVERRIDE_COLUMNS):
+    for name in (spec.input.prompt_column, *OVERRIDE_COLUMNS, *spec.input.images):
         if name is not None:
             uses[name] = inputs.TEXT
     if uses.get(spec.input.id_column) != inputs.TEXT:
@@ -95,11 +105,15 @@ class Plan:
     standard_nanos: int = 0
     quota_windows: int = 0
     max_enqueued_tokens: int = 0
+    channel: str = "gemini"
     by_size: dict[str, SizeLine] = field(default_factory=dict)
     """By image size ("" for a model without sizes)."""
     rejects: list[expand.Reject] = field(default_factory=list)
     budget_nanos: int | None = None
     """The spec's [limits] budget_usd."""
+    references: int = 0
+    """Reference images sent with the items (one per item and image, variants included)."""
+    variants: int = 1
 
     @property
     def warnings(self) -> list[str]:
@@ -135,7 +149,11 @@ class Plan:
                 },
             },
             "quota_windows": self.quota_windows,
-            "max_enqueued_tokens": self.max_enqueued_tokens,
+            # Vertex AI batch prediction has no enqueued-token quota: the spec's is ignored.
+            "max_enqueued_tokens": self.max_enqueued_tokens if self.channel == "gemini" else None,
+            "channel": self.channel,
+            "references": self.references,
+            "variants": self.variants,
             "budget_usd": nanos_to_usd(self.budget_nanos)
             if self.budget_nanos is not None
             else None,
@@ -145,23 +163,27 @@ class Plan:
 
 def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
     """Expand and shard the spec's table in one streaming pass."""
-    info = catalog.get(spec.model)
+    info = catalog.for_channel(spec.channel.kind).get(spec.model)
     budget = spec.limits.budget_usd
     plan = Plan(
         job=spec.name,
         model=spec.model,
         max_enqueued_tokens=spec.limits.max_enqueued_tokens,
         budget_nanos=usd_to_nanos(budget) if budget is not None else None,
+        channel=spec.channel.kind,
+        variants=spec.input.variants,
     )
-    packer = shard.Packer(shard.limits_for(spec))
+    limits = shard.limits_for(spec, catalog)
+    packer = shard.Packer(limits)
     for block in expansion(spec, info):
         plan.rejected += len(block.rejects)
         plan.rejects.extend(block.rejects[: max(0, keep_rejects - len(plan.rejects))])
         items = block.items
         _count_items(plan, items)
-        lengths = list(map(len, expand.request_lines(items)))
+        plan.references += sum(map(len, items.refs))
+        lengths = expand.line_lengths(items)
         plan.batches += len(packer.starts(lengths, items.tokens()))
-    plan.quota_windows = shard.quota_windows(plan.est_tokens, spec.limits.max_enqueued_tokens)
+    plan.quota_windows = shard.quota_windows(plan.est_tokens, limits.max_tokens)
     return plan
 
 

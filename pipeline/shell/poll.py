@@ -1,5 +1,6 @@
 """Polling live batches: read their remote state (a few list pages instead of one get per
-batch when many are live) and move each to done, failed, expired or cancelled.
+batch when many are live, per channel) and move each to done (any end with output to
+harvest), failed, expired or cancelled.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.gemini import RemoteBatch
+from pipeline.adapters.gemini import BatchBackend, RemoteBatch
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.core.errors import ApiError, AuthError, StaleTransition
@@ -28,7 +29,12 @@ def poll_batches(ctx: Context, runs: dict[str, repo.RunRow]) -> int:
         live = [b for b in repo.batches_in(conn, ["running"]) if b.run_id in runs]
     if not live:
         return 0
-    remote, lost = _remote_states(ctx, live)
+    remote: dict[str, RemoteBatch] = {}
+    lost: set[str] = set()
+    for group in _by_channel(live, runs).values():
+        states, gone = _remote_states(ctx, group, ctx.backend_for(runs[group[0].run_id]))
+        remote.update(states)
+        lost |= gone
     changed = 0
     for batch in live:
         run = runs[batch.run_id]
@@ -51,7 +57,7 @@ def poll_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
     The same guarded moves as `poll_batches`: a tick that moved it first wins."""
     if not batch.remote_name:
         return False
-    remote, lost = _remote_states(ctx, [batch])
+    remote, lost = _remote_states(ctx, [batch], ctx.backend_for(run))
     try:
         if batch.remote_name in remote:
             return _apply(ctx, batch, run, remote[batch.remote_name])
@@ -64,20 +70,30 @@ def poll_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
     return False
 
 
+def _by_channel(
+    live: Sequence[repo.BatchRow], runs: dict[str, repo.RunRow]
+) -> dict[str | None, list[repo.BatchRow]]:
+    """Live batches grouped by their run's channel (each group is one backend)."""
+    groups: dict[str | None, list[repo.BatchRow]] = {}
+    for batch in live:
+        groups.setdefault(runs[batch.run_id].channel, []).append(batch)
+    return groups
+
+
 def _remote_states(
-    ctx: Context, live: Sequence[repo.BatchRow]
+    ctx: Context, live: Sequence[repo.BatchRow], backend: BatchBackend
 ) -> tuple[dict[str, RemoteBatch], set[str]]:
     """Remote state of each live batch, and the names the service no longer knows (404)."""
     wanted = {b.remote_name for b in live if b.remote_name}
     found: dict[str, RemoteBatch] = {}
     lost: set[str] = set()
     if len(wanted) > LIST_WHEN_MORE_THAN:
-        for remote in ctx.backend.list_batches(page_size=100):
+        for remote in backend.list_batches(page_size=100):
             if remote.name in wanted:
                 found[remote.name] = remote
     for name in wanted - found.keys():
         try:
-            found[name] = ctx.backend.get_batch(name)
+            found[name] = backend.get_batch(name)
         except AuthError:
             raise
         except ApiError as exc:
@@ -95,7 +111,9 @@ def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteB
             if remote.state != batch.remote_state:
                 repo.update_batch(conn, batch.id, remote_state=remote.state)
             return False
-        if outcome in ("succeeded", "cancelled") and remote.output_file:
+        # Whatever the end, output is harvested: a Vertex job that FAILED, EXPIRED or was
+        # CANCELLED keeps the rows it completed (PARTIALLY_SUCCEEDED counts as succeeded).
+        if remote.output_file:
             repo.transition_batch(
                 conn,
                 batch.id,

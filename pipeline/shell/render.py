@@ -28,6 +28,11 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
     assert isinstance(est, dict)
     click.echo(f"job {plan.job}  model {plan.model}")
     click.echo(f"items {plan.items}  rejected rows {plan.rejected}  batches {plan.batches}")
+    if plan.references or plan.variants > 1:
+        click.echo(
+            f"  {plan.variants} variant(s) per row; {plan.references} reference image(s) sent, "
+            "their input tokens included below"
+        )
     for size, line in est["by_size"].items():
         click.echo(
             f"  {size:<40} {line['items']:>8} items  batch ${line['batch_usd']:.4f}"
@@ -37,10 +42,16 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
         f"estimate: ${est['batch_usd']:.4f} at batch price, "
         f"${est['standard_usd']:.4f} at standard price"
     )
-    click.echo(
-        f"quota: {est['tokens']:,} tokens over {plan.max_enqueued_tokens:,} enqueued "
-        f"tokens = {plan.quota_windows} quota window(s)"
-    )
+    if plan.channel == "gemini":
+        click.echo(
+            f"quota: {est['tokens']:,} tokens over {plan.max_enqueued_tokens:,} enqueued "
+            f"tokens = {plan.quota_windows} quota window(s)"
+        )
+    else:
+        click.echo(
+            f"quota: {est['tokens']:,} tokens; {plan.channel} batch has no enqueued-token "
+            f"quota = {plan.quota_windows} quota window(s)"
+        )
     for rej in plan.rejects:
         click.echo(f"  rejected row {rej.row} ({rej.key!r}): {printable(rej.reason)}")
 

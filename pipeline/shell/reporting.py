@@ -58,7 +58,7 @@ def render_report(
     elif fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=list(report.ITEM_FIELDS))
         writer.writeheader()
-        writer.writerows(map(report.csv_row, rows))
+        writer.writerows(report.csv_row(report.flat_row(row)) for row in rows)
     else:
         _write_table(stream, run, rows, summary)
 
@@ -124,6 +124,9 @@ REPORT_SCHEMA = pa.schema(
         ("cost_usd", pa.float64()),
         ("cached", pa.bool_()),
         ("error", pa.string()),
+        ("duplicates", pa.int64()),
+        ("references", pa.list_(pa.string())),
+        ("seed", pa.int64()),
     ]
 )
 

@@ -16,7 +16,6 @@ import math
 import random
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -28,6 +27,7 @@ from pipeline.adapters.ledger import repo
 from pipeline.adapters.ledger.db import session_scope
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.private import make_private_dir, open_private
+from pipeline.adapters.references import ReferenceBook
 from pipeline.core import expand, pricing, shard
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import (
@@ -37,11 +37,11 @@ from pipeline.core.errors import (
     StorageError,
     TransientApiError,
 )
-from pipeline.core.spec import JobSpec, resolve_output_uri
+from pipeline.core.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
 from pipeline.core.states import BatchState
 from pipeline.core.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
-from pipeline.shell import intake, location
-from pipeline.shell.context import Context
+from pipeline.shell import intake, location, uploads
+from pipeline.shell.context import Context, channel_of
 from pipeline.shell.location import Listing
 from pipeline.shell.reporting import write_tables
 from pipeline.shell.taken import TakenNames
@@ -62,7 +62,7 @@ CLAIM_TTL_S = 60.0
 def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
     """Same spec + same input + same resolved output (+ date) = same run."""
     canonical = json.dumps(
-        {"spec": _identity_dict(spec), "input": input_sha, "output": output_template, "date": date},
+        {"spec": spec_record(spec), "input": input_sha, "output": output_template, "date": date},
         sort_keys=True,
         default=str,
     )
@@ -71,15 +71,7 @@ def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str,
 
 def _spec_json(spec: JobSpec) -> str:
     """The spec as recorded with its run (`runs.spec_json`)."""
-    return json.dumps(_identity_dict(spec), default=str, sort_keys=True)
-
-
-def _identity_dict(spec: JobSpec) -> dict[str, Any]:
-    """The spec's fields that make the run: `[notify]` says where to tell, not what to make
-    (it is kept in `runs.webhook_url`), so runs recorded before it existed stay the same run."""
-    fields = asdict(spec)
-    fields.pop("notify", None)
-    return fields
+    return json.dumps(spec_record(spec), default=str, sort_keys=True)
 
 
 def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
@@ -124,7 +116,7 @@ def create_run(
             f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
             "written."
         ) from exc
-    check_service(ctx)
+    check_service(ctx, spec.channel)
     # Listed before the recording transaction opens: a long listing holds no ledger lock.
     with Listing.of(store) as listing:
         _record_run(
@@ -133,17 +125,25 @@ def create_run(
     return run_id, True
 
 
-def check_service(ctx: Context) -> None:
+def check_service(ctx: Context, channel: ChannelSpec | None = None) -> None:
     """One cheap call to the service before a run is recorded: a refused or missing key
     (AuthError, exit 2) or an unreachable service (exit 1) then leaves nothing behind that a
-    later submit would mistake for the run."""
+    later submit would mistake for the run. A Vertex channel's staging prefix must take a
+    file too (StorageError, exit 1)."""
+    channel = channel or ChannelSpec()
+    variable = "GOOGLE_VERTEX_BASE_URL" if channel.is_vertex else "GOOGLE_GEMINI_BASE_URL"
     try:
-        ctx.backend.check_access()
+        ctx.channel_backend(channel).check_access()
     except AuthError as exc:
         raise AuthError(f"{exc}; nothing was recorded", code=exc.code) from None
+    except StorageError as exc:
+        raise StorageError(
+            f"{exc}. Nothing was recorded and nothing was spent; submit again once the "
+            "staging prefix can be written."
+        ) from None
     except ApiError as exc:
         raise type(exc)(
-            f"{exc}; nothing was recorded: check the network and GOOGLE_GEMINI_BASE_URL "
+            f"{exc}; nothing was recorded: check the network and {variable} "
             "(unset it for the real service), then submit again",
             code=exc.code,
         ) from None
@@ -163,7 +163,7 @@ def _record_run(
 ) -> None:
     from pipeline.shell.planning import expansion, nothing_to_do
 
-    info = catalog.get(spec.model)
+    info = catalog.for_channel(spec.channel.kind).get(spec.model)
     now = ctx.now()
     with session_scope(ctx.engine) as session:
         conn = session.connection()
@@ -175,11 +175,14 @@ def _record_run(
         if not spec.output.overwrite:
             neighbours = location.runs_at(ctx, conn, output_uri)
             taken = TakenNames(run_id, ctx.store(output_uri), listing, neighbours)
+        book = None
+        if spec.input.images:
+            book = ReferenceBook(spec.source.parent, gcs=uploads.gcs_opener(ctx))
         done = intake.record_expansion(
             conn,
             run_id,
             spec,
-            expansion(spec, info),
+            expansion(spec, info, book),
             now,
             use_cache=use_cache,
             spool=ctx.settings.spool_dir,
@@ -239,6 +242,7 @@ def _run_values(
         "overwrite": spec.output.overwrite,
         "use_cache": use_cache,
         "created_at": now,
+        "channel": spec.channel.to_json(),
         "webhook_url": spec.notify.webhook_url,
     }
 
@@ -311,20 +315,26 @@ class _Queued(NamedTuple):
 
     def line_length(self) -> int:
         r = self.row
-        return len(expand.request_line(r.key, r.prompt, r.aspect_ratio, self.size))
+        files = [("image/jpeg", expand.PLACEHOLDER_URI)] * _ref_count(r.refs)
+        return len(expand.request_line(r.key, r.prompt, r.aspect_ratio, self.size, files, r.seed))
+
+
+def _ref_count(refs: str | None) -> int:
+    """How many reference images an item's `refs` (comma-separated sha256s) names."""
+    return refs.count(",") + 1 if refs else 0
 
 
 def _pack_model(
     ctx: Context, run: repo.RunRow, catalog: Catalog, model: str, rows: list[Any], limits: Any
 ) -> int:
-    info = catalog.get(model)
+    info = catalog.for_channel(channel_of(run).kind).get(model)
     estimate = pricing.Estimator(info)
     # Items moved to the fallback model keep the size asked of the primary: send (and
     # estimate) what this batch's model accepts, e.g. no imageSize for gemini-2.5-flash-image.
     queued = []
     for row in rows:
         size = expand.effective_size(info, row.image_size)
-        queued.append(_Queued(row, size, estimate(size, row.prompt)))
+        queued.append(_Queued(row, size, estimate(size, row.prompt, _ref_count(row.refs))))
     made = 0
     for group in shard.pack(
         queued, size=_Queued.line_length, tokens=lambda q: q.estimate.tokens, limits=limits
@@ -348,15 +358,24 @@ class Submitter:
     """One tick's submission pass: reconcile `submitting` batches, then create queued ones
     while the live-batch limit, the enqueued-token quota, budgets and backoff allow."""
 
-    def __init__(self, ctx: Context, isolation: Isolation | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        isolation: Isolation | None = None,
+        keepalive: Callable[[], object] | None = None,
+    ) -> None:
         self.ctx = ctx
-        self._remote_by_display: dict[str, RemoteBatch] | None = None
+        self._remote_by_display: dict[str | None, dict[str, RemoteBatch]] = {}
         self.spend = SpendBook(ctx)
         self.isolation = isolation
+        self.runs: dict[str, repo.RunRow] = {}
+        self.keepalive = keepalive
+        """Renews the caller's scheduler lease during long work (many image uploads)."""
 
     def run(self, runs: dict[str, repo.RunRow]) -> int:
         """Create what may be created; with an Isolation, each batch's upload and create is
         its run's unit (a held run is skipped; a run whose files fail is held)."""
+        self.runs = dict(runs)
         created = 0
         with self.ctx.engine.connect() as conn:
             pending = repo.batches_in(conn, ["submitting", "queued"])
@@ -392,11 +411,13 @@ class Submitter:
     def _create(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx
         if batch.state == "submitting":
-            found = self._find_remote(batch.display_name)
+            found = self._find_remote(run, batch.display_name)
             if found is not None:
                 self._adopt(batch, found, "reconciled by display name")
                 return True
         file_name = batch.file_name or self._upload(batch)
+        if file_name is None:
+            return False
         if batch.state == "queued":
             with ctx.engine.begin() as conn:
                 repo.transition_batch(
@@ -411,7 +432,7 @@ class Submitter:
             self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
-            remote = ctx.backend.create_batch(
+            remote = ctx.backend_for(run).create_batch(
                 batch.model, file_name, batch.display_name, **_webhook(run, batch)
             )
         except AuthError:
@@ -426,13 +447,23 @@ class Submitter:
         self._adopt(batch, remote, "created")
         return True
 
-    def _upload(self, batch: repo.BatchRow) -> str:
+    def _upload(self, batch: repo.BatchRow) -> str | None:
+        """The batch's request file uploaded (its reference images first); None when none of
+        its items can be sent any more (the batch is then cancelled)."""
         ctx = self.ctx
         spool = ctx.settings.spool_dir
         path = shardfile.written(spool, batch.display_name, batch.shard_sha256)
         if path is None:  # not written when the run was recorded, or changed since
-            path = self._build_file(batch, spool)
-        remote = ctx.backend.upload_jsonl(path, batch.display_name)
+            with ctx.engine.connect() as conn:
+                has_refs = repo.run_has_references(conn, batch.run_id)
+            files: dict[str, tuple[str, str]] = {}
+            if has_refs:
+                run = self._run_of(batch)
+                files = uploads.prepare(ctx, batch, run, self._keep(batch)).files
+                if not self._has_items(batch):
+                    return None
+            path = self._build_file(batch, spool, files)
+        remote = ctx.backend_for(self._run_of(batch)).upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
         with ctx.engine.begin() as conn:
             repo.update_batch(conn, batch.id, file_name=remote.name, file_uploaded_at=ctx.now())
@@ -440,16 +471,47 @@ class Submitter:
         log.info("batch_uploaded", run=batch.run_id, batch=batch.display_name, file=remote.name)
         return remote.name
 
-    def _build_file(self, batch: repo.BatchRow, spool: Path) -> Path:
-        """The batch's JSONL, built from its rows in the ledger."""
+    def _keep(self, batch: repo.BatchRow) -> Callable[[], object]:
+        """Renew the scheduler lease and this batch's claim."""
+        ctx = self.ctx
+
+        def renew() -> None:
+            if self.keepalive is not None:
+                self.keepalive()
+            repo.claim_batch(ctx.engine, batch.id, ctx.settings.worker_id, ctx.now(), CLAIM_TTL_S)
+
+        return renew
+
+    def _has_items(self, batch: repo.BatchRow) -> bool:
+        """Whether the batch still has items to send; if not, it is cancelled, never created."""
+        ctx = self.ctx
+        with ctx.engine.begin() as conn:
+            if any(True for _ in repo.batch_request_rows(conn, batch.id, chunk=1)):
+                return True
+            repo.transition_batch(
+                conn,
+                batch.id,
+                BatchState(batch.state),
+                BatchState.CANCELLED,
+                ctx.now(),
+                "no item left to send (reference images could not be uploaded)",
+            )
+        return False
+
+    def _build_file(
+        self, batch: repo.BatchRow, spool: Path, files: dict[str, tuple[str, str]] | None = None
+    ) -> Path:
+        """The batch's JSONL, built from its rows in the ledger; `files` gives each reference
+        image's (mime type, file uri)."""
         make_private_dir(spool)
         path = shardfile.path_for(spool, batch.display_name)
-        info = load_catalog().get(batch.model)
+        info = load_catalog().for_channel(self._channel(batch).kind).get(batch.model)
         with self.ctx.engine.connect() as conn, open_private(path) as out:
-            for key, prompt, ratio, size in repo.batch_request_rows(conn, batch.id):
+            for key, prompt, ratio, size, seed, refs in repo.batch_request_rows(conn, batch.id):
                 # What the batch's model accepts (a fallback model may take no size).
                 sent = expand.effective_size(info, size)
-                out.write(expand.request_line(key, prompt, ratio, sent))
+                parts = [files[sha] for sha in refs.split(",")] if refs and files else ()
+                out.write(expand.request_line(key, prompt, ratio, sent, parts, seed))
         return path
 
     def _adopt(self, batch: repo.BatchRow, remote: RemoteBatch, how: str) -> None:
@@ -519,12 +581,24 @@ class Submitter:
             fail_batch_items(ctx, conn, batch, f"batch create refused: {exc}"[:500])
         log.error("batch_create_refused", batch=batch.display_name, error=str(exc)[:300])
 
-    def _find_remote(self, display_name: str) -> RemoteBatch | None:
-        if self._remote_by_display is None:
-            self._remote_by_display = {
-                r.display_name: r for r in self.ctx.backend.list_batches() if r.display_name
+    def _find_remote(self, run: repo.RunRow, display_name: str) -> RemoteBatch | None:
+        """The service's batch with this display name, if the create took effect (its answer
+        may have been lost): one listing per channel per pass."""
+        if run.channel not in self._remote_by_display:
+            backend = self.ctx.backend_for(run)
+            self._remote_by_display[run.channel] = {
+                r.display_name: r for r in backend.list_batches() if r.display_name
             }
-        return self._remote_by_display.get(display_name)
+        return self._remote_by_display[run.channel].get(display_name)
+
+    def _run_of(self, batch: repo.BatchRow) -> repo.RunRow:
+        if batch.run_id not in self.runs:
+            with self.ctx.engine.connect() as conn:
+                self.runs[batch.run_id] = repo.get_run(conn, batch.run_id)
+        return self.runs[batch.run_id]
+
+    def _channel(self, batch: repo.BatchRow) -> ChannelSpec:
+        return channel_of(self._run_of(batch))
 
 
 def _webhook(run: repo.RunRow, batch: repo.BatchRow) -> dict[str, Any]:
@@ -584,9 +658,11 @@ def waiting_reason(
         return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
     with ctx.engine.connect() as conn:
         limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
-        if repo.live_batch_count(conn) >= limit:
+        vertex = run.channel is not None
+        if repo.live_batch_count(conn, vertex) >= limit:
             return f"{limit} batches are live (the service's limit)"
-        used = repo.live_tokens(conn, batch.model)
+        # Vertex AI batch prediction has no enqueued-token quota.
+        used = 0 if vertex else repo.live_tokens(conn, batch.model)
         if used and used + batch.est_tokens > run.max_enqueued_tokens:
             return (
                 f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "

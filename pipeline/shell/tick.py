@@ -96,7 +96,7 @@ def _schedule(
             with iso.unit(run):
                 serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
                 formed += form_batches(ctx, run, catalog)
-        created = Submitter(ctx, iso).run(runs)
+        created = Submitter(ctx, iso, keepalive=lambda: _renew_scheduler(ctx, owner)).run(runs)
     finally:
         repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
     return formed, created
@@ -231,7 +231,7 @@ def _keep_for_later(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, catalo
     """A held run's finished batch: its results go to the spool (they expire on the service
     48 h after the batch ends) and wait there; a cancelled held run's are recorded, unstored."""
     if run.state == "active":
-        spool_batch(ctx, batch)
+        spool_batch(ctx, batch, run)
         return
     reason = f"run cancelled while held; its image was not stored: {run.hold_detail}"
     harvest_batch(ctx, batch, run, catalog, unstored=reason[:500])
@@ -299,7 +299,7 @@ def cancel_run(ctx: Context, run_id: str) -> int:
     asked = 0
     for batch in live:
         if batch.remote_name:
-            ctx.backend.cancel_batch(batch.remote_name)
+            ctx.backend_for(run).cancel_batch(batch.remote_name)
             asked += 1
     log.info("run_cancelled", run=run_id, live_batches=asked)
     return asked

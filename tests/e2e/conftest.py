@@ -20,6 +20,7 @@ from e2e_checks import API_KEY
 from google import genai
 
 from pipeline.emulator import Emulator
+from tests import specs
 
 """A distinctive key, so a leak is easy to find in any output."""
 
@@ -84,28 +85,24 @@ class E2E:
         extra: str = "",
         path: Path | None = None,
     ) -> Path:
-        path = path or self.spec_path
-        path.write_text(
-            f'name = "{name}"\n'
-            f'model = "{model}"\n'
-            f"{extra}\n"
-            "[input]\n"
-            f'path = "{input_path}"\n'
-            'id_column = "sku"\n'
-            f'prompt = "{prompt}"\n'
-            "[image]\n"
-            f'aspect_ratio = "{aspect_ratio}"\n'
-            f'size = "{size}"\n'
-            "[output]\n"
-            f'uri = "{output}"\n'
-            "[limits]\n"
-            "max_attempts = 3\n"
-            "budget_usd = 5.0\n"
-            f"max_requests_per_batch = {max_requests_per_batch}\n"
-            f"max_enqueued_tokens = {max_enqueued_tokens}\n",
-            encoding="utf-8",
+        return specs.write_spec(
+            path or self.spec_path,
+            name=name,
+            model=model,
+            extra=extra,
+            input_path=input_path,
+            id_column="sku",
+            prompt=prompt,
+            aspect_ratio=aspect_ratio,
+            size=size,
+            output=output,
+            limits={
+                "max_attempts": 3,
+                "budget_usd": 5.0,
+                "max_requests_per_batch": max_requests_per_batch,
+                "max_enqueued_tokens": max_enqueued_tokens,
+            },
         )
-        return path
 
     # ── the CLI ───────────────────────────────────────────────────────────
 

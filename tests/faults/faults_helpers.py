@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.emulator import Emulator
+from tests import specs
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "drill-secret-key-0123456789abcdef"
@@ -82,16 +83,23 @@ class Drill:
         rows = ["sku,title"] + [f"{json.dumps(k)},thing {i}" for i, k in enumerate(keys)]
         (self.tmp / "prompts.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         self.out_dir = self.tmp / "out"
-        fb = f'fallback_model = "{fallback}"\n' if fallback else ""
-        self.spec = self.tmp / f"{name}.toml"
-        self.spec.write_text(
-            f'name = "{name}"\nmodel = "{MODEL}"\n{fb}'
-            '[input]\npath = "prompts.csv"\nid_column = "sku"\nprompt = "Photo of {title}"\n'
-            '[image]\naspect_ratio = "1:1"\nsize = "1K"\n'
-            f'[output]\nuri = "out"\noverwrite = {str(overwrite).lower()}\n'
-            f"[limits]\nmax_attempts = {max_attempts}\nmax_requests_per_batch = {per_batch}\n"
-            f"max_enqueued_tokens = {max_tokens}\n",
-            encoding="utf-8",
+        self.spec = specs.write_spec(
+            self.tmp / f"{name}.toml",
+            name=name,
+            model=MODEL,
+            fallback=fallback,
+            input_path="prompts.csv",
+            id_column="sku",
+            prompt="Photo of {title}",
+            aspect_ratio="1:1",
+            size="1K",
+            output="out",
+            overwrite=overwrite,
+            limits={
+                "max_attempts": max_attempts,
+                "max_requests_per_batch": per_batch,
+                "max_enqueued_tokens": max_tokens,
+            },
         )
         return self.spec
 

@@ -3,7 +3,6 @@ ticking a run to its end with the emulator's clock pushed forward."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from pipeline.shell.context import Context
 from pipeline.shell.planning import load_spec
 from pipeline.shell.submit import create_run
 from pipeline.shell.tick import tick
+from tests import specs
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-3.1-flash-image-preview"
@@ -37,25 +37,23 @@ def write_job(
 ) -> Path:
     """A job spec and its CSV (columns key, prompt, and any per-row overrides)."""
     folder.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    table = folder / f"{name}.csv"
-    with table.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    size_line = f'size = "{size}"\n' if size else ""
-    budget_line = f"budget_usd = {budget}\n" if budget is not None else ""
-    spec = folder / f"{name}.toml"
-    spec.write_text(
-        f'name = "{name}"\nmodel = "{model}"\n\n'
-        f'[input]\npath = "{table.name}"\nid_column = "key"\nprompt_column = "prompt"\n\n'
-        f'[image]\naspect_ratio = "{ratio}"\n{size_line}\n'
-        f'[output]\nuri = "{out or str(folder / "out" / "{run}")}"\n\n'
-        f"[limits]\nmax_attempts = {max_attempts}\n{budget_line}"
-        f"max_requests_per_batch = {per_batch}\n",
-        encoding="utf-8",
+    table = specs.write_table(folder / f"{name}.csv", rows)
+    return specs.write_spec(
+        folder / f"{name}.toml",
+        name=name,
+        model=model,
+        input_path=table.name,
+        id_column="key",
+        prompt_column="prompt",
+        aspect_ratio=ratio,
+        size=size,
+        output=out or str(folder / "out" / "{run}"),
+        limits={
+            "max_attempts": max_attempts,
+            "budget_usd": budget,
+            "max_requests_per_batch": per_batch,
+        },
     )
-    return spec
 
 
 def make_context(tmp: Path, emu: Emulator | None, **settings: Any) -> Context:

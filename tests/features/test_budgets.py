@@ -105,6 +105,8 @@ def test_budget_holds_under_concurrent_ticks(tmp_path: Path, emu: Emulator) -> N
         "GEMINI_API_KEY": KEY,
         "GOOGLE_GEMINI_BASE_URL": emu.url,
         "NANOBATCH_LOG_FORMAT": "json",
+        # This checkout's pipeline, not whichever one the virtualenv has installed.
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     procs = [
         subprocess.Popen(

@@ -26,6 +26,8 @@ TABLES = {
     "rejects",
     "events",
     "leases",
+    "run_references",
+    "uploads",
     "deliveries",
     "alembic_version",
 }
@@ -66,7 +68,11 @@ def test_schema_has_tables_and_unique_constraints(engine: Engine) -> None:
         return {u["name"]: u["column_names"] for u in inspector.get_unique_constraints(table)}
 
     assert uniques("items")["uq_items_run_id_key"] == ["run_id", "key"]
-    assert uniques("attempts")["uq_attempts_item_id_batch_id"] == ["item_id", "batch_id"]
+    assert uniques("attempts")["uq_attempts_item_id_batch_id_duplicate"] == [
+        "item_id",
+        "batch_id",
+        "duplicate",
+    ]
     batches = uniques("batches")
     assert batches["uq_batches_display_name"] == ["display_name"]
     assert batches["uq_batches_remote_name"] == ["remote_name"]

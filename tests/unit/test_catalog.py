@@ -51,3 +51,16 @@ def test_flash_models() -> None:
 def test_unknown_model_is_key_error() -> None:
     with pytest.raises(KeyError):
         load_catalog().get("gemini-9")
+
+
+def test_reference_image_limits_and_tokens_per_model() -> None:
+    """Each model says how many reference images it accepts and what one costs in input
+    tokens, with the source those figures come from (CONTRACT section 9)."""
+    cat = load_catalog()
+    assert cat.references_source.startswith("https://ai.google.dev/")
+    pro = cat.get("gemini-3-pro-image-preview")
+    assert (pro.max_reference_images, pro.reference_image_tokens) == (14, 560)
+    flash = cat.get("gemini-2.5-flash-image")
+    assert (flash.max_reference_images, flash.reference_image_tokens) == (3, 258)
+    nb2 = cat.get("gemini-3.1-flash-image-preview")
+    assert (nb2.max_reference_images, nb2.reference_image_tokens) == (14, 1120)

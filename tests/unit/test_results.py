@@ -171,3 +171,21 @@ def test_decode_image_alphabets() -> None:
     assert decode_image(base64.urlsafe_b64encode(data).decode().rstrip("=")) == data
     with pytest.raises(ValueError):
         decode_image("not base64!!")
+
+
+def test_files_named_by_a_permission_or_not_found_error() -> None:
+    """A line failing with 7 or 5 (or HTTP 403/404) names the file it could not read: those
+    ids are what harvest matches against the line's reference images."""
+    from pipeline.core.results import files_gone
+
+    msg = "You do not have permission to access the File abc123 or it may not exist."
+    assert files_gone({"key": "k", "error": {"code": 7, "message": msg}}) == {"abc123"}
+    uri = "https://generativelanguage.googleapis.com/v1beta/files/x-9 not found"
+    assert files_gone({"key": "k", "error": {"code": 404, "message": uri}}) == {"x-9"}
+    assert files_gone({"key": "k", "error": {"code": 5, "message": "files/a1 and files/b2"}}) == {
+        "a1",
+        "b2",
+    }
+    assert files_gone({"key": "k", "error": {"code": 3, "message": "File abc is bad"}}) == set()
+    assert files_gone({"key": "k", "error": {"code": 7}}) == set()
+    assert files_gone({"key": "k", "response": {}}) == set()

@@ -237,3 +237,47 @@ def test_missing_sections(tmp_path: Path) -> None:
 def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
     message = _error(BASE.replace('size = "2K"', "size = 2K"), tmp_path)
     assert "not valid TOML" in message and "line 12" in message
+
+
+def test_reference_images_and_variants(tmp_path: Path) -> None:
+    """[input] images names columns of reference images, in order; variants 1-8."""
+    text = BASE.replace(
+        'id_column = "sku"', 'id_column = "sku"\nimages = ["photo", "style"]\nvariants = 4'
+    )
+    spec = _parse(text, tmp_path)
+    assert spec.input.images == ("photo", "style")
+    assert spec.input.variants == 4
+    assert required_columns(spec)[-2:] == ("photo", "style")
+    plain = _parse(BASE, tmp_path)
+    assert plain.input.images == () and plain.input.variants == 1
+
+
+@pytest.mark.parametrize(
+    ("lines", "needles"),
+    [
+        ('images = "photo"', ["input.images", "a list of column names"]),
+        ("images = [3]", ["input.images", "a list of column names"]),
+        ('images = [""]', ["input.images", "a list of column names"]),
+        ('images = ["a", "a"]', ["input.images", "'a' twice"]),
+        ("variants = 0", ["input.variants", "1 to 8"]),
+        ("variants = 9", ["input.variants", "1 to 8"]),
+        ("variants = 2.5", ["input.variants", "1 to 8"]),
+    ],
+)
+def test_reference_and_variant_errors(tmp_path: Path, lines: str, needles: list[str]) -> None:
+    message = _error(BASE.replace('id_column = "sku"', f'id_column = "sku"\n{lines}'), tmp_path)
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_spec_record_of_a_spec_without_references_is_unchanged(tmp_path: Path) -> None:
+    """A run's identity is built from spec_record: a spec that uses neither images nor
+    variants records what it did before they existed (same runs found again)."""
+    from pipeline.core.spec import spec_record
+
+    plain = spec_record(_parse(BASE, tmp_path))
+    assert "images" not in plain["input"] and "variants" not in plain["input"]
+    assert set(plain["input"]) == {"path", "id_column", "prompt", "prompt_column", "encoding"}
+    text = BASE.replace('id_column = "sku"', 'id_column = "sku"\nimages = ["p"]\nvariants = 2')
+    record = spec_record(_parse(text, tmp_path))
+    assert record["input"]["images"] == ("p",) and record["input"]["variants"] == 2

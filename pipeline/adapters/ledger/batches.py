@@ -20,11 +20,22 @@ from sqlalchemy import (
     update,
 )
 
-from pipeline.adapters.ledger.rows import ATTEMPTS, BATCHES, ITEMS, BatchRow, RunRow, _batch, _event
-from pipeline.core.errors import StaleTransition
+from pipeline.adapters.ledger.items import transition_items
+from pipeline.adapters.ledger.rows import (
+    ATTEMPTS,
+    BATCHES,
+    ITEMS,
+    RUNS,
+    BatchRow,
+    RunRow,
+    _batch,
+    _event,
+)
+from pipeline.core.errors import InvalidTransition, StaleTransition
 from pipeline.core.states import (
     LIVE_BATCH_STATES,
     BatchState,
+    ItemState,
     check_batch_transition,
 )
 
@@ -119,18 +130,22 @@ def create_batch(
     # guarded UPDATE moves exactly them; any other count means another writer got in between
     # and the transaction is rolled back.
     lo, hi = items[0].id, items[-1].id
-    moved = conn.execute(
-        update(ITEMS)
-        .where(
-            ITEMS.c.run_id == run.id,
-            ITEMS.c.id.between(lo, hi),
-            ITEMS.c.state == "queued",
-            ITEMS.c.model == model,
-        )
-        .values(state="in_batch", batch_id=batch_id)
-    ).rowcount
+    moved = transition_items(
+        conn,
+        run.id,
+        [item.id for item in items],
+        ItemState.QUEUED,
+        ItemState.IN_BATCH,
+        now,
+        where=[ITEMS.c.run_id == run.id, ITEMS.c.id.between(lo, hi), ITEMS.c.model == model],
+        values={"batch_id": batch_id},
+        events=False,  # the batch's `queued` event counts them
+    )
     if moved != len(items):
-        raise StaleTransition(f"items of run {run.id} were taken by another tick")
+        raise StaleTransition(
+            f"items {lo}..{hi} of run {run.id}: {moved} of {len(items)} were still queued, "
+            "another tick took the others"
+        )
     close_batch(conn, run.id, batch_id, model, len(items), est_tokens, est_nanos, now)
     return batch_id
 
@@ -179,22 +194,29 @@ def batch_state_counts(conn: Connection, run_id: str) -> dict[str, int]:
 
 
 def live_tokens(conn: Connection, model: str) -> int:
-    """Estimated enqueued tokens of the model's live batches (all runs)."""
+    """Estimated enqueued tokens of the model's live batches on the Developer API (all runs;
+    Vertex AI batch prediction has no enqueued-token quota, so its batches do not count)."""
     return int(
         conn.execute(
-            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0)).where(
+            select(func.coalesce(func.sum(BATCHES.c.est_tokens), 0))
+            .select_from(BATCHES.join(RUNS, RUNS.c.id == BATCHES.c.run_id))
+            .where(
                 BATCHES.c.model == model,
                 BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]),
+                RUNS.c.channel.is_(None),
             )
         ).scalar_one()
     )
 
 
-def live_batch_count(conn: Connection) -> int:
+def live_batch_count(conn: Connection, vertex: bool = False) -> int:
+    """Live batches on the Developer API, or (vertex=True) on Vertex AI: each service has
+    its own limit."""
+    on_channel = RUNS.c.channel.is_not(None) if vertex else RUNS.c.channel.is_(None)
     return conn.execute(
         select(func.count())
-        .select_from(BATCHES)
-        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]))
+        .select_from(BATCHES.join(RUNS, RUNS.c.id == BATCHES.c.run_id))
+        .where(BATCHES.c.state.in_([s.value for s in LIVE_BATCH_STATES]), on_channel)
     ).scalar_one()
 
 
@@ -208,7 +230,10 @@ def transition_batch(
     **values: Any,
 ) -> None:
     """The one way a batch changes state: a guarded update plus its event row."""
-    check_batch_transition(from_, to)
+    try:
+        check_batch_transition(from_, to)
+    except InvalidTransition as exc:
+        raise InvalidTransition(f"batch {batch_id}: {exc}") from None
     result = conn.execute(
         update(BATCHES)
         .where(BATCHES.c.id == batch_id, BATCHES.c.state == from_.value)

@@ -4,7 +4,8 @@ and the prompt cache's lookups.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,9 +22,8 @@ from sqlalchemy import (
 
 from pipeline.adapters.ledger.rows import ATTEMPTS, EVENTS, ITEMS, _chunks
 from pipeline.adapters.ledger.runs import _placeholder
-from pipeline.core.states import (
-    ItemState,
-)
+from pipeline.core.errors import InvalidTransition
+from pipeline.core.states import ITEM_TRANSITIONS, ItemState
 
 # ── items ────────────────────────────────────────────────────────────────────
 
@@ -66,6 +66,8 @@ def queued_items(conn: Connection, run_id: str, after_id: int, limit: int) -> li
                 ITEMS.c.model,
                 ITEMS.c.est_tokens,
                 ITEMS.c.prompt_sha256,
+                ITEMS.c.seed,
+                ITEMS.c.refs,
             )
             .where(ITEMS.c.run_id == run_id, ITEMS.c.state == "queued", ITEMS.c.id > after_id)
             .order_by(ITEMS.c.id)
@@ -76,16 +78,19 @@ def queued_items(conn: Connection, run_id: str, after_id: int, limit: int) -> li
 
 def batch_request_rows(
     conn: Connection, batch_id: int, chunk: int = 5000
-) -> Iterator[tuple[str, str, str, str]]:
-    """(key, prompt, aspect_ratio, image_size) of a batch's items in id order: the JSONL.
+) -> Iterator[tuple[str, str, str, str, int | None, str | None]]:
+    """(key, prompt, aspect_ratio, image_size, seed, refs) of a batch's items in id order:
+    the JSONL. Items whose attempt is already settled (not sent: a reference image could not
+    be uploaded) are left out.
 
     Plain SQL fetched a chunk at a time (streamed on PostgreSQL): a batch can hold 100,000
     items, and compiling and processing an ORM-level select per row cost more than the query."""
     mark = _placeholder(conn)
     result = conn.execution_options(stream_results=True).exec_driver_sql(
-        "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size FROM attempts "
+        "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size, items.seed, "
+        "items.refs FROM attempts "
         f"JOIN items ON items.id = attempts.item_id WHERE attempts.batch_id = {mark} "
-        "ORDER BY items.id",
+        "AND attempts.duplicate = 0 AND attempts.outcome IS NULL ORDER BY items.id",
         (batch_id,),
     )
     # Through the result, not its DBAPI cursor: with stream_results SQLAlchemy has already
@@ -114,11 +119,28 @@ def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
                 ITEMS.c.aspect_ratio,
                 ITEMS.c.image_size,
                 ITEMS.c.batch_id,
+                ITEMS.c.seed,
+                ITEMS.c.refs,
             )
             .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
-            .where(ATTEMPTS.c.batch_id == batch_id)
+            .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.duplicate == 0)
         )
     )
+
+
+def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Billed duplicate lines (attempt rows with `duplicate` >= 1), each once: a replayed
+    harvest inserts the same (item, batch, duplicate) again, which does nothing."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(ATTEMPTS).on_conflict_do_nothing(
+        index_elements=["item_id", "batch_id", "duplicate"]
+    )
+    conn.execute(statement, list(rows))
 
 
 def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -159,12 +181,78 @@ def open_keys(conn: Connection, run_ids: Sequence[str], keys: Sequence[str]) -> 
     return found
 
 
+def transition_items(
+    conn: Connection,
+    run_id: str,
+    item_ids: Sequence[int],
+    from_: ItemState | None,
+    to: ItemState,
+    now: datetime,
+    *,
+    values: Mapping[str, Any] | None = None,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    guard: Sequence[Any] = (),
+    where: Sequence[Any] | None = None,
+    events: bool = True,
+    detail: str | None = None,
+    details: Sequence[str | None] | None = None,
+    batch_id: int | None = None,
+) -> int:
+    """The one way items change state: the (from, to) pair is checked against
+    ITEM_TRANSITIONS, then one guarded UPDATE (`state = from_` plus `guard`), then an event
+    row per item. Returns how many rows moved; zero (someone moved them first) writes no event.
+    An invalid pair raises InvalidTransition naming the items, the run and both states.
+
+    `from_` None means the items were inserted in state `to` in this transaction and only
+    their other columns are set now (the event says created: from None). The moved rows are
+    `item_ids` (an IN list, in chunks, with `values`), or, with `rows`, one executemany whose
+    parameter sets carry `iid` and whatever bind parameters `values` names (an executemany
+    reports only a total, so once any row moved every item gets its event: harvest's
+    callers hold the batch's lease, so none of its items moves under them). `details` gives
+    each item's event detail (parallel to `item_ids`); otherwise `detail` is everyone's.
+    With `where`, those conditions pick the rows instead of `item_ids` (a ranged update of
+    many consecutive items); `events=False` leaves the event to the caller (a batch's event
+    says which items went into it).
+    """
+    if from_ is not None and to not in ITEM_TRANSITIONS[from_]:
+        raise InvalidTransition(
+            f"items {_ids(item_ids)} of run {run_id} cannot move from {from_.value} to {to.value}"
+        )
+    cond = [ITEMS.c.state == (to if from_ is None else from_).value, *guard]
+    sets = {"state": to.value, **(values or {})}
+    moved = 0
+    if where is not None:
+        moved = conn.execute(update(ITEMS).where(*where, *cond).values(**sets)).rowcount
+    elif rows is not None:
+        if rows:
+            stmt = update(ITEMS).where(ITEMS.c.id == bindparam("iid"), *cond).values(**sets)
+            moved = conn.execute(stmt, list(rows)).rowcount
+    else:
+        for chunk in _chunks(list(item_ids), 500):
+            stmt = update(ITEMS).where(ITEMS.c.id.in_(chunk), *cond).values(**sets)
+            moved += conn.execute(stmt).rowcount
+    if moved == 0 or not events:
+        return moved
+    event_from = None if from_ is None else from_.value
+    texts = details if details is not None else [detail] * len(item_ids)
+    item_events(conn, run_id, item_ids, event_from, to.value, None, now, batch_id, texts)
+    return moved
+
+
+def _ids(item_ids: Sequence[int]) -> str:
+    """Item ids for a message: all of a few, the first ten and a count of many."""
+    shown = ", ".join(str(i) for i in item_ids[:10])
+    more = len(item_ids) - 10
+    return f"[{shown}{f' and {more} more' if more > 0 else ''}]"
+
+
 def fail_items_for_good(
     conn: Connection, run_id: str, reasons: Sequence[tuple[str, str]], from_: str, now: datetime
 ) -> int:
     """Items of the run (by key) in state `from_` fail for good with their reasons, before
     anything was sent for them: no attempt, no cost (an item just recorded as failed, or a
     queued one). Guarded; returns how many moved."""
+    source = None if from_ == ItemState.FAILED else ItemState(from_)
     moved = 0
     for chunk in _chunks(list(reasons), 500):
         ids = dict(
@@ -179,26 +267,16 @@ def fail_items_for_good(
         params = [{"iid": ids[k], "err": r} for k, r in chunk if k in ids]
         if not params:
             continue
-        conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.id == bindparam("iid"), ITEMS.c.state == from_)
-            .values(state="failed", final=True, error=bindparam("err"), finished_at=now),
-            params,
-        )
-        conn.execute(
-            insert(EVENTS),
-            [
-                {
-                    "at": now,
-                    "run_id": run_id,
-                    "batch_id": None,
-                    "item_id": p["iid"],
-                    "from_state": None if from_ == "failed" else from_,
-                    "to_state": "failed",
-                    "detail": p["err"][:500],
-                }
-                for p in params
-            ],
+        transition_items(
+            conn,
+            run_id,
+            [p["iid"] for p in params],
+            source,
+            ItemState.FAILED,
+            now,
+            values={"final": True, "error": bindparam("err"), "finished_at": now},
+            rows=params,
+            details=[p["err"][:500] for p in params],
         )
         moved += len(params)
     return moved
@@ -209,15 +287,21 @@ def requeue_items(conn: Connection, run_id: str, *, include_final: bool, now: da
     cond = [ITEMS.c.run_id == run_id, ITEMS.c.state.in_(["failed", "cancelled"])]
     if not include_final:
         cond.append(or_(ITEMS.c.final.is_(False), ITEMS.c.state == "cancelled"))
-    ids = [r[0] for r in conn.execute(select(ITEMS.c.id).where(*cond))]
-    for chunk in _chunks(ids, 500):
-        conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state.in_(["failed", "cancelled"]))
-            .values(state="queued", final=False, error=None, batch_id=None, tries=0)
+    by_state: dict[str, list[int]] = {"failed": [], "cancelled": []}
+    for item_id, state in conn.execute(select(ITEMS.c.id, ITEMS.c.state).where(*cond)):
+        by_state[state].append(item_id)
+    for state, ids in by_state.items():
+        transition_items(
+            conn,
+            run_id,
+            ids,
+            ItemState(state),
+            ItemState.QUEUED,
+            now,
+            values={"final": False, "error": None, "batch_id": None, "tries": 0},
+            detail="retry requested",
         )
-        item_events(conn, run_id, chunk, "failed", "queued", "retry requested", now)
-    return len(ids)
+    return sum(map(len, by_state.values()))
 
 
 def cancel_open_items(conn: Connection, run_id: str, now: datetime) -> int:
@@ -228,13 +312,16 @@ def cancel_open_items(conn: Connection, run_id: str, now: datetime) -> int:
             select(ITEMS.c.id).where(ITEMS.c.run_id == run_id, ITEMS.c.state == "queued")
         )
     ]
-    for chunk in _chunks(ids, 500):
-        conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "queued")
-            .values(state="cancelled", error="run cancelled", finished_at=now)
-        )
-        item_events(conn, run_id, chunk, "queued", "cancelled", "run cancelled", now)
+    transition_items(
+        conn,
+        run_id,
+        ids,
+        ItemState.QUEUED,
+        ItemState.CANCELLED,
+        now,
+        values={"error": "run cancelled", "finished_at": now},
+        detail="run cancelled",
+    )
     return len(ids)
 
 
@@ -247,7 +334,10 @@ def item_events(
     detail: str | None,
     now: datetime,
     batch_id: int | None = None,
+    details: Iterable[str | None] | None = None,
 ) -> None:
+    """An event row per item; `details`, when given, is each one's detail (else `detail`)."""
+    texts = details if details is not None else itertools.repeat(detail)
     rows = [
         {
             "at": now,
@@ -256,9 +346,9 @@ def item_events(
             "item_id": i,
             "from_state": from_,
             "to_state": to,
-            "detail": detail,
+            "detail": text,
         }
-        for i in item_ids
+        for i, text in zip(item_ids, texts, strict=False)
     ]
     if rows:
         conn.execute(insert(EVENTS), rows)

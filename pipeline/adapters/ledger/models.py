@@ -93,6 +93,9 @@ class Run(Base):
     """No tick tries the held run's storage again before this."""
     hold_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     """Tries that failed in a row since the hold began (the backoff's exponent)."""
+    channel: Mapped[str | None] = mapped_column(Text)
+    """Where the run's batches go: NULL for the Gemini Developer API, else the resolved
+    `[channel]` as JSON (kind, project, location, staging_uri)."""
     webhook_url: Mapped[str | None] = mapped_column(Text)
     """The spec's `[notify] webhook_url`: sent as the dynamic webhook of each batch created."""
 
@@ -172,17 +175,67 @@ class Item(Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    """generationConfig.seed of a variant (None without variants)."""
+    refs: Mapped[str | None] = mapped_column(Text)
+    """The reference images' sha256s, comma-separated, in the order they are sent."""
+
+
+class RunReference(Base):
+    """Where a run reads one of its reference images (by sha256), for its uploads."""
+
+    __tablename__ = "run_references"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    """An absolute local path or a gs://bucket/object uri."""
+    mime: Mapped[str] = mapped_column(String(50))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """A reference image uploaded through the Files API. The row is written (`uploading`,
+    with the file name nanobatch chose) before the upload, so a kill between the upload and
+    its record is found again by that name instead of uploading twice; `active` once the
+    service's uri and expiry are recorded; `stale` when a line found the file gone."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        CheckConstraint(_in("state", ["uploading", "active", "stale"]), "state"),
+        Index("ix_uploads_sha256", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    """files/<id>, chosen before the upload."""
+    uri: Mapped[str | None] = mapped_column(Text)
+    mime: Mapped[str] = mapped_column(String(50))
+    state: Mapped[str] = mapped_column(String(20))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """The service's expirationTime."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Attempt(Base):
-    """One item in one batch. Outcome NULL until the batch's result is recorded."""
+    """One item in one batch. Outcome NULL until the batch's result is recorded.
+
+    A results file with several lines for one key (Vertex AI) gives the item's attempt in
+    that batch (`duplicate` 0) and one row per other billed line (`duplicate` 1, 2, ...,
+    outcome `duplicate`): its cost counts, it is not a try."""
 
     __tablename__ = "attempts"
     __table_args__ = (
-        UniqueConstraint("item_id", "batch_id"),
+        UniqueConstraint("item_id", "batch_id", "duplicate"),
         CheckConstraint(
             "outcome IS NULL OR "
-            + _in("outcome", ["succeeded", "retry", "final", "cancelled", "not_sent"]),
+            + _in(
+                "outcome",
+                ["succeeded", "retry", "final", "cancelled", "not_sent", "duplicate"],
+            ),
             "outcome",
         ),
         Index("ix_attempts_batch", "batch_id"),
@@ -202,6 +255,7 @@ class Attempt(Base):
     cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     standard_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duplicate: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Reject(Base):

@@ -15,10 +15,9 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    update,
 )
 
-from pipeline.adapters.ledger.items import _stored_elsewhere
+from pipeline.adapters.ledger.items import _stored_elsewhere, transition_items
 from pipeline.adapters.ledger.rows import (
     ATTEMPTS,
     BATCHES,
@@ -26,9 +25,9 @@ from pipeline.adapters.ledger.rows import (
     REJECTS,
     RUNS,
     RunRow,
-    _event,
     _run,
 )
+from pipeline.core.states import ItemState
 
 # ── reports ──────────────────────────────────────────────────────────────────
 
@@ -66,7 +65,9 @@ def _item_sums_query() -> Any:
         ATTEMPTS.c.outcome != "not_sent",
     )
     sums = [
-        func.count(ATTEMPTS.c.id),
+        # Tries: billed duplicate lines are paid for (in the sums below) but are not tries.
+        func.count(ATTEMPTS.c.id).filter(ATTEMPTS.c.duplicate == 0),
+        func.count(ATTEMPTS.c.id).filter(ATTEMPTS.c.duplicate > 0),
         *(
             func.coalesce(func.sum(column), 0)
             for column in (
@@ -102,6 +103,7 @@ def _sum_entries(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
 
 _EMPTY_SUMS: dict[str, Any] = {
     "attempts": 0,
+    "duplicates": 0,
     "input_tokens": 0,
     "output_image_tokens": 0,
     "output_text_tokens": 0,
@@ -161,23 +163,24 @@ def mark_cached(
 ) -> bool:
     """A queued item served from the prompt cache: succeeded, cached, no attempt (guarded).
     `model` is the model that made the image (the source's: a fallback model may have)."""
-    moved = conn.execute(
-        update(ITEMS)
-        .where(ITEMS.c.id == item_id, ITEMS.c.state == "queued")
-        .values(
-            state="succeeded",
-            cached=True,
-            uri=uri,
-            sha256=sha256,
-            error=None,
-            finished_at=now,
-            model=model,
-        )
-    ).rowcount
-    if moved != 1:
-        return False
-    _event(conn, run_id, None, item_id, "queued", "succeeded", detail[:500], now)
-    return True
+    moved = transition_items(
+        conn,
+        run_id,
+        [item_id],
+        ItemState.QUEUED,
+        ItemState.SUCCEEDED,
+        now,
+        values={
+            "cached": True,
+            "uri": uri,
+            "sha256": sha256,
+            "error": None,
+            "finished_at": now,
+            "model": model,
+        },
+        detail=detail[:500],
+    )
+    return moved == 1
 
 
 def cache_savings(conn: Connection, run_id: str) -> int:
@@ -249,11 +252,22 @@ def cost_by_model(conn: Connection, run_id: str | None = None) -> list[Any]:
 def attempt_reasons(conn: Connection, run_id: str | None = None) -> Iterator[Any]:
     """(outcome, reason, count) of recorded attempts, grouped (the error classes' source)."""
     query = select(ATTEMPTS.c.outcome, ATTEMPTS.c.reason, func.count().label("n")).where(
-        ATTEMPTS.c.outcome.is_not(None)
+        ATTEMPTS.c.outcome.is_not(None), ATTEMPTS.c.duplicate == 0
     )
     if run_id is not None:
         query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
     yield from conn.execute(query.group_by(ATTEMPTS.c.outcome, ATTEMPTS.c.reason))
+
+
+def duplicate_totals(conn: Connection, run_id: str | None = None) -> tuple[int, int]:
+    """(billed duplicate lines, their cost in nano-dollars), of a run or of all runs."""
+    query = select(
+        func.count(ATTEMPTS.c.id), func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0)
+    ).where(ATTEMPTS.c.duplicate > 0)
+    if run_id is not None:
+        query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
+    lines, cost = conn.execute(query).one()
+    return int(lines), int(cost)
 
 
 def batch_times(

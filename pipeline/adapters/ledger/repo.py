@@ -1,10 +1,12 @@
 """The ledger's one face: every query and state change, by topic in the modules beside it
-(`rows`: tables, row values and the event row; `runs`; `items`; `batches`; `leases`;
-`queries`: reports, cache, metrics, budgets). Callers import `repo` and call `repo.<name>`.
+(`rows`: tables, row values and the event row; `runs`; `items`; `batches`; `outcomes`:
+attempts' results; `leases`; `queries`: reports, cache, metrics, budgets; `references`:
+reference images and their uploads). Callers import `repo` and call `repo.<name>`.
 
 Callers get frozen values, never ORM objects, and change state only through the guarded
 updates here: `UPDATE ... WHERE id = :id AND state = :from`, with the event row in the same
-transaction. Zero rows matched means someone else moved it first.
+transaction. Zero rows matched means someone else moved it first. Every item move goes
+through `items.transition_items`, which checks the pair against `states.ITEM_TRANSITIONS`.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from pipeline.adapters.ledger.items import (  # noqa: F401
     cancel_open_items,
     fail_items_for_good,
     has_open_items,
+    insert_duplicates,
     item_counts,
     item_events,
     item_totals,
     open_keys,
     queued_items,
     requeue_items,
+    transition_items,
 )
 from pipeline.adapters.ledger.leases import (  # noqa: F401
     acquire_lease,
@@ -49,6 +53,11 @@ from pipeline.adapters.ledger.leases import (  # noqa: F401
     holding_batch,
     release_batch,
     release_lease,
+)
+from pipeline.adapters.ledger.outcomes import (  # noqa: F401
+    AttemptOutcome,
+    record_outcomes,
+    refuse_batch_items,
 )
 from pipeline.adapters.ledger.queries import (  # noqa: F401
     attempt_reasons,
@@ -58,6 +67,7 @@ from pipeline.adapters.ledger.queries import (  # noqa: F401
     cache_sources,
     cached_count,
     cost_by_model,
+    duplicate_totals,
     failed_items,
     items_by_run_state,
     mark_cached,
@@ -67,6 +77,23 @@ from pipeline.adapters.ledger.queries import (  # noqa: F401
     runs_to_notify,
     succeeded_rows,
 )
+from pipeline.adapters.ledger.references import (  # noqa: F401
+    ReferenceRow,
+    UploadRow,
+    batch_items_with_refs,
+    batch_reference_shas,
+    insert_run_references,
+    mark_upload_stale,
+    not_send_items,
+    record_upload_done,
+    record_upload_intent,
+    run_has_references,
+    run_references,
+    upload_named,
+    upload_names_of,
+    uploads_named,
+    uploads_of,
+)
 from pipeline.adapters.ledger.rows import (  # noqa: F401
     ATTEMPTS,
     BATCHES,
@@ -74,12 +101,15 @@ from pipeline.adapters.ledger.rows import (  # noqa: F401
     ITEMS,
     LEASES,
     REJECTS,
+    RUN_REFERENCES,
     RUNS,
+    UPLOADS,
     BatchRow,
     RunRow,
 )
 from pipeline.adapters.ledger.runs import (  # noqa: F401
     ITEM_ROW,
+    RICH_ITEM_ROW,
     find_run_by_identity,
     get_run,
     hold_run,

@@ -15,7 +15,17 @@ from sqlalchemy import (
     insert,
 )
 
-from pipeline.adapters.ledger.models import Attempt, Batch, Event, Item, Lease, Reject, Run
+from pipeline.adapters.ledger.models import (
+    Attempt,
+    Batch,
+    Event,
+    Item,
+    Lease,
+    Reject,
+    Run,
+    RunReference,
+    Upload,
+)
 
 T = TypeVar("T")
 RUNS = cast(Table, Run.__table__)
@@ -25,6 +35,8 @@ ATTEMPTS = cast(Table, Attempt.__table__)
 REJECTS = cast(Table, Reject.__table__)
 EVENTS = cast(Table, Event.__table__)
 LEASES = cast(Table, Lease.__table__)
+RUN_REFERENCES = cast(Table, RunReference.__table__)
+UPLOADS = cast(Table, Upload.__table__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class RunRow:
     hold_since: datetime | None = None
     hold_not_before: datetime | None = None
     hold_tries: int = 0
+    channel: str | None = None
+    """NULL: the Gemini Developer API; else the run's `[channel]` as JSON."""
     webhook_url: str | None = None
     """`[notify] webhook_url`: the dynamic webhook sent with each batch it creates."""
 

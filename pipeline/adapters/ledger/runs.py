@@ -68,20 +68,30 @@ ITEM_ROW = (
 """The columns of a new item row as `insert_items` takes it; the rest start the same for all."""
 
 
+RICH_ITEM_ROW = (*ITEM_ROW, "seed", "refs")
+"""ITEM_ROW plus the seed and reference sha256s, for items that have either."""
+
+
 def insert_items(
-    conn: Connection, rows: list[tuple[Any, ...]], *, state: str, batch_id: int | None
+    conn: Connection,
+    rows: list[tuple[Any, ...]],
+    *,
+    state: str,
+    batch_id: int | None,
+    rich: bool = False,
 ) -> None:
-    """New item rows (tuples in ITEM_ROW order), all in one state and batch, through the
-    driver's executemany: at a million rows SQLAlchemy's per-row parameter processing cost
-    more than the database. The shared values are SQL literals, checked here, so each row
-    binds only its own nine."""
+    """New item rows (tuples in ITEM_ROW order, RICH_ITEM_ROW when `rich`), all in one state
+    and batch, through the driver's executemany: at a million rows SQLAlchemy's per-row
+    parameter processing cost more than the database. The shared values are SQL literals,
+    checked here, so each row binds only its own nine (eleven)."""
     if not rows:
         return
+    columns = RICH_ITEM_ROW if rich else ITEM_ROW
     state_sql = f"'{ItemState(state).value}'"
     batch_sql = "NULL" if batch_id is None else str(int(batch_id))
-    marks = ", ".join(_placeholder(conn) for _ in ITEM_ROW)
+    marks = ", ".join(_placeholder(conn) for _ in columns)
     sql = (
-        f"INSERT INTO items ({', '.join(ITEM_ROW)}, state, final, tries, fallback_used, cached, "
+        f"INSERT INTO items ({', '.join(columns)}, state, final, tries, fallback_used, cached, "
         f"batch_id) VALUES ({marks}, {state_sql}, false, 0, false, false, {batch_sql})"
     )
     conn.exec_driver_sql(sql, rows)

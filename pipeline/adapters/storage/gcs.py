@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from pipeline.adapters.storage.base import (
     SHA256_METADATA_KEY,
@@ -258,6 +258,23 @@ class GcsStore:
                     yield name
             if not token:
                 return
+
+    def open_reader(self, uri: str) -> tuple[int, BinaryIO]:
+        """(size, a seekable binary stream) of any gs:// object, read in chunks as it is
+        consumed (a reference image streamed into its upload); ObjectNotFound when there is
+        none, StorageError naming the bucket when it cannot be read."""
+        bucket, _, key = uri.removeprefix("gs://").partition("/")
+        if not uri.startswith("gs://") or not bucket or not key:
+            raise UsageError(f"{uri!r} is not a gs://bucket/object uri")
+        blob = self._call(
+            lambda: self._client().bucket(bucket).get_blob(key, retry=None),
+            "read from",
+            bucket=bucket,
+        )
+        if blob is None:
+            raise ObjectNotFound(f"{uri} does not exist (any more)")
+        reader = self._call(lambda: blob.open("rb", chunk_size=1 << 20), "read from", bucket=bucket)
+        return int(blob.size or 0), cast(BinaryIO, reader)
 
     # -- internals -------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 key), the service's end time of a batch (`batches.ended_at`, for the end-to-stored metric)
 and a run's dynamic webhook URL (`runs.webhook_url`, from the spec's `[notify]`).
 
-Revision ID: 0007_webhook_deliveries
-Revises: 0006_run_holds
+Revision ID: 0009_webhook_deliveries
+Revises: 0008_references
 Create Date: 2026-11-30
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_webhook_deliveries"
-down_revision: str | Sequence[str] | None = "0006_run_holds"
+revision: str = "0009_webhook_deliveries"
+down_revision: str | Sequence[str] | None = "0008_references"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
