@@ -193,7 +193,15 @@ class Receiver:
         # could both pass a batch's lease and harvest it twice.
         settings = self.ctx.settings
         settings = settings.with_overrides(worker_id=f"{settings.worker_id}-w{index}")
-        ctx = Context(settings=settings, engine=self.ctx.engine, clock=self.ctx.clock)
+        base = self.ctx
+        ctx = Context(
+            settings=settings,
+            engine=base.engine,
+            backend_factory=base.backend_factory,
+            store_factory=base.store_factory,
+            clock=base.clock,
+            vertex_factory=base.vertex_factory,
+        )
         while not self._stop.is_set():
             try:
                 name = self._queue.get(timeout=0.2)
