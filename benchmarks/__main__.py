@@ -1,5 +1,5 @@
 """`python -m benchmarks [name ...] [--quick]`: run the benchmarks (all by default, in the
-order harvest, expand, report, gcs, tick, workers); each prints a table and writes
+order harvest, expand, report, gcs, tick, workers, webhooks); each prints a table and writes
 benchmarks/results/<name>.json."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 import traceback
 
-ORDER = ["harvest", "expand", "report", "gcs", "tick", "workers"]
+ORDER = ["harvest", "expand", "report", "gcs", "tick", "workers", "webhooks"]
 
 
 def main(argv: list[str] | None = None) -> int:

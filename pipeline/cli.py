@@ -102,6 +102,9 @@ def cli(ctx: click.Context, log_format: str | None) -> None:
     if log_format:
         settings = settings.with_overrides(log_format=log_format)
     register_secret(settings.api_key)
+    for secret in settings.webhook_secrets:
+        register_secret(secret)
+        register_secret(secret.removeprefix("whsec_"))
     configure_logging(settings.log_format)
     drill.arm(settings.crash_at)
     ctx.ensure_object(dict)["settings"] = settings
@@ -384,6 +387,108 @@ def cancel(ctx: click.Context, run_ref: str) -> None:
     from pipeline.shell.commands import cancel_and_settle
 
     cancel_and_settle(_context(ctx), run_ref, load_catalog())
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True)
+@click.option("--path", default="/gemini-webhook", show_default=True, help="The webhook path.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=2,
+    show_default=True,
+    help="Threads that move batches on after deliveries.",
+)
+@click.option(
+    "--metrics-out",
+    type=click.Path(path_type=Path),
+    help="Write this process's delivery counters (Prometheus text) here every 15 s.",
+)
+@click.pass_context
+def listen(
+    ctx: click.Context, host: str, port: int, path: str, workers: int, metrics_out: Path | None
+) -> None:
+    """Receive Gemini API webhooks and harvest finished batches at once.
+
+    Static webhooks are checked with NANOBATCH_WEBHOOK_SECRET (several secrets separated by
+    spaces), dynamic ones against the service's JWKS. Keep `tick` in cron: it is the
+    safety net. Stop with Ctrl-C or SIGTERM.
+    """
+    from pipeline.shell.listen import listen as serve
+
+    if metrics_out is not None:
+        from pipeline.shell.render import check_out_file
+
+        check_out_file(metrics_out, "listen.prom")
+    serve(
+        _context(ctx),
+        load_catalog(),
+        host=host,
+        port=port,
+        path=path,
+        workers=workers,
+        metrics_out=metrics_out,
+    )
+
+
+@cli.group(name="webhooks")
+def webhooks_group() -> None:
+    """The project's static Gemini webhook for batch events."""
+
+
+@webhooks_group.command("create")
+@click.option("--url", required=True, help="Where the service sends events (https).")
+@click.option("--name", default="nanobatch", show_default=True, help="A name for the webhook.")
+@click.pass_context
+def webhooks_create(ctx: click.Context, url: str, name: str) -> None:
+    """Register a static webhook for batch.succeeded, .failed, .expired and .cancelled.
+
+    Prints the signing secret alone on stdout (once: keep it in NANOBATCH_WEBHOOK_SECRET),
+    and the webhook's id on stderr.
+    """
+    from pipeline.shell.webhooks import create
+
+    made = create(_context(ctx), url, name)
+    if made.left_out:
+        click.echo(
+            f"the service refused {', '.join(made.left_out)}; registered the other events",
+            err=True,
+        )
+    click.echo(f"webhook {made.webhook.id}", err=True)
+    click.echo(made.webhook.secret or "")
+
+
+@webhooks_group.command("list")
+@click.option("json_", "--json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def webhooks_list(ctx: click.Context, json_: bool) -> None:
+    """The project's webhooks: id, state, URL and events (never a secret)."""
+    import json
+
+    from pipeline.shell.webhooks import webhooks
+
+    found = list(webhooks(_context(ctx)))
+    if json_:
+        rows = [
+            {"id": w.id, "name": w.name, "state": w.state, "uri": w.uri, "events": list(w.events)}
+            for w in found
+        ]
+        click.echo(json.dumps({"webhooks": rows}, indent=2))
+        return
+    for w in found:
+        click.echo(f"{w.id}\t{w.state}\t{w.uri}\t{','.join(w.events)}")
+
+
+@webhooks_group.command("delete")
+@click.argument("webhook_id", metavar="ID")
+@click.pass_context
+def webhooks_delete(ctx: click.Context, webhook_id: str) -> None:
+    """Delete the webhook ID (deliveries stop)."""
+    from pipeline.shell.webhooks import delete
+
+    delete(_context(ctx), webhook_id)
+    click.echo(f"deleted webhook {webhook_id}", err=True)
 
 
 @cli.group()

@@ -101,7 +101,13 @@ class FakeBackend:
         expires = datetime.now(UTC) + timedelta(hours=48)
         return RemoteFile(name, expires, uri=f"https://fake/v1beta/{name}", state="ACTIVE")
 
-    def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch:
+    def create_batch(
+        self,
+        model: str,
+        file_name: str,
+        display_name: str,
+        webhook: tuple[str, dict[str, str]] | None = None,
+    ) -> RemoteBatch:
         self.calls.append(("create_batch", model, file_name, display_name))
         if self.create_errors:
             raise self.create_errors.pop(0)

@@ -56,6 +56,9 @@ class Settings:
     """NANOBATCH_CREATE_BACKOFF_S: first wait after a batch create answered 429 or 5xx."""
     max_live_batches: int | None = None
     """NANOBATCH_MAX_LIVE_BATCHES: live-batch cap (None: the service's 100); benchmarks only."""
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    """NANOBATCH_WEBHOOK_SECRET: the whsec_ secrets of static webhooks, space-separated
+    (several during a rotation); never printed, logged or stored."""
     worker_id: str = ""
     crash_at: str | None = None
     """NANOBATCH_CRASH_AT: a crash drill, `name` or `name:N` (see pipeline.adapters.drill);
@@ -96,6 +99,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         harvest_workers=_int(env, "NANOBATCH_HARVEST_WORKERS", 4),
         create_backoff_s=float(env.get("NANOBATCH_CREATE_BACKOFF_S") or 30.0),
         max_live_batches=_int(env, "NANOBATCH_MAX_LIVE_BATCHES", 0) or None,
+        webhook_secrets=tuple((env.get("NANOBATCH_WEBHOOK_SECRET") or "").split()),
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         crash_at=env.get("NANOBATCH_CRASH_AT") or None,
     )

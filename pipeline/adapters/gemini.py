@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -46,13 +46,30 @@ class RemoteBatch:
     end_time: datetime | None
 
 
+@dataclass(frozen=True)
+class RemoteWebhook:
+    id: str
+    uri: str
+    events: tuple[str, ...]
+    state: str
+    name: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    """The signing secret: only in create's answer, shown once."""
+
+
 class BatchBackend(Protocol):
     def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile: ...
     def upload_image(
         self, stream: io.IOBase, mime: str, name: str, display_name: str
     ) -> RemoteFile: ...
     def get_file(self, name: str) -> RemoteFile | None: ...
-    def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch: ...
+    def create_batch(
+        self,
+        model: str,
+        file_name: str,
+        display_name: str,
+        webhook: tuple[str, dict[str, str]] | None = None,
+    ) -> RemoteBatch: ...
     def get_batch(self, name: str) -> RemoteBatch: ...
     def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]: ...
     def cancel_batch(self, name: str) -> None: ...
@@ -107,8 +124,18 @@ class GeminiBackend:
                 return None
             raise
 
-    def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch:
+    def create_batch(
+        self,
+        model: str,
+        file_name: str,
+        display_name: str,
+        webhook: tuple[str, dict[str, str]] | None = None,
+    ) -> RemoteBatch:
+        """Create a file batch; `webhook` (URL, user_metadata) becomes its webhook_config."""
         config = types.CreateBatchJobConfig(display_name=display_name)
+        if webhook is not None:
+            url, metadata = webhook
+            config.webhook_config = types.WebhookConfig(uris=[url], user_metadata=metadata)
         job = self._call(
             lambda: self._client.batches.create(model=model, src=file_name, config=config)
         )
@@ -163,6 +190,47 @@ class GeminiBackend:
                 f"could not reach the Gemini API at {self._base}: {exc}"
             ) from None
 
+    def _call_nextgen(self, fn: Callable[[], T]) -> T:
+        """`_call` for `webhooks.*`, which the SDK serves through its NextGen client and its
+        own errors (imported here: some 350 modules that only these commands need)."""
+        from google.genai import _interactions
+
+        try:
+            return self._call(fn)
+        except _interactions.APIStatusError as exc:
+            raise _http_error(exc.status_code or 0, str(exc), self._key_variable) from None
+        except _interactions.APIConnectionError as exc:
+            raise TransientApiError(f"could not reach the Gemini API: {exc}") from None
+
+    # ── static webhooks (the project's WebhookService) ──────────────────────
+
+    def create_webhook(self, uri: str, events: list[str], name: str | None) -> RemoteWebhook:
+        """Register a static webhook; the answer carries its signing secret, once."""
+        # The SDK's Literal lacks batch.cancelled (reference/webhooks.md section 2); the
+        # names go out as they are.
+        wanted: Any = events
+        made = self._call_nextgen(
+            lambda: self._client.webhooks.create(uri=uri, subscribed_events=wanted, name=name)
+        )
+        return _webhook(made, secret=made.new_signing_secret)
+
+    def list_webhooks(self) -> Iterator[RemoteWebhook]:
+        token: str | None = None
+        while True:
+            page = self._list_page(token)
+            yield from (_webhook(w) for w in page.webhooks or [])
+            token = page.next_page_token
+            if not token:
+                return
+
+    def _list_page(self, token: str | None) -> Any:
+        return self._call_nextgen(
+            lambda: self._client.webhooks.list(page_size=100, page_token=token)
+        )
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._call_nextgen(lambda: self._client.webhooks.delete(id=webhook_id))
+
 
 def _file(file: Any) -> RemoteFile:
     state = file.state.name if file.state is not None else None
@@ -180,6 +248,17 @@ def _remote(job: Any) -> RemoteBatch:
         state=str(state),
         output_file=dest,
         end_time=job.end_time,
+    )
+
+
+def _webhook(hook: Any, secret: str | None = None) -> RemoteWebhook:
+    return RemoteWebhook(
+        id=hook.id or "",
+        uri=hook.uri,
+        events=tuple(str(e) for e in hook.subscribed_events or ()),
+        state=str(hook.state or ""),
+        name=hook.name,
+        secret=secret,
     )
 
 

@@ -124,7 +124,15 @@ class VertexBackend:
     def get_file(self, name: str) -> RemoteFile | None:
         return None
 
-    def create_batch(self, model: str, file_name: str, display_name: str) -> RemoteBatch:
+    def create_batch(
+        self,
+        model: str,
+        file_name: str,
+        display_name: str,
+        webhook: tuple[str, dict[str, str]] | None = None,
+    ) -> RemoteBatch:
+        if webhook is not None:  # a Vertex spec refuses [notify] webhook_url; never sent
+            raise ApiError("webhooks are for the Gemini Developer API, not Vertex AI", code=400)
         _, dest = staging_names(self.channel.staging_uri or "", display_name)
         config = types.CreateBatchJobConfig(display_name=display_name, dest=dest)
         job = self._call(

@@ -21,6 +21,7 @@ Decisions where the contract is silent:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.core import catalog
 from pipeline.core.errors import SpecError
@@ -46,7 +48,17 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_ENQUEUED_TOKENS = 2_000_000
 MAX_VARIANTS = 8
 
-_TOP_KEYS = ("name", "model", "fallback_model", "input", "image", "output", "limits", "channel")
+_TOP_KEYS = (
+    "name",
+    "model",
+    "fallback_model",
+    "input",
+    "image",
+    "output",
+    "limits",
+    "channel",
+    "notify",
+)
 _INPUT_KEYS = ("path", "id_column", "prompt", "prompt_column", "encoding", "images", "variants")
 _IMAGE_KEYS = ("aspect_ratio", "size")
 _OUTPUT_KEYS = ("uri", "overwrite")
@@ -56,6 +68,7 @@ CHANNEL_KINDS = ("gemini", "vertex")
 _GCP_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 """A project id (6-30 of a-z 0-9 -) or a legacy domain-scoped one (example.com:name)."""
 _LOCATION_RE = re.compile(r"[a-z0-9-]{2,40}")
+_NOTIFY_KEYS = ("webhook_url",)
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -97,6 +110,13 @@ class LimitsSpec:
 
 
 @dataclass(frozen=True)
+class NotifySpec:
+    webhook_url: str | None = None
+    """Sent as the dynamic webhook of every batch the run creates (CONTRACT section 11):
+    https, or http to a loopback address (the emulator). Not part of the run's identity."""
+
+
+@dataclass(frozen=True)
 class ChannelSpec:
     """Where the batches go: "gemini" (the Developer API) or "vertex" (Vertex AI batch
     prediction, with its project, location and gs:// staging prefix, all resolved)."""
@@ -135,6 +155,7 @@ class JobSpec:
     source: Path
     """The spec file's absolute path (for messages)."""
     channel: ChannelSpec = dataclasses.field(default_factory=ChannelSpec)
+    notify: NotifySpec = NotifySpec()
 
 
 # ---------------------------------------------------------------- messages and typed getters
@@ -409,6 +430,40 @@ def _limits(data: Mapping[str, Any], ctx: _Ctx) -> LimitsSpec:
     )
 
 
+def _notify(data: Mapping[str, Any], ctx: _Ctx) -> NotifySpec:
+    table = ctx.table(data, "notify", required=False)
+    ctx.check_keys(table, "notify", _NOTIFY_KEYS)
+    url = ctx.string(table, "webhook_url", "notify")
+    if url is None:
+        return NotifySpec()
+    parts = urlsplit(url)
+    try:
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        host = None
+    secure = parts.scheme == "https" and bool(host)
+    if not (secure or (parts.scheme == "http" and _loopback(host or ""))) or any(
+        c.isspace() for c in url
+    ):
+        raise ctx.bad(
+            "notify.webhook_url",
+            url,
+            "must be an https URL (the service requires it); http only to a loopback "
+            "address (the emulator)",
+            "e.g. https://hooks.example.com/gemini-webhook",
+        )
+    return NotifySpec(webhook_url=url)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _channel(data: Mapping[str, Any], defaults: Mapping[str, str], ctx: _Ctx) -> ChannelSpec:
     table = ctx.table(data, "channel", required=False)
     ctx.check_keys(table, "channel", _CHANNEL_KEYS)
@@ -526,6 +581,7 @@ def parse_spec(
         limits=limits,
         source=source,
         channel=channel,
+        notify=_notify(data, ctx),
     )
 
 
@@ -534,6 +590,9 @@ def spec_record(spec: JobSpec) -> dict[str, Any]:
     later are left out while they hold their defaults, so a spec written before them keeps
     the identity (and finds the runs) it had."""
     record = asdict(spec)
+    # `[notify]` says where to tell, not what to make (runs.webhook_url keeps it): never part
+    # of the identity, so adding or changing a webhook URL finds the same run.
+    del record["notify"]
     if not spec.channel.is_vertex:
         del record["channel"]
     defaults = InputSpec(Path(), "", None, None)

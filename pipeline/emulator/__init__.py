@@ -17,12 +17,19 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from pipeline.emulator.batches import Batches
 from pipeline.emulator.clock import Clock
-from pipeline.emulator.faults import BatchFault, DownloadFault, FaultPlan, HttpFault, LineFault
+from pipeline.emulator.faults import (
+    BatchFault,
+    DownloadFault,
+    FaultPlan,
+    HttpFault,
+    LineFault,
+    WebhookFaults,
+)
 from pipeline.emulator.server import EmulatorServer
 from pipeline.emulator.state import Config, State
 from pipeline.emulator.vertex import VertexJobs
+from pipeline.emulator.webhooks import WebhookBatches, Webhooks
 
 __all__ = [
     "QUICK_TIMING",
@@ -34,6 +41,7 @@ __all__ = [
     "FaultPlan",
     "HttpFault",
     "LineFault",
+    "WebhookFaults",
     "serve",
     "timing",
 ]
@@ -96,7 +104,9 @@ class Emulator:
             max_storage_bytes=max_storage_bytes,
         )
         self._state = State(config, self.clock, lambda: self.faults)
-        self._batches = Batches(self._state)
+        self._batches = WebhookBatches(self._state)
+        self.webhooks: Webhooks = self._batches.webhooks
+        """The webhooks API, JWKS and deliveries (knobs: retry_base_s, refused_events; log)."""
         # Vertex AI jobs read and write Cloud Storage through a GCS emulator:
         # `storage_host`, else STORAGE_EMULATOR_HOST when a job is created.
         self._vertex = VertexJobs(self._state, storage_host)
@@ -120,7 +130,10 @@ class Emulator:
     def start(self) -> Emulator:
         """Bind and serve in a background daemon thread."""
         if self._server is None:
-            self._server = EmulatorServer(self._address, self._state, self._batches, self._vertex)
+            self._server = EmulatorServer(
+                self._address, self._state, self._batches, self._vertex, self.webhooks
+            )
+            self.webhooks.start()
             self._thread = threading.Thread(
                 target=self._server.serve_forever, name="nanobatch-emulator", daemon=True
             )
@@ -130,12 +143,16 @@ class Emulator:
     def serve_forever(self) -> None:
         """Bind and serve on the calling thread until ``stop`` (from another thread)."""
         if self._server is None:
-            self._server = EmulatorServer(self._address, self._state, self._batches, self._vertex)
+            self._server = EmulatorServer(
+                self._address, self._state, self._batches, self._vertex, self.webhooks
+            )
+            self.webhooks.start()
         self._server.serve_forever()
 
     def stop(self) -> None:
         """Stop serving and remove the data directory if the emulator made it."""
         server, self._server = self._server, None
+        self.webhooks.stop()
         if server is not None:
             if self._thread is not None:
                 server.shutdown()

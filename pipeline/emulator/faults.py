@@ -86,6 +86,20 @@ class DownloadFault:
 
 
 @dataclass
+class WebhookFaults:
+    """Faults of webhook deliveries: ``duplicates`` extra copies of every message (same
+    webhook-id); ``delay_seconds`` (wall clock) before a message's first attempt; ``reorder``:
+    messages that come due within ``reorder_window_seconds`` go out newest first;
+    ``bad_signature``: the first N attempts carry a signature no secret or key made."""
+
+    duplicates: int = 0
+    delay_seconds: float = 0.0
+    reorder: bool = False
+    reorder_window_seconds: float = 1.0
+    bad_signature: int = 0
+
+
+@dataclass
 class FaultPlan:
     """Every fault the emulator injects. Mutable at run time; counters live in the plan."""
 
@@ -99,6 +113,7 @@ class FaultPlan:
     download: DownloadFault = field(default_factory=DownloadFault)
     vertex: VertexFaults = field(default_factory=VertexFaults)
     """The Vertex AI batch prediction routes' faults (see `vertex_faults`)."""
+    webhooks: WebhookFaults = field(default_factory=WebhookFaults)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _used: dict[tuple[str, int, str], int] = field(default_factory=dict, repr=False, compare=False)
 
@@ -116,6 +131,7 @@ class FaultPlan:
         plan.line_faults = [_line_fault(x) for x in d.get("line_faults", [])]
         plan.download = DownloadFault(**d.get("download", {}))
         plan.vertex = VertexFaults.from_dict(d.get("vertex", {}))
+        plan.webhooks = WebhookFaults(**d.get("webhooks", {}))
         return plan
 
     @classmethod
@@ -167,6 +183,10 @@ class FaultPlan:
                 continue
             return fault
         return None
+
+    def spoil_signature(self) -> bool:
+        """Whether this webhook attempt gets a bad signature (the first ``bad_signature``)."""
+        return self._take(("webhook-bad", 0, ""), self.webhooks.bad_signature)
 
     def drop_download(self) -> int | None:
         """Bytes after which this download is cut, if it is to be cut."""

@@ -37,6 +37,7 @@ MODEL_METHODS = {
     "asyncBatchEmbedContent": "create_embeddings",
     "countTokens": "count_tokens",
 }
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 class EmulatorServer(ThreadingHTTPServer):
@@ -51,15 +52,20 @@ class EmulatorServer(ThreadingHTTPServer):
         state: State,
         batches: Batches,
         vertex_jobs: vertex.VertexJobs | None = None,
+        webhooks: Any = None,
     ) -> None:
         super().__init__(address, Handler)
         self.state = state
         self.batches = batches
         self.vertex = vertex_jobs or vertex.VertexJobs(state)
+        self.webhooks = webhooks
+        """The webhooks API and JWKS (pipeline.emulator.webhooks.Webhooks)."""
 
 
 def route(method: str, path: str, query: dict[str, list[str]]) -> tuple[str, str, list[str]]:
     """(kind, version, args) of a request; ApiError 404 when no route matches."""
+    if path == JWKS_PATH and method == "GET":
+        return "jwks", "", []
     segs = [s for s in path.split("/") if s]
     idx = next((i for i, s in enumerate(segs) if VERSION.match(s)), None)
     if idx is None:
@@ -86,6 +92,8 @@ def _match(method: str, marker: str, rest: list[str], has_upload_id: bool) -> tu
         kind = MODEL_METHODS.get(verb)
         if kind:
             return kind, [model]
+    if rest[:1] == ["webhooks"]:
+        return "webhooks", rest[1:]
     found = vertex.match(method, rest)
     if found is not None:
         return found
@@ -137,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
             self._entry["kind"] = kind
             if kind == "vertex":  # Vertex AI: OAuth bearer tokens, not API keys
                 vertex.check_auth(self.headers.get("Authorization"))
-            elif kind != "upload_chunk":
+            elif kind not in ("upload_chunk", "jwks"):
                 self._check_key()
             getattr(self, f"_on_{kind}")(*args)
         except ApiError as exc:
@@ -298,6 +306,17 @@ class Handler(BaseHTTPRequestHandler):
                 sent += len(data)
                 if rate:
                     time.sleep(len(data) / rate)
+
+    # --- webhooks (pipeline.emulator.webhooks) ---------------------------------------------
+
+    def _on_webhooks(self, *args: str) -> None:
+        body = self._read_json() if self.command in ("POST", "PATCH") else {}
+        self._send_json(
+            200, self.server.webhooks.handle(self.command, list(args), body, self._query)
+        )
+
+    def _on_jwks(self) -> None:
+        self._send_json(200, self.server.webhooks.jwks())
 
     # --- Vertex AI batch prediction (pipeline.emulator.vertex) -----------------------------
 

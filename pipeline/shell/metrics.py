@@ -17,12 +17,13 @@ import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger import deliveries, repo
 from pipeline.core.policy import HoldReason
 from pipeline.core.states import BatchState
 from pipeline.core.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
@@ -176,12 +177,15 @@ class _Writer:
     def sample(self, name: str, value: float, **labels: str) -> None:
         self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
 
-    def summary(self, name: str, help_: str, values: list[float]) -> None:
-        self.family(name, "summary", help_)
+    def summary(
+        self, name: str, help_: str, values: list[float], family: bool = True, **labels: str
+    ) -> None:
+        if family:
+            self.family(name, "summary", help_)
         for q in QUANTILES:
-            self.sample(name, quantile(values, q), quantile=str(q))
-        self.sample(f"{name}_sum", round(sum(values), 3))
-        self.sample(f"{name}_count", len(values))
+            self.sample(name, quantile(values, q), **labels, quantile=str(q))
+        self.sample(f"{name}_sum", round(sum(values), 3), **labels)
+        self.sample(f"{name}_count", len(values), **labels)
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -203,6 +207,7 @@ def render(ctx: Context) -> str:
         _duplicates(out, *repo.duplicate_totals(conn))
         turnaround, wait = _durations(repo.batch_times(conn, since=now - WINDOW))
         spent, reserved = repo.day_spend(conn, day_start(now))
+        _webhook_metrics(out, deliveries.counts(conn), deliveries.stored_times(conn, now - WINDOW))
     out.summary(
         "nanobatch_batch_turnaround_seconds",
         "Batch created in the ledger to finished on the service, last 24 hours.",
@@ -319,14 +324,84 @@ def write_metrics(ctx: Context, out: Path | None) -> str:
     """Render the metrics; with `out`, write them atomically there (temp file + rename)."""
     text = render(ctx)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(out, text)
     return text
+
+
+def write_atomic(out: Path, text: str) -> None:
+    """Write `text` to `out` through a temporary file and a rename (readers never see half)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ── webhooks (issue 18) ──────────────────────────────────────────────────────
+
+
+def end_to_stored(rows: Iterable[Any]) -> dict[str, list[float]]:
+    """Seconds from a batch's end (the service's endTime, else when a poll saw it) to its last
+    image stored (harvested), sorted, split by whether a webhook named it first."""
+    by: dict[str, list[float]] = {"webhook": [], "poll": []}
+    for row in rows:
+        ended = row.ended_at or row.finished_at
+        if ended is None:
+            continue
+        seconds = (as_utc(row.harvested_at) - as_utc(ended)).total_seconds()
+        by["webhook" if row.via_webhook else "poll"].append(max(0.0, seconds))
+    return {k: sorted(v) for k, v in by.items()}
+
+
+def _webhook_metrics(out: _Writer, counts: Iterable[Any], stored: Iterable[Any]) -> None:
+    out.family(
+        "nanobatch_webhook_deliveries_total",
+        "counter",
+        "Webhook deliveries recorded by listen, by event and state (queued, done, ignored).",
+    )
+    for event, state, n in counts:
+        out.sample("nanobatch_webhook_deliveries_total", n, event=event, state=state)
+    name = "nanobatch_batch_end_to_stored_seconds"
+    out.family(
+        name,
+        "summary",
+        "Batch ended on the service to its last image stored, last 24 hours; via webhook "
+        "when a delivery named it before it was harvested, else poll.",
+    )
+    for via, values in end_to_stored(stored).items():
+        out.summary(name, "", values, family=False, via=via)
+
+
+def listen_text(counters: dict[str, int], queue_depth: int) -> str:
+    """The counters of one `listen` process (`listen --metrics-out`), Prometheus text."""
+    from pipeline.adapters.delivery import REASONS
+
+    out = _Writer()
+    out.family(
+        "nanobatch_listen_deliveries_total",
+        "counter",
+        "Deliveries verified by this listen: accepted (queued), duplicate, ignored.",
+    )
+    for result in ("accepted", "duplicate", "ignored"):
+        out.sample("nanobatch_listen_deliveries_total", counters.get(result, 0), result=result)
+    out.family("nanobatch_listen_refused_total", "counter", "Deliveries refused, by reason.")
+    for reason in REASONS:
+        value = counters.get(f"refused:{reason}", 0)
+        out.sample("nanobatch_listen_refused_total", value, reason=reason)
+    for name, key, help_ in (
+        ("nanobatch_listen_batches_moved_total", "moved", "Batches moved on after a delivery."),
+        ("nanobatch_listen_move_failures_total", "move_failed", "Moves that failed (retried)."),
+        ("nanobatch_listen_queue_full_total", "queue_full", "Deliveries left for the refill."),
+    ):
+        out.family(name, "counter", help_)
+        out.sample(name, counters.get(key, 0))
+    out.family("nanobatch_listen_queue_depth", "gauge", "Batches waiting for a worker.")
+    out.sample("nanobatch_listen_queue_depth", queue_depth)
+    out.family("nanobatch_metrics_generated_seconds", "gauge", "When these metrics were made.")
+    out.sample("nanobatch_metrics_generated_seconds", round(time.time(), 3))
+    return out.text()

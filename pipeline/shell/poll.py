@@ -6,6 +6,7 @@ harvest), failed, expired or cancelled.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import Connection
 
@@ -49,6 +50,24 @@ def poll_batches(ctx: Context, runs: dict[str, repo.RunRow]) -> int:
             # An overlapping tick moved this batch first: its work, not an error.
             log.info("batch_poll_skipped", batch=batch.display_name, reason="moved by another tick")
     return changed
+
+
+def poll_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
+    """Poll one running batch (one a webhook named) with a get; True when it changed state.
+    The same guarded moves as `poll_batches`: a tick that moved it first wins."""
+    if not batch.remote_name:
+        return False
+    remote, lost = _remote_states(ctx, [batch], ctx.backend_for(run))
+    try:
+        if batch.remote_name in remote:
+            return _apply(ctx, batch, run, remote[batch.remote_name])
+        if batch.remote_name in lost:
+            with ctx.engine.begin() as conn:
+                _end_without_output(ctx, conn, batch, run, "failed", "NOT_FOUND on the service")
+            return True
+    except StaleTransition:
+        log.info("batch_poll_skipped", batch=batch.display_name, reason="moved by another tick")
+    return False
 
 
 def _by_channel(
@@ -105,9 +124,10 @@ def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteB
                 remote_state=remote.state,
                 output_file=remote.output_file,
                 finished_at=now,
+                ended_at=remote.end_time,
             )
         else:
-            _end_without_output(ctx, conn, batch, run, outcome, remote.state)
+            _end_without_output(ctx, conn, batch, run, outcome, remote.state, remote.end_time)
     crashpoint("poll.finished")
     log.info("batch_finished", run=batch.run_id, batch=batch.display_name, state=remote.state)
     return True
@@ -120,6 +140,7 @@ def _end_without_output(
     run: repo.RunRow,
     outcome: str,
     remote_state: str,
+    ended_at: datetime | None = None,
 ) -> None:
     target = {"failed": BatchState.FAILED, "expired": BatchState.EXPIRED}.get(
         outcome, BatchState.CANCELLED
@@ -134,6 +155,7 @@ def _end_without_output(
         remote_state,
         remote_state=remote_state,
         finished_at=now,
+        ended_at=ended_at,
     )
     if target is BatchState.CANCELLED and run.state == "cancelled":
         settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled")

@@ -243,6 +243,7 @@ def _run_values(
         "use_cache": use_cache,
         "created_at": now,
         "channel": spec.channel.to_json(),
+        "webhook_url": spec.notify.webhook_url,
     }
 
 
@@ -431,7 +432,9 @@ class Submitter:
             self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
-            remote = ctx.backend_for(run).create_batch(batch.model, file_name, batch.display_name)
+            remote = ctx.backend_for(run).create_batch(
+                batch.model, file_name, batch.display_name, **_webhook(run, batch)
+            )
         except AuthError:
             raise
         except TransientApiError as exc:
@@ -596,6 +599,16 @@ class Submitter:
 
     def _channel(self, batch: repo.BatchRow) -> ChannelSpec:
         return channel_of(self._run_of(batch))
+
+
+def _webhook(run: repo.RunRow, batch: repo.BatchRow) -> dict[str, Any]:
+    """The create's dynamic webhook, when the run has `[notify] webhook_url`: the URL, with
+    the run id and the batch's display name as user_metadata (a backend without webhooks,
+    such as Vertex, is never handed one: its specs refuse the key)."""
+    if not run.webhook_url:
+        return {}
+    metadata = {"run": run.id, "batch": batch.display_name}
+    return {"webhook": (run.webhook_url, metadata)}
 
 
 class SpendBook:

@@ -30,7 +30,7 @@ from pipeline.shell.context import Context
 from pipeline.shell.harvest import harvest_batch, settle_without_output, spool_batch
 from pipeline.shell.holds import Isolation, detail_of
 from pipeline.shell.notify import notify_finished
-from pipeline.shell.poll import poll_batches
+from pipeline.shell.poll import poll_batch, poll_batches
 from pipeline.shell.reporting import write_run_manifest
 from pipeline.shell.submit import Submitter, form_batches
 
@@ -70,26 +70,62 @@ def tick(ctx: Context, catalog: Catalog) -> TickResult:
     result.harvested = _harvest_done(ctx, runs, catalog, iso)
     result.polled = poll_batches(ctx, runs)
     result.harvested += _harvest_done(ctx, runs, catalog, iso)
-    owner = ctx.settings.worker_id
-    if repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
-        try:
-            for run in runs.values():
-                if not iso.ready(run):
-                    continue
-                with iso.unit(run):
-                    serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
-                    result.formed += form_batches(ctx, run, catalog)
-            result.created = Submitter(
-                ctx, iso, keepalive=lambda: _renew_scheduler(ctx, owner)
-            ).run(runs)
-        finally:
-            repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
+    result.formed, result.created = _schedule(ctx, runs, catalog, iso)
     iso.release()
     result.finished_runs = _close_finished(ctx, runs, iso)
     result.held_runs = _held(runs, iso)
     notify_finished(ctx)
     iso.raise_deferred()
     return result
+
+
+def _schedule(
+    ctx: Context, runs: dict[str, repo.RunRow], catalog: Catalog, iso: Isolation
+) -> tuple[int, int]:
+    """Under the scheduler lease (skipped when another process holds it): serve queued items
+    from the prompt cache, form batches and create them, each run in its unit.
+    (batches formed, created)"""
+    owner = ctx.settings.worker_id
+    if not repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
+        return 0, 0
+    formed = 0
+    try:
+        for run in runs.values():
+            if not iso.ready(run):
+                continue
+            with iso.unit(run):
+                serve_from_cache(ctx, run, keepalive=lambda: _renew_scheduler(ctx, owner))
+                formed += form_batches(ctx, run, catalog)
+        created = Submitter(ctx, iso, keepalive=lambda: _renew_scheduler(ctx, owner)).run(runs)
+    finally:
+        repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
+    return formed, created
+
+
+def move_batch_on(ctx: Context, catalog: Catalog, remote_name: str) -> str:
+    """What `listen` does for the batch a webhook names: the tick's steps for that batch's
+    run alone, under the same leases and holds (poll the batch, harvest what is done, form
+    and create batches for the items it failed, close the run when it is finished).
+    Returns what became of the batch, for the delivery's record."""
+    with ctx.engine.connect() as conn:
+        batch = repo.batch_by_remote_name(conn, remote_name)
+        if batch is None:
+            return "unknown batch"
+        run = repo.get_run(conn, batch.run_id)
+    runs = {run.id: run}
+    iso = Isolation(ctx)
+    iso.ready(run)
+    if batch.state == BatchState.RUNNING.value:
+        poll_batch(ctx, batch, run)
+    _harvest_done(ctx, runs, catalog, iso)
+    if run.state == "active":
+        _schedule(ctx, runs, catalog, iso)
+    iso.release()
+    _close_finished(ctx, runs, iso)
+    notify_finished(ctx)
+    iso.raise_deferred()
+    with ctx.engine.connect() as conn:
+        return f"batch {repo.get_batch(conn, batch.id).state}"
 
 
 def _held(runs: dict[str, repo.RunRow], iso: Isolation) -> dict[str, str]:

@@ -19,6 +19,7 @@ KEYS = {
     "gcs": {"sizes"},
     "tick": {"ticks", "idle_api_calls", "idle_sql", "finish_api_calls", "run_state"},
     "workers": {"runs", "speedup"},
+    "webhooks": {"modes", "listen_p50_s", "listen_p99_s", "cron_p50_s", "cron_p99_s"},
 }
 
 
@@ -44,6 +45,8 @@ def test_bench_quick(name: str) -> None:
     assert data["quick"] is True
     if name == "tick":
         assert data["run_state"] == "finished"
+    if name == "webhooks":
+        assert {m["batches"] for m in data["modes"].values()} == {data["batches"]}
 
 
 def _postgres_up() -> bool:

@@ -28,6 +28,7 @@ TABLES = {
     "leases",
     "run_references",
     "uploads",
+    "deliveries",
     "alembic_version",
 }
 WORKERS = 4
@@ -76,6 +77,7 @@ def test_schema_has_tables_and_unique_constraints(engine: Engine) -> None:
     assert batches["uq_batches_display_name"] == ["display_name"]
     assert batches["uq_batches_remote_name"] == ["remote_name"]
     assert batches["uq_batches_run_id_seq"] == ["run_id", "seq"]
+    assert uniques("deliveries")["uq_deliveries_key"] == ["key"]
 
 
 ITEM_INSERT = (

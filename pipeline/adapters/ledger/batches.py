@@ -154,6 +154,12 @@ def get_batch(conn: Connection, batch_id: int) -> BatchRow:
     return _batch(conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).one())
 
 
+def batch_by_remote_name(conn: Connection, remote_name: str) -> BatchRow | None:
+    """The batch the service calls `remote_name` (a webhook names it), or None."""
+    row = conn.execute(select(BATCHES).where(BATCHES.c.remote_name == remote_name)).first()
+    return _batch(row) if row else None
+
+
 def batch_states_by_display(conn: Connection, names: Sequence[str]) -> dict[str, str]:
     """display name -> state of the batches with these display names."""
     rows = conn.execute(

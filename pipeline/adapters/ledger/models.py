@@ -96,6 +96,8 @@ class Run(Base):
     channel: Mapped[str | None] = mapped_column(Text)
     """Where the run's batches go: NULL for the Gemini Developer API, else the resolved
     `[channel]` as JSON (kind, project, location, staging_uri)."""
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    """The spec's `[notify] webhook_url`: sent as the dynamic webhook of each batch created."""
 
 
 class Batch(Base):
@@ -130,6 +132,8 @@ class Batch(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     harvested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the service says the batch ended (its endTime), as seen by the poll that found it."""
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -287,3 +291,30 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+DELIVERY_STATES = ("queued", "done", "ignored")
+
+
+class Delivery(Base):
+    """A webhook delivery `listen` accepted, recorded once by its key (`webhook-id`, the JWT's
+    `jti`, or the body's sha256): a repeat finds the key taken and does nothing. `queued`
+    until its batch was moved on, then `done`; `ignored` for events or batches not ours."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("state", list(DELIVERY_STATES)), "state"),
+        Index("ix_deliveries_state", "state"),
+        Index("ix_deliveries_batch_name", "batch_name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    scheme: Mapped[str] = mapped_column(String(10))
+    event: Mapped[str] = mapped_column(String(100))
+    batch_name: Mapped[str | None] = mapped_column(String(300))
+    batch_id: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pipeline.adapters.ledger.batches import (  # noqa: F401
     UNFINISHED_BATCH_STATES,
     OpenedBatch,
+    batch_by_remote_name,
     batch_state_counts,
     batch_states_by_display,
     batches_in,

@@ -68,6 +68,8 @@ class RunRow:
     hold_tries: int = 0
     channel: str | None = None
     """NULL: the Gemini Developer API; else the run's `[channel]` as JSON."""
+    webhook_url: str | None = None
+    """`[notify] webhook_url`: the dynamic webhook sent with each batch it creates."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class BatchRow:
     created_at: datetime
     submitted_at: datetime | None
     finished_at: datetime | None
+    ended_at: datetime | None = None
+    """When the service says the batch ended (its endTime)."""
 
 
 def _run(row: Any) -> RunRow:
