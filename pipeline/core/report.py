@@ -26,9 +26,9 @@ ITEM_FIELDS = (
     "cost_usd",
     "cached",
     "error",
-    "duplicates",
     "references",
     "seed",
+    "duplicates",
 )
 _STATUS = {"queued": "pending", "in_batch": "pending"}
 
@@ -49,11 +49,11 @@ def item_row(item: Any, sums: Mapping[str, Any]) -> dict[str, Any]:
         "cost_usd": nanos_to_usd(int(sums["cost_nanos"])),
         "cached": bool(item.cached),
         "error": item.error if item.state != "succeeded" else None,
+        "references": item.refs.split(",") if item.refs else [],
+        "seed": item.seed,
         # Other lines for the item's key in its batches' results (Vertex AI): billed, in
         # the cost and tokens above, not tries (CONTRACT section 10).
         "duplicates": int(sums.get("duplicates", 0)),
-        "references": item.refs.split(",") if item.refs else [],
-        "seed": item.seed,
     }
 
 

@@ -124,9 +124,9 @@ REPORT_SCHEMA = pa.schema(
         ("cost_usd", pa.float64()),
         ("cached", pa.bool_()),
         ("error", pa.string()),
-        ("duplicates", pa.int64()),
         ("references", pa.list_(pa.string())),
         ("seed", pa.int64()),
+        ("duplicates", pa.int64()),
     ]
 )
 

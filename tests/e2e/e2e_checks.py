@@ -50,9 +50,9 @@ ITEM_FIELDS: dict[str, Any] = {
     "cost_usd": (int, float),
     "cached": bool,
     "error": (str, type(None)),
-    "duplicates": int,
     "references": list,
     "seed": (int, type(None)),
+    "duplicates": int,
 }
 ITEM_STATUSES = {"succeeded", "failed", "pending", "cancelled"}
 
