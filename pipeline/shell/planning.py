@@ -14,7 +14,8 @@ from pipeline.adapters.references import ReferenceBook
 from pipeline.core import expand, rows, shard, table
 from pipeline.core.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.core.errors import SpecError, UsageError
-from pipeline.core.spec import JobSpec, parse_spec, required_columns, template_fields
+from pipeline.core.spec import JobSpec, required_columns, template_fields
+from pipeline.core.spec_parse import parse_spec
 from pipeline.core.values import nanos_to_usd, usd_to_nanos
 
 OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")

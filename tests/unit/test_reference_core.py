@@ -21,7 +21,8 @@ from pipeline.core.expand import request_line
 from pipeline.core.pricing import Estimator
 from pipeline.core.refimage import MAX_REFERENCE_BYTES, Ref, sniff_mime
 from pipeline.core.rows import expand_columns, in_row_order
-from pipeline.core.spec import JobSpec, parse_spec
+from pipeline.core.spec import JobSpec
+from pipeline.core.spec_parse import parse_spec
 from pipeline.core.table import Block, Item, Reject
 
 CAT = load_catalog()
