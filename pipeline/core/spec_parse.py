@@ -5,7 +5,6 @@ naming the spec file, the dotted key, the bad value and what would be valid. The
 themselves are `pipeline.core.spec`.
 
 Decisions where the contract is silent:
-Decisions where the contract is silent:
 - Relative paths (input path, a local output uri) are made absolute against the spec file's
   folder and normalised (`..` folded), without touching the file system; `~` is expanded.
   `file://` in a local uri is dropped. Existence is the shell's business.
