@@ -12,10 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.emulator import lines, models, vertex
+from pipeline.emulator import models, vertex
 from pipeline.emulator.batches import Batches
 from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import State
+from pipeline.emulator.tokens import count_tokens
 from pipeline.emulator.wire import ApiError, bad_request, injected, model_missing, pick
 
 VERSION = re.compile(r"^v\d+(alpha|beta)?\d*$")
@@ -360,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
         if found:
             raise bad_request(found)
         try:
-            self._send_json(200, lines.count_tokens(model, body))
+            self._send_json(200, count_tokens(model, body))
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
 

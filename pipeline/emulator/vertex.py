@@ -7,7 +7,7 @@ A job moves PENDING, RUNNING and a final state on the emulator's clock. At its e
 input JSONL is read line by line from GCS and each line becomes one prediction line: the
 input object (key and request, echoed) plus `status` ("" on success, the error otherwise),
 `processed_time` and, on success, `response` (a GenerateContentResponse with a real PNG and
-usageMetadata, from `lines.serve`). The lines are written to a local file and uploaded to
+usageMetadata, from `answers.serve`). The lines are written to a local file and uploaded to
 `{outputUriPrefix}/prediction-model-{time}/predictions.jsonl`; the job's
 `outputInfo.gcsOutputDirectory` names that folder. Faults: `vertex_faults`.
 
@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.emulator import lines, models
+from pipeline.emulator import answers, models
 from pipeline.emulator.png import png_base64
 from pipeline.emulator.state import State
 from pipeline.emulator.vertex_faults import JobFault, VertexFaults
@@ -466,7 +466,7 @@ class _Writer:
                 "is limited to 1K."
             )
             return _status_text(3, message), None
-        out = lines.serve(self.job.model, key, request, None, self.scale, self.job.id)
+        out = answers.serve(self.job.model, key, request, None, self.scale, self.job.id)
         if out is None:
             return _status_text(13, "Internal error encountered."), None
         if "error" in out:
