@@ -77,7 +77,46 @@ class BatchBackend(Protocol):
     def check_access(self) -> None: ...
 
 
-class GeminiBackend:
+class SdkBatches:
+    """Batch jobs through a google-genai client, the same calls on either channel: create,
+    get, list and cancel, and the cheap probe `check_access` starts with. The hooks:
+    `_client` (the SDK client), `_call` (runs an SDK call, its errors made nanobatch's) and
+    `_remote` (an SDK job as a RemoteBatch: the two channels name the output differently)."""
+
+    _client: genai.Client
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        raise NotImplementedError
+
+    def _remote(self, job: Any) -> RemoteBatch:
+        raise NotImplementedError
+
+    def _probe(self) -> None:
+        """A one-entry batch list: the credentials are accepted and the service reachable."""
+        self._call(lambda: self._client.batches.list(config={"page_size": 1}))
+
+    def _create(self, model: str, src: str, config: types.CreateBatchJobConfig) -> RemoteBatch:
+        return self._remote(
+            self._call(lambda: self._client.batches.create(model=model, src=src, config=config))
+        )
+
+    def get_batch(self, name: str) -> RemoteBatch:
+        return self._remote(self._call(lambda: self._client.batches.get(name=name)))
+
+    def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]:
+        pager = self._call(lambda: self._client.batches.list(config={"page_size": page_size}))
+        iterator = iter(pager)
+        while True:
+            job = self._call(lambda: next(iterator, None))
+            if job is None:
+                return
+            yield self._remote(job)
+
+    def cancel_batch(self, name: str) -> None:
+        self._call(lambda: self._client.batches.cancel(name=name))
+
+
+class GeminiBackend(SdkBatches):
     """BatchBackend over the real SDK (and so over the emulator through base_url)."""
 
     def __init__(self, api_key: str, key_variable: str, base_url: str | None = None) -> None:
@@ -98,7 +137,7 @@ class GeminiBackend:
     def check_access(self) -> None:
         """One cheap call (a one-entry batch list) that proves the key is accepted and the
         service reachable: AuthError, TransientApiError or ApiError otherwise. Spends nothing."""
-        self._call(lambda: self._client.batches.list(config={"page_size": 1}))
+        self._probe()
 
     def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile:
         config = types.UploadFileConfig(mime_type="jsonl", display_name=display_name[:120])
@@ -136,25 +175,7 @@ class GeminiBackend:
         if webhook is not None:
             url, metadata = webhook
             config.webhook_config = types.WebhookConfig(uris=[url], user_metadata=metadata)
-        job = self._call(
-            lambda: self._client.batches.create(model=model, src=file_name, config=config)
-        )
-        return _remote(job)
-
-    def get_batch(self, name: str) -> RemoteBatch:
-        return _remote(self._call(lambda: self._client.batches.get(name=name)))
-
-    def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]:
-        pager = self._call(lambda: self._client.batches.list(config={"page_size": page_size}))
-        iterator = iter(pager)
-        while True:
-            job = self._call(lambda: next(iterator, None))
-            if job is None:
-                return
-            yield _remote(job)
-
-    def cancel_batch(self, name: str) -> None:
-        self._call(lambda: self._client.batches.cancel(name=name))
+        return self._create(model, file_name, config)
 
     def download(self, file_name: str, destination: Path) -> int:
         """Stream a results file to `destination` (a plain GET: the SDK's download is slower
@@ -179,6 +200,9 @@ class GeminiBackend:
         except httpx2.HTTPError as exc:
             raise TransientApiError(f"download of {file_name} broke off: {exc}") from None
         return written
+
+    def _remote(self, job: Any) -> RemoteBatch:
+        return _remote(job)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:

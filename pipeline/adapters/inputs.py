@@ -7,7 +7,7 @@ UNDECODABLE) and the rest go on. Encodings that are not ASCII-compatible (utf-16
 are transcoded by pyarrow instead; there a bad byte fails the whole file. CSV empty cells
 are "" (the core decides what empty means); Parquet nulls (and float NaN) are None; non-text
 Parquet values become text (ints without ".0", booleans "true"/"false"). Block and
-UNDECODABLE are defined by the pure core (pipeline.core.expand), which consumes them, and
+UNDECODABLE are defined by the pure core (pipeline.core.table), which consumes them, and
 re-exported here.
 
 A table is read as it is written or refused (InputError, exit 2), never reshaped: a CSV row
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from pipeline.adapters.storage import sha256_file
 from pipeline.core.errors import InputError
-from pipeline.core.expand import UNDECODABLE, Block, Cell, variant_base
+from pipeline.core.table import UNDECODABLE, Block, Cell, variant_base
 
 __all__ = [
     "EXTENSIONS",
@@ -454,7 +454,7 @@ def repeated_key_hashes(
     A pre-pass over the key column alone, so the row pass need not remember every key it has
     seen to find duplicates: 8 bytes a row here, where a dict of a million keys held 124 MB.
     With variants, a key `K.vn` (n <= variants) also counts as an occurrence of `K`: the row
-    `K` claims it, so both rows must be remembered (`expand.variant_base`)."""
+    `K` claims it, so both rows must be remembered (`table.variant_base`)."""
     hashes = array.array("q")
     for block in read_blocks(path, [column], encoding):
         cells = block.columns.get(column, ())

@@ -23,7 +23,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from pipeline.adapters.gemini import RemoteBatch, RemoteFile
+from pipeline.adapters.gemini import RemoteBatch, RemoteFile, SdkBatches
 from pipeline.adapters.storage.retry import is_transient_gcs_error, retry_call
 from pipeline.core.errors import ApiError, AuthError, StorageError, TransientApiError
 from pipeline.core.spec import ChannelSpec
@@ -56,7 +56,7 @@ def split_gs(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-class VertexBackend:
+class VertexBackend(SdkBatches):
     """BatchBackend over google-genai in Vertex mode and Cloud Storage."""
 
     def __init__(
@@ -87,7 +87,7 @@ class VertexBackend:
         nothing."""
         from pipeline.adapters.storage.gcs import GcsStore
 
-        self._call(lambda: self._client.batches.list(config={"page_size": 1}))
+        self._probe()
         staging = self.channel.staging_uri or ""
         GcsStore(staging, project=self.channel.project, client=self._storage).check_writable()
 
@@ -135,25 +135,7 @@ class VertexBackend:
             raise ApiError("webhooks are for the Gemini Developer API, not Vertex AI", code=400)
         _, dest = staging_names(self.channel.staging_uri or "", display_name)
         config = types.CreateBatchJobConfig(display_name=display_name, dest=dest)
-        job = self._call(
-            lambda: self._client.batches.create(model=model, src=file_name, config=config)
-        )
-        return _remote(job)
-
-    def get_batch(self, name: str) -> RemoteBatch:
-        return _remote(self._call(lambda: self._client.batches.get(name=name)))
-
-    def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]:
-        pager = self._call(lambda: self._client.batches.list(config={"page_size": page_size}))
-        iterator = iter(pager)
-        while True:
-            job = self._call(lambda: next(iterator, None))
-            if job is None:
-                return
-            yield _remote(job)
-
-    def cancel_batch(self, name: str) -> None:
-        self._call(lambda: self._client.batches.cancel(name=name))
+        return self._create(model, file_name, config)
 
     def download(self, file_name: str, destination: Path) -> int:
         """Every prediction file under the job's output directory `file_name` (gs://...),
@@ -214,6 +196,9 @@ class VertexBackend:
             if is_transient_gcs_error(exc):
                 raise TransientApiError(str(error)) from None
             raise error from exc
+
+    def _remote(self, job: Any) -> RemoteBatch:
+        return _remote(job)
 
     def _call(self, fn: Callable[[], T]) -> T:
         from google.auth import exceptions as auth_exceptions

@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.emulator import lines, models, references
+from pipeline.emulator import answers, lines, models, references
 from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import FileRec, State, sha256_field
+from pipeline.emulator.tokens import line_tokens, request_tokens
 from pipeline.emulator.wire import (
     API,
     QUOTA_MESSAGE,
@@ -136,7 +137,7 @@ class Batches:
             requests = [requests]  # proto JSON: one object for a repeated field is a list of one
         if isinstance(requests, list) and requests:
             keys = [_inline_key(r, i) for i, r in enumerate(requests)]
-            tokens = sum(lines.request_tokens(model, pick(r, "request")) for r in requests)
+            tokens = sum(request_tokens(model, pick(r, "request")) for r in requests)
             return Batch(bid, model, display, now, keys, tokens, inline=requests)
         raise ApiError(400, "* GenerateContentBatch.input_config: input_config is required.")
 
@@ -255,7 +256,7 @@ class Batches:
         if err is not None and (fault is None or fault.kind not in ("missing", "error")):
             out: dict[str, Any] | None = {"error": {"code": 3, "message": err}}
         else:
-            out = lines.serve(
+            out = answers.serve(
                 batch.model,
                 key,
                 request,
@@ -407,11 +408,11 @@ def _nonblank(f: Any) -> Any:
 def _count_input(model: str, f: Any) -> tuple[list[str], int]:
     """The keys (``line-<i>`` for a line without one) and the enqueued-token total of an input
     JSONL file, read one line at a time (a million lines must not cost seconds: see
-    `lines.line_tokens`)."""
+    `tokens.line_tokens`)."""
     keys: list[str] = []
     tokens = 0
     for i, raw in enumerate(_nonblank(f)):
-        key, n = lines.line_tokens(model, raw)
+        key, n = line_tokens(model, raw)
         keys.append(key if key is not None else f"line-{i}")
         tokens += n
     return keys, tokens

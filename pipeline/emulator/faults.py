@@ -6,32 +6,16 @@ batch's display name and creation ordinal), never by a random generator.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.emulator.fault_base import Counted, HttpFault, chance, check_keys
 from pipeline.emulator.vertex_faults import VertexFaults
 
 LINE_KINDS = ("error", "finish", "block", "text_only", "missing")
-
-
-def chance(*parts: object) -> float:
-    """A deterministic number in [0, 1) from the parts."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-@dataclass
-class HttpFault:
-    """Answer an endpoint with ``status`` the first ``times`` times it is called."""
-
-    status: int = 429
-    times: int = 1
-    message: str | None = None
 
 
 @dataclass
@@ -100,7 +84,7 @@ class WebhookFaults:
 
 
 @dataclass
-class FaultPlan:
+class FaultPlan(Counted):
     """Every fault the emulator injects. Mutable at run time; counters live in the plan."""
 
     seed: int = 0
@@ -114,16 +98,11 @@ class FaultPlan:
     vertex: VertexFaults = field(default_factory=VertexFaults)
     """The Vertex AI batch prediction routes' faults (see `vertex_faults`)."""
     webhooks: WebhookFaults = field(default_factory=WebhookFaults)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _used: dict[tuple[str, int, str], int] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FaultPlan:
         """Build a plan from a dict (the JSON/TOML file's content)."""
-        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown fault plan keys: {sorted(unknown)}")
+        check_keys(cls, d, "fault plan")
         plan = cls(seed=int(d.get("seed", 0)), shuffle=bool(d.get("shuffle", False)))
         for name in ("create_errors", "get_errors", "download_errors"):
             setattr(plan, name, [HttpFault(**x) for x in d.get(name, [])])
@@ -142,21 +121,10 @@ class FaultPlan:
         data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
         return cls.from_dict(data)
 
-    def _take(self, counter: tuple[str, int, str], limit: int | None) -> bool:
-        """Count one use of ``counter`` unless ``limit`` uses were already counted."""
-        with self._lock:
-            used = self._used.get(counter, 0)
-            if limit is not None and used >= limit:
-                return False
-            self._used[counter] = used + 1
-            return True
-
     def http_error(self, endpoint: str) -> HttpFault | None:
         """The injected error for this call of ``endpoint`` (create, get or download), if any."""
-        for i, fault in enumerate(getattr(self, f"{endpoint}_errors")):
-            if self._take((endpoint, i, ""), fault.times):
-                return fault
-        return None
+        found: HttpFault | None = self._first_taken(endpoint, getattr(self, f"{endpoint}_errors"))
+        return found
 
     def batch_fault(self, display_name: str, ordinal: int) -> str | None:
         """The final state forced on a new batch, if any (decided at create)."""
@@ -173,11 +141,7 @@ class FaultPlan:
     def line_fault(self, key: str) -> LineFault | None:
         """The fault for this serving of the line with ``key``, if any."""
         for i, fault in enumerate(self.line_faults):
-            if fault.keys is not None and key not in fault.keys:
-                continue
-            if fault.rate is not None and chance(self.seed, i, key) >= fault.rate:
-                continue
-            if fault.times is not None and not self._take(("line", i, key), fault.times):
+            if not self._matches(fault, key, (self.seed, i, key), ("line", i, key)):
                 continue
             if fault.count is not None and not self._take(("line-count", i, ""), fault.count):
                 continue

@@ -12,10 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.emulator import lines, models, vertex
+from pipeline.emulator import models, vertex
 from pipeline.emulator.batches import Batches
 from pipeline.emulator.schema import Schema
 from pipeline.emulator.state import State
+from pipeline.emulator.tokens import count_tokens
 from pipeline.emulator.wire import ApiError, bad_request, injected, model_missing, pick
 
 VERSION = re.compile(r"^v\d+(alpha|beta)?\d*$")
@@ -140,6 +141,7 @@ class Handler(BaseHTTPRequestHandler):
             "file": None,
             "status": None,
         }
+        self._logged = False
         try:
             kind, self._version, args = route(self.command, url.path, self._query)
             self._entry["kind"] = kind
@@ -162,9 +164,20 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if self._body_left > 0:
                 self.close_connection = True
-            self.server.state.log(self._entry)
+            if not self._logged:  # no answer was sent (the client went away first)
+                self._record(self._entry["status"])
 
     # --- plumbing --------------------------------------------------------------------------
+
+    def _record(self, status: int | str | None) -> None:
+        """Log the request with the status it answers, before the answer's first byte is
+        written: a client that reads the request log right after its call then finds the
+        entry (logged after the send, a loaded machine let the client read the log first).
+        Called again (a download cut short) it updates the logged entry."""
+        self._entry["status"] = status
+        if not self._logged:
+            self._logged = True
+            self.server.state.log(self._entry)
 
     def _check_key(self) -> None:
         key = (self.headers.get("x-goog-api-key") or "").strip()
@@ -197,7 +210,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode("utf-8")
-        self._entry["status"] = status
+        self._record(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
@@ -284,7 +297,7 @@ class Handler(BaseHTTPRequestHandler):
         if fault is not None:
             raise injected(fault.status, fault.message)
         drop = faults.drop_download()
-        self._entry["status"] = 200
+        self._record(200)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(rec.size))
@@ -297,10 +310,10 @@ class Handler(BaseHTTPRequestHandler):
         with open(path, "rb") as f:
             while data := f.read(step):
                 if drop is not None and sent + len(data) > drop:
+                    self._record("dropped")
                     self.wfile.write(data[: drop - sent])
                     self.wfile.flush()
                     self.close_connection = True
-                    self._entry["status"] = "dropped"
                     return
                 self.wfile.write(data)
                 sent += len(data)
@@ -333,7 +346,7 @@ class Handler(BaseHTTPRequestHandler):
             self.server.vertex, op, project, location, job_id, body, page
         )
         if answer is vertex.LOST:  # the create took effect; its answer never arrives
-            self._entry["status"] = "lost"
+            self._record("lost")
             self.close_connection = True
             return
         self._send_json(200, answer)
@@ -360,7 +373,7 @@ class Handler(BaseHTTPRequestHandler):
         if found:
             raise bad_request(found)
         try:
-            self._send_json(200, lines.count_tokens(model, body))
+            self._send_json(200, count_tokens(model, body))
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
 

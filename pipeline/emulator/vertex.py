@@ -1,37 +1,24 @@
 """Vertex AI batch prediction, as google-genai uses it in Vertex mode: the
 `/{v1,v1beta1}/projects/{p}/locations/{l}/batchPredictionJobs` routes (create, get, list,
-cancel, delete), with request files read from and predictions written to Cloud Storage
-through a GCS emulator (STORAGE_EMULATOR_HOST, e.g. fake-gcs-server).
+cancel, delete) and the job store behind them, with request files read from Cloud Storage
+through a GCS emulator (`gcs`, STORAGE_EMULATOR_HOST, e.g. fake-gcs-server).
 
-A job moves PENDING, RUNNING and a final state on the emulator's clock. At its end the
-input JSONL is read line by line from GCS and each line becomes one prediction line: the
-input object (key and request, echoed) plus `status` ("" on success, the error otherwise),
-`processed_time` and, on success, `response` (a GenerateContentResponse with a real PNG and
-usageMetadata, from `lines.serve`). The lines are written to a local file and uploaded to
+A job moves PENDING, RUNNING and a final state on the emulator's clock. At its end its
+prediction lines are written (`vertex_output`) to
 `{outputUriPrefix}/prediction-model-{time}/predictions.jsonl`; the job's
 `outputInfo.gcsOutputDirectory` names that folder. Faults: `vertex_faults`.
-
-Batch image output on Vertex is 1K only (reference/vertex-batch.md section 5): a line that
-asks for another imageSize gets an INVALID_ARGUMENT status.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
 import os
-import tempfile
 import threading
-import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from pipeline.emulator import lines, models
-from pipeline.emulator.png import png_base64
+from pipeline.emulator import models, vertex_output
+from pipeline.emulator.gcs import Gcs
 from pipeline.emulator.state import State
 from pipeline.emulator.vertex_faults import JobFault, VertexFaults
 from pipeline.emulator.wire import ApiError, pick, rfc3339
@@ -44,7 +31,6 @@ LIVE = frozenset({PENDING, RUNNING, CANCELLING})
 QUEUE_LIMIT = timedelta(hours=72)
 MAX_REQUESTS = 200_000
 MAX_INPUT_BYTES = 1_000_000_000
-BATCH_SIZES = ("1K",)
 FIRST_ID = 1_000_000_001
 END_ERRORS = {
     FAILED: {"code": 13, "message": "Internal error occurred. Some rows were not processed."},
@@ -55,8 +41,6 @@ UNAUTHENTICATED = (
     "Request is missing required authentication credential. Expected OAuth 2 access token, "
     "login cookie or other valid authentication credential."
 )
-STATUS_NAMES = {3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 7: "PERMISSION_DENIED", 13: "INTERNAL"}
-HTTP_OF = {3: 400, 5: 404, 7: 403, 8: 429, 13: 500, 14: 503, 4: 504}
 LOST = object()
 """What `serve` returns when the answer is to be lost: the handler closes the connection."""
 
@@ -85,85 +69,6 @@ def check_auth(authorization: str | None) -> None:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, UNAUTHENTICATED)
-
-
-# ── Cloud Storage through the GCS emulator's JSON API ───────────────────────
-
-
-class Gcs:
-    """Just enough of the GCS JSON API: object metadata, streamed reads and uploads."""
-
-    def __init__(self, host: str) -> None:
-        url = host if "://" in host else f"http://{host}"
-        parts = urllib.parse.urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-
-    def _conn(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=60)
-
-    @staticmethod
-    def _path(bucket: str, name: str) -> str:
-        return f"/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/" + urllib.parse.quote(
-            name, safe=""
-        )
-
-    def size(self, uri: str) -> int | None:
-        """The object's size, or None when it does not exist."""
-        bucket, name = split_gs(uri)
-        conn = self._conn()
-        try:
-            conn.request("GET", self._path(bucket, name))
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status == 404:
-            return None
-        if response.status != 200:
-            raise OSError(f"GCS {response.status} reading {uri}: {body[:200]!r}")
-        return int(json.loads(body).get("size", 0))
-
-    def lines(self, uri: str) -> Iterator[bytes]:
-        """The object's lines, streamed."""
-        bucket, name = split_gs(uri)
-        conn = self._conn()
-        try:
-            conn.request("GET", self._path(bucket, name) + "?alt=media")
-            response = conn.getresponse()
-            if response.status != 200:
-                raise OSError(f"GCS {response.status} reading {uri}")
-            while raw := response.readline():
-                yield raw
-        finally:
-            conn.close()
-
-    def upload(self, uri: str, path: Path) -> None:
-        """Upload a local file to `uri` (a simple media upload, streamed from disk)."""
-        bucket, name = split_gs(uri)
-        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
-        conn = self._conn()
-        try:
-            with path.open("rb") as body:
-                conn.request(
-                    "POST",
-                    f"/upload/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?{query}",
-                    body=body,
-                    headers={
-                        "Content-Type": "application/jsonl",
-                        "Content-Length": str(path.stat().st_size),
-                    },
-                )
-            response = conn.getresponse()
-            text = response.read()
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise OSError(f"GCS {response.status} writing {uri}: {text[:200]!r}")
-
-
-def split_gs(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    return bucket, name
 
 
 # ── jobs ─────────────────────────────────────────────────────────────────────
@@ -336,29 +241,8 @@ class VertexJobs:
 
     def _end(self, job: Job, state: str, keep: int, at: datetime) -> None:
         if keep > 0 or state in (SUCCEEDED, PARTIAL):
-            self._produce(job, keep, at)
+            vertex_output.produce(self, job, keep, at)
         job.state, job.updated, job.ended = state, at, at
-
-    # --- output ---------------------------------------------------------------------------
-
-    def _produce(self, job: Job, keep: int, at: datetime) -> None:
-        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond:06d}Z"
-        folder = f"{job.output_prefix.rstrip('/')}/prediction-model-{stamp}"
-        writer = _Writer(self, job, folder, at)
-        try:
-            served = 0
-            for uri in job.inputs:
-                for raw in self.gcs().lines(uri):
-                    if not raw.strip():
-                        continue
-                    if served >= keep:
-                        break
-                    served += 1
-                    writer.line(raw)
-            writer.finish()
-        finally:
-            writer.close()
-        job.output_dir = folder
 
     # --- JSON -----------------------------------------------------------------------------
 
@@ -391,178 +275,6 @@ class VertexJobs:
         if job.state in END_ERRORS:
             out["error"] = END_ERRORS[job.state]
         return out
-
-
-class _Writer:
-    """The prediction lines of one job, into `files` local files, then uploaded."""
-
-    def __init__(self, jobs: VertexJobs, job: Job, folder: str, at: datetime) -> None:
-        self.jobs, self.job, self.folder, self.at = jobs, job, folder, at
-        self.faults = jobs.faults
-        self.tmp = Path(tempfile.mkdtemp(prefix="vertex-", dir=jobs.state.config.data_dir))
-        self.count = max(1, self.faults.files)
-        self.paths = [self.tmp / self._name(i) for i in range(self.count)]
-        self.out = [p.open("wb") for p in self.paths]
-        self.at_end: list[bytes] = []
-        self.n = 0
-        self.scale = jobs.state.config.image_scale
-
-    def _name(self, i: int) -> str:
-        return "predictions.jsonl" if self.count == 1 else f"predictions_{i + 1:04d}.jsonl"
-
-    def line(self, raw: bytes) -> None:
-        """The output line(s) of one input line, into the file its position falls in."""
-        obj, key, request = _decode(raw)
-        dest = self.out[min(self.count - 1, self.n * self.count // max(1, self.job.requests))]
-        self.n += 1
-        self.job.stats["seen"] = self.job.stats.get("seen", 0) + 1
-        if self.faults.is_missing(key):
-            self._log(key, "missing", None)
-            return
-        dup = self.faults.duplicate(key)
-        main = self._predict(obj, key, request)
-        extras = []
-        if dup is not None:
-            extras = [self._extra(obj, key, request, kind, i) for i, kind in enumerate(dup.extra)]
-        where = dup.where if dup is not None else "after"
-        if where == "end":
-            self.at_end.extend(extras)
-            extras = []
-        ordered = [*extras, main] if where == "before" else [main, *extras]
-        for data in ordered:
-            dest.write(data)
-
-    def _predict(self, obj: dict[str, Any], key: str, request: Any) -> bytes:
-        error = self.faults.line_error(key)
-        if error is not None:
-            self.job.stats["failed"] = self.job.stats.get("failed", 0) + 1
-            self._log(key, "error", None)
-            return self._encode(obj, error.status, None)
-        status, response = self._serve(key, request)
-        self.job.stats["ok" if not status else "failed"] = (
-            self.job.stats.get("ok" if not status else "failed", 0) + 1
-        )
-        self._log(key, "ok" if not status else "invalid", response)
-        return self._encode(obj, status, response)
-
-    def _extra(self, obj: dict[str, Any], key: str, request: Any, kind: str, i: int) -> bytes:
-        if kind == "error":
-            self._log(key, "duplicate-error", None)
-            status = _status_text(14, "The service is currently unavailable.")
-            return self._encode(obj, status, None)
-        status, response = self._serve(key, request)
-        if response is not None and kind == "image":
-            response = _other_image(response, f"duplicate {i + 1}\x1f{self.job.id}\x1f{key}")
-        elif response is not None:
-            response = _without_image(response)
-        self._log(key, f"duplicate-{kind}", response)
-        return self._encode(obj, status, response)
-
-    def _serve(self, key: str, request: Any) -> tuple[str, dict[str, Any] | None]:
-        size = pick(pick(pick(request, "generationConfig"), "imageConfig"), "imageSize")
-        if size and size not in BATCH_SIZES:
-            message = (
-                f"Image size {size} is not supported in batch prediction; batch image output "
-                "is limited to 1K."
-            )
-            return _status_text(3, message), None
-        out = lines.serve(self.job.model, key, request, None, self.scale, self.job.id)
-        if out is None:
-            return _status_text(13, "Internal error encountered."), None
-        if "error" in out:
-            err = out["error"]
-            return _status_text(int(err.get("code", 13)), str(err.get("message", ""))), None
-        response: dict[str, Any] = out["response"]
-        return "", response
-
-    def _encode(self, obj: dict[str, Any], status: str, response: dict[str, Any] | None) -> bytes:
-        line = {**obj, "status": status, "processed_time": _processed(self.at)}
-        if response is not None:
-            line["response"] = response
-        return json.dumps(line).encode("utf-8") + b"\n"
-
-    def _log(self, key: str, outcome: str, response: dict[str, Any] | None) -> None:
-        self.jobs.state.log(
-            {
-                "kind": "vertex_line",
-                "job": self.job.name,
-                "key": key,
-                "outcome": outcome,
-                "usage": (response or {}).get("usageMetadata"),
-            }
-        )
-
-    def finish(self) -> None:
-        for data in self.at_end:
-            self.out[-1].write(data)
-        for fh in self.out:
-            fh.close()
-        gcs = self.jobs.gcs()
-        for i, path in enumerate(self.paths):
-            gcs.upload(f"{self.folder}/{self._name(i)}", path)
-
-    def close(self) -> None:
-        for fh in self.out:
-            fh.close()
-        for path in self.paths:
-            path.unlink(missing_ok=True)
-        self.tmp.rmdir()
-
-
-def _decode(raw: bytes) -> tuple[dict[str, Any], str, Any]:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        obj = None
-    if not isinstance(obj, dict):
-        return {"instance": raw.decode("utf-8", "replace").strip()}, "", None
-    key = obj.get("key")
-    return obj, "" if key is None else str(key), obj.get("request")
-
-
-def _status_text(code: int, message: str) -> str:
-    """A line's error as text (the service's format is undocumented; this one names the
-    HTTP code and the gRPC status, as Google's error envelopes do)."""
-    status = STATUS_NAMES.get(code, lines_status_name(code))
-    body = {"error": {"code": HTTP_OF.get(code, 500), "message": message, "status": status}}
-    return json.dumps(body)
-
-
-def lines_status_name(code: int) -> str:
-    names = {2: "UNKNOWN", 4: "DEADLINE_EXCEEDED", 8: "RESOURCE_EXHAUSTED", 14: "UNAVAILABLE"}
-    return names.get(code, "INTERNAL")
-
-
-def _processed(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}+00:00"
-
-
-def _image_parts(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for candidate in response.get("candidates") or []:
-        for part in (candidate.get("content") or {}).get("parts") or []:
-            if "inlineData" in part and not part.get("thought"):
-                yield part
-
-
-def _other_image(response: dict[str, Any], seed: str) -> dict[str, Any]:
-    """The response with each final image replaced by another of the same size."""
-    out = json.loads(json.dumps(response))
-    for part in _image_parts(out):
-        data = part["inlineData"]["data"]
-        head = base64.b64decode(data[:44])
-        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        part["inlineData"]["data"] = png_base64(seed, width, height)
-    return dict(out)
-
-
-def _without_image(response: dict[str, Any]) -> dict[str, Any]:
-    """The response with its images dropped (a text-only answer, still billed)."""
-    out = json.loads(json.dumps(response))
-    for candidate in out.get("candidates") or []:
-        content = candidate.get("content") or {}
-        parts = [p for p in content.get("parts") or [] if "inlineData" not in p]
-        content["parts"] = parts or [{"text": "No image this time."}]
-    return dict(out)
 
 
 def _model(project: str, location: str, name: Any) -> str:

@@ -20,26 +20,14 @@ decided by hashing the seed with the key, never by a random generator.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from pipeline.emulator.fault_base import Counted, HttpFault, check_keys
 
 JOB_END_STATES = ("PARTIALLY_SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
 EXTRA_KINDS = ("image", "text", "error")
 PLACES = ("after", "before", "end")
-
-
-def _chance(*parts: object) -> float:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-@dataclass
-class CreateError:
-    status: int = 429
-    times: int = 1
-    message: str | None = None
 
 
 @dataclass
@@ -88,27 +76,22 @@ class Duplicate(LineMatch):
 
 
 @dataclass
-class VertexFaults:
+class VertexFaults(Counted):
     seed: int = 0
-    create_errors: list[CreateError] = field(default_factory=list)
+    create_errors: list[HttpFault] = field(default_factory=list)
     lost_creates: int = 0
     job_faults: list[JobFault] = field(default_factory=list)
     line_errors: list[LineError] = field(default_factory=list)
     missing: list[LineMatch] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     files: int = 1
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _used: dict[tuple[str, int, str], int] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VertexFaults:
-        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown vertex fault keys: {sorted(unknown)}")
+        check_keys(cls, d, "vertex fault")
         return cls(
             seed=int(d.get("seed", 0)),
-            create_errors=[CreateError(**x) for x in d.get("create_errors", [])],
+            create_errors=[HttpFault(**x) for x in d.get("create_errors", [])],
             lost_creates=int(d.get("lost_creates", 0)),
             job_faults=[JobFault(**x) for x in d.get("job_faults", [])],
             line_errors=[LineError(**x) for x in d.get("line_errors", [])],
@@ -117,19 +100,8 @@ class VertexFaults:
             files=max(1, int(d.get("files", 1))),
         )
 
-    def _take(self, counter: tuple[str, int, str], limit: int | None) -> bool:
-        with self._lock:
-            used = self._used.get(counter, 0)
-            if limit is not None and used >= limit:
-                return False
-            self._used[counter] = used + 1
-            return True
-
-    def create_error(self) -> CreateError | None:
-        for i, fault in enumerate(self.create_errors):
-            if self._take(("create", i, ""), fault.times):
-                return fault
-        return None
+    def create_error(self) -> HttpFault | None:
+        return self._first_taken("create", self.create_errors)
 
     def lose_create(self) -> bool:
         return self.lost_creates > 0 and self._take(("lost", 0, ""), self.lost_creates)
@@ -145,13 +117,8 @@ class VertexFaults:
 
     def _line(self, kind: str, faults: list[Any], key: str) -> Any:
         for i, fault in enumerate(faults):
-            if fault.keys is not None and key not in fault.keys:
-                continue
-            if fault.rate is not None and _chance(self.seed, kind, i, key) >= fault.rate:
-                continue
-            if fault.times is not None and not self._take((kind, i, key), fault.times):
-                continue
-            return fault
+            if self._matches(fault, key, (self.seed, kind, i, key), (kind, i, key)):
+                return fault
         return None
 
     def line_error(self, key: str) -> LineError | None:

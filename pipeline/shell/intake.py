@@ -1,7 +1,7 @@
 """Recording a new run's table in the ledger in one streaming pass: each item row is written
 once, already packed into its batch (state `in_batch`, with its attempt row), so a
 million-row table is read, checked and recorded without a second pass over the items.
-Items come column by column (`expand.Items`, a block at a time) and are hashed, packed and
+Items come column by column (`table.Items`, a block at a time) and are hashed, packed and
 written a slice at a time, with no object per row.
 
 Items whose image name is taken at the output location (`taken`) are recorded failed for good
@@ -28,7 +28,7 @@ from typing import Any
 from pipeline.adapters import shardfile
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
-from pipeline.core import expand, shard
+from pipeline.core import expand, shard, table
 from pipeline.core.spec import JobSpec
 from pipeline.shell.taken import TakenNames
 
@@ -86,7 +86,7 @@ class _Recorder:
         self.batch: _OpenBatch | None = None
         self.done = Recorded()
 
-    def items(self, items: expand.Items) -> None:
+    def items(self, items: table.Items) -> None:
         """Record a slice of items: cached content stays queued (the cache or, on a miss,
         `form_batches` checks its name later), items whose name is taken fail, the rest is
         packed."""
@@ -109,8 +109,8 @@ class _Recorder:
             self._pack(items, hashes)
 
     def _fail_taken(
-        self, taken: TakenNames, items: expand.Items, hashes: list[str]
-    ) -> tuple[expand.Items, list[str]]:
+        self, taken: TakenNames, items: table.Items, hashes: list[str]
+    ) -> tuple[table.Items, list[str]]:
         """Record the items whose name is taken as failed for good; return the others."""
         reasons = taken.among(self.conn, items.keys)
         if not reasons:
@@ -130,7 +130,7 @@ class _Recorder:
         keep = [i for i in range(len(items)) if i not in reasons]
         return items.pick(keep), [hashes[i] for i in keep]
 
-    def _pack(self, items: expand.Items, hashes: list[str]) -> None:
+    def _pack(self, items: table.Items, hashes: list[str]) -> None:
         """Split the items where the packer opens a batch; each run of them goes to its batch
         (the first run to the batch already open, if it does not start a new one)."""
         # Only written files need the lines themselves; packing needs their lengths.
@@ -146,7 +146,7 @@ class _Recorder:
 
     def _add(
         self,
-        items: expand.Items,
+        items: table.Items,
         hashes: list[str],
         lines: list[bytes] | None,
         tokens: list[int],
@@ -166,7 +166,7 @@ class _Recorder:
 
     def _write(
         self,
-        items: expand.Items,
+        items: table.Items,
         hashes: list[str],
         tokens: list[int],
         state: str,
@@ -233,7 +233,7 @@ def record_expansion(
     conn: Any,
     run_id: str,
     spec: JobSpec,
-    blocks: Iterable[expand.Expanded],
+    blocks: Iterable[table.Expanded],
     now: datetime,
     *,
     use_cache: bool,
@@ -252,7 +252,7 @@ def record_expansion(
     return recorder.done
 
 
-def _record(recorder: _Recorder, conn: Any, run_id: str, blocks: Iterable[expand.Expanded]) -> None:
+def _record(recorder: _Recorder, conn: Any, run_id: str, blocks: Iterable[table.Expanded]) -> None:
     for block in blocks:
         items = block.items
         for start in range(0, len(items), CHUNK):

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from pipeline.adapters import inputs
 from pipeline.adapters.references import ReferenceBook
-from pipeline.core import expand, shard
+from pipeline.core import expand, rows, shard, table
 from pipeline.core.catalog import Catalog, ModelInfo, load_catalog
 from pipeline.core.errors import SpecError, UsageError
-from pipeline.core.spec import JobSpec, parse_spec, required_columns, template_fields
+from pipeline.core.spec import JobSpec, required_columns, template_fields
+from pipeline.core.spec_parse import parse_spec
 from pipeline.core.values import nanos_to_usd, usd_to_nanos
 
 OVERRIDE_COLUMNS = ("aspect_ratio", "image_size")
@@ -49,7 +50,7 @@ def nothing_to_do(spec: JobSpec, rejected: int) -> UsageError:
 
 def expansion(
     spec: JobSpec, info: ModelInfo, book: ReferenceBook | None = None
-) -> Iterator[expand.Expanded]:
+) -> Iterator[table.Expanded]:
     """Items and rejects of the spec's table, a block at a time, streamed; InputError for a
     missing column. Reference images are read through `book` (by default one that reads
     local files only: gs:// objects are checked at submit)."""
@@ -63,7 +64,7 @@ def expansion(
     blocks = inputs.read_blocks(path, list(dict.fromkeys(columns)), encoding)
     if book is None and spec.input.images:
         book = ReferenceBook(spec.source.parent)
-    return expand.expand_columns(
+    return rows.expand_columns(
         spec,
         info,
         blocks,
@@ -108,7 +109,7 @@ class Plan:
     channel: str = "gemini"
     by_size: dict[str, SizeLine] = field(default_factory=dict)
     """By image size ("" for a model without sizes)."""
-    rejects: list[expand.Reject] = field(default_factory=list)
+    rejects: list[table.Reject] = field(default_factory=list)
     budget_nanos: int | None = None
     """The spec's [limits] budget_usd."""
     references: int = 0
@@ -187,7 +188,7 @@ def make_plan(spec: JobSpec, catalog: Catalog, keep_rejects: int = 20) -> Plan:
     return plan
 
 
-def _count_items(plan: Plan, items: expand.Items) -> None:
+def _count_items(plan: Plan, items: table.Items) -> None:
     plan.items += len(items)
     for size in set(items.sizes):
         estimates = [e for e, s in zip(items.estimates, items.sizes, strict=True) if s == size]

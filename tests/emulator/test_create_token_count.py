@@ -1,6 +1,6 @@
 """The create-time pass over an input file (keys and enqueued tokens) gives what the per-line
 json.loads + `estimate_tokens` computation gave, for odd lines too; common lines take the fast
-path (`lines.quick_tokens`)."""
+path (`quick_tokens`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from google.genai import errors
 
 from pipeline.emulator import Emulator, lines
 from pipeline.emulator.batches import _count_input
+from pipeline.emulator.tokens import estimate_tokens, quick_tokens, request_tokens
 
 MODELS = (PRO, "gemini-3-pro-image", FLASH25, FLASH31)
 
@@ -43,7 +44,7 @@ def _old_count(model: str, data: bytes) -> tuple[list[str], int]:
     for i, raw in enumerate(r for r in io.BytesIO(data) if r.strip()):
         key, req, _ = _old_decode(raw)
         keys.append(key if key is not None else f"line-{i}")
-        tokens += lines.estimate_tokens(model, req)
+        tokens += estimate_tokens(model, req)
     return keys, tokens
 
 
@@ -277,8 +278,8 @@ def test_quick_tokens_on_common_shapes(model: str, prompt: str) -> None:
                 _with(CAT, generationConfig={"imageConfig": {"imageSize": size}}),
             ]
             for req in shapes:
-                quick = lines.quick_tokens(model, req)
-                assert quick is not None and quick == lines.estimate_tokens(model, req), req
+                quick = quick_tokens(model, req)
+                assert quick is not None and quick == estimate_tokens(model, req), req
 
 
 @pytest.mark.parametrize(
@@ -310,8 +311,8 @@ def test_quick_tokens_on_common_shapes(model: str, prompt: str) -> None:
     ],
 )
 def test_quick_tokens_leaves_other_shapes_to_estimate_tokens(req: Any) -> None:
-    assert lines.quick_tokens(PRO, req) is None
-    assert lines.request_tokens(PRO, req) == lines.estimate_tokens(PRO, req)
+    assert quick_tokens(PRO, req) is None
+    assert request_tokens(PRO, req) == estimate_tokens(PRO, req)
 
 
 def _random_request(rng: random.Random) -> Any:
@@ -366,10 +367,8 @@ def test_request_tokens_equals_estimate_tokens_on_random_requests(model: str) ->
     quick = 0
     for _ in range(10_000):
         req = _random_request(rng)
-        assert _outcome(lines.request_tokens, model, req) == _outcome(
-            lines.estimate_tokens, model, req
-        ), req
-        quick += (lines.quick_tokens(model, req) or 0) > 1
+        assert _outcome(request_tokens, model, req) == _outcome(estimate_tokens, model, req), req
+        quick += (quick_tokens(model, req) or 0) > 1
     # The quick shape is narrow (plain text parts, known names only): a few hundred of these.
     assert quick > 300
 

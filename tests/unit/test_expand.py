@@ -8,20 +8,12 @@ from typing import Any
 
 from pipeline.core import expand
 from pipeline.core.catalog import load_catalog
-from pipeline.core.expand import (
-    UNDECODABLE,
-    Block,
-    Item,
-    Items,
-    Reject,
-    effective_size,
-    expand_columns,
-    in_row_order,
-    prompt_sha256,
-    request_line,
-)
+from pipeline.core.expand import effective_size, prompt_sha256, request_line
 from pipeline.core.pricing import Estimator, estimate_cost_nanos
-from pipeline.core.spec import JobSpec, parse_spec
+from pipeline.core.rows import expand_columns, in_row_order
+from pipeline.core.spec import JobSpec
+from pipeline.core.spec_parse import parse_spec
+from pipeline.core.table import UNDECODABLE, Block, Item, Items, Reject
 
 CAT = load_catalog()
 

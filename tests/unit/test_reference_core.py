@@ -17,10 +17,13 @@ from pipeline.adapters import inputs
 from pipeline.adapters.references import HashingReader, ReferenceBook
 from pipeline.core import expand
 from pipeline.core.catalog import load_catalog
-from pipeline.core.expand import Block, Item, Reject, expand_columns, in_row_order, request_line
+from pipeline.core.expand import request_line
 from pipeline.core.pricing import Estimator
 from pipeline.core.refimage import MAX_REFERENCE_BYTES, Ref, sniff_mime
-from pipeline.core.spec import JobSpec, parse_spec
+from pipeline.core.rows import expand_columns, in_row_order
+from pipeline.core.spec import JobSpec
+from pipeline.core.spec_parse import parse_spec
+from pipeline.core.table import Block, Item, Reject
 
 CAT = load_catalog()
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40

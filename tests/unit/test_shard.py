@@ -14,7 +14,7 @@ from pipeline.core.shard import (
     pack,
     quota_windows,
 )
-from pipeline.core.spec import parse_spec
+from pipeline.core.spec_parse import parse_spec
 
 
 def _pack(entries: list[tuple[int, int]], limits: ShardLimits) -> list[list[tuple[int, int]]]:

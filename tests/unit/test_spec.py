@@ -9,11 +9,11 @@ from pipeline.core.catalog import load_catalog
 from pipeline.core.errors import SpecError
 from pipeline.core.spec import (
     optional_columns,
-    parse_spec,
     required_columns,
     resolve_output_uri,
     template_fields,
 )
+from pipeline.core.spec_parse import parse_spec
 
 CAT = load_catalog()
 BASE = """\

@@ -12,7 +12,8 @@ from pipeline.core import shard
 from pipeline.core.catalog import load_catalog
 from pipeline.core.errors import SpecError
 from pipeline.core.results import classify_line, classify_status
-from pipeline.core.spec import ChannelSpec, parse_spec, spec_record
+from pipeline.core.spec import ChannelSpec, spec_record
+from pipeline.core.spec_parse import parse_spec
 from pipeline.shell.planning import make_plan
 
 CAT = load_catalog()

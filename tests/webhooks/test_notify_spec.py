@@ -17,7 +17,7 @@ from live import wait_for
 
 from pipeline.core.catalog import load_catalog
 from pipeline.core.errors import SpecError
-from pipeline.core.spec import parse_spec
+from pipeline.core.spec_parse import parse_spec
 from pipeline.shell.submit import run_identity
 
 BASE = """name = "n"
