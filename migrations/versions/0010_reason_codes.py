@@ -32,7 +32,7 @@ RETRYABLE_HTTP = "429, 500, 503, 504"
 def _rpc(text: str, postgres: bool) -> tuple[str, str, str]:
     """(is a gRPC line error, is an HTTP line error, its number) as SQL over `text`."""
     if postgres:
-        number = f"CAST(substring({text} from '^(?:grpc|http) ([0-9]+)') AS INTEGER)"
+        number = f"CAST(substring({text} from '^[a-z]+ ([0-9]+)') AS INTEGER)"
         return f"{text} ~ '^grpc [0-9]'", f"{text} ~ '^http [0-9]'", number
     number = f"CAST(substr({text}, 6) AS INTEGER)"  # SQLite casts the leading digits
     return f"{text} GLOB 'grpc [0-9]*'", f"{text} GLOB 'http [0-9]*'", number
