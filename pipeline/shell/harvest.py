@@ -48,7 +48,6 @@ from pipeline.shell.context import Context, channel_of
 log = get_logger()
 T = TypeVar("T")
 COMMIT_EVERY = 200
-UNSTORED = ReasonCode.UNSTORED
 LEASE_TTL_S = 60.0
 
 
@@ -345,7 +344,11 @@ class _Harvest:
         )
         if self.unstored is not None and outcome.kind in ("succeeded", "retry"):
             return dataclasses.replace(
-                base, outcome="cancelled", reason=self.unstored, code=UNSTORED, status=None
+                base,
+                outcome="cancelled",
+                reason=self.unstored,
+                code=ReasonCode.UNSTORED,
+                status=None,
             )
         if outcome.kind != "succeeded":
             return base
@@ -399,9 +402,8 @@ class _Harvest:
             return outcome
         self.gone.update(names)
         reason = f"reference image {', '.join(names)} gone or expired ({outcome.reason})"
-        gone = ReasonCode.REFERENCE_GONE
         return dataclasses.replace(
-            outcome, kind="retry", reason=reason[:500], code=gone, status=None
+            outcome, kind="retry", reason=reason[:500], code=ReasonCode.REFERENCE_GONE, status=None
         )
 
     def _store(self, base: Record, row: Any, outcome: results.LineOutcome) -> Record:
@@ -419,9 +421,8 @@ class _Harvest:
                 sha256=sha,
             )
         except ObjectConflict as exc:
-            conflict = ReasonCode.CONFLICT
             return dataclasses.replace(
-                base, outcome="final", reason=str(exc), code=conflict, status=None
+                base, outcome="final", reason=str(exc), code=ReasonCode.CONFLICT, status=None
             )
         crashpoint("harvest.stored")
         return dataclasses.replace(base, uri=stored.uri, sha256=sha)
