@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Literal
 
 from pipeline.core.errors import ApiError, AuthError, InputError, StorageError, TransientApiError
+from pipeline.core.reasons import NO_FALLBACK, ReasonCode
 
 Outcome = Literal["succeeded", "retry", "final", "cancelled"]
 
@@ -26,7 +27,7 @@ class Next:
 def decide(
     outcome: Outcome,
     *,
-    safety: bool,
+    code: ReasonCode | None,
     tries_after: int,
     max_attempts: int,
     model: str,
@@ -37,8 +38,10 @@ def decide(
 
     Retryable outcomes go back to the queue while tries remain. An item failed for good for
     a reason other than safety (including running out of tries) gets one try on the
-    fallback model; after that try, whatever fails is failed.
+    fallback model; after that try, whatever fails is failed. Safety blocks (the codes in
+    `reasons.NO_FALLBACK`) get no fallback and are failed for good.
     """
+    safety = code in NO_FALLBACK
     if outcome == "succeeded":
         return Next("succeeded")
     if outcome == "cancelled":

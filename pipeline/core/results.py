@@ -10,6 +10,7 @@ is `{"key", "status", "processed_time", "request", "response"}`, where a non-emp
   (safety=True for the last two: fallback_model is not tried for them);
 - retry: a retryable per-line error (gRPC 2, 4, 8, 10, 13, 14; HTTP 429, 500, 503, 504), an
   error with no code, a response with no image and no safety block, a malformed line.
+Each outcome but success carries a `ReasonCode` (core.reasons) beside its reason text.
 Usage comes from usageMetadata: output_image = IMAGE entries of candidatesTokensDetails,
 output_text = candidatesTokenCount minus those (never negative), thinking = thoughtsTokenCount.
 """
@@ -25,6 +26,7 @@ from typing import Any, Final, Literal
 
 import pybase64
 
+from pipeline.core.reasons import NO_FALLBACK, ReasonCode, rpc_code
 from pipeline.core.values import Usage
 
 Kind = Literal["succeeded", "retry", "final"]
@@ -98,12 +100,19 @@ class LineOutcome:
     kind: Kind
     reason: str | None
     """None on success; e.g. "grpc 13 INTERNAL: ...", "safety: IMAGE_SAFETY"."""
-    safety: bool
-    """True for safety blocks (fallback_model is not tried for these)."""
+    code: ReasonCode | None
+    """None on success; what programs use instead of the reason's text."""
     image_b64: str | None
     """Base64 text of the last non-thought image part."""
     mime: str | None
     usage: Usage | None
+    status: int | None = None
+    """The gRPC/HTTP code of a per-line error (GRPC_* / HTTP_* codes)."""
+
+    @property
+    def safety(self) -> bool:
+        """True for safety blocks (fallback_model is not tried for these)."""
+        return self.code in NO_FALLBACK
 
 
 def _code(value: Any) -> int | None:
@@ -116,20 +125,38 @@ def _code(value: Any) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class LineError:
+    """A line's error: its outcome, the reason text, its code and rpc status number."""
+
+    kind: Literal["retry", "final"]
+    reason: str
+    code: ReasonCode
+    status: int | None = None
+
+
 def classify_error(status: Mapping[str, Any]) -> tuple[Literal["retry", "final"], str]:
     """A google.rpc.Status (gRPC code, or an HTTP code should a line carry one) to an outcome
     and a reason such as "grpc 13 INTERNAL: message". No code at all counts as 2 UNKNOWN."""
+    found = line_error(status)
+    return found.kind, found.reason
+
+
+def line_error(status: Mapping[str, Any]) -> LineError:
+    """`classify_error` with the reason's code and the status number."""
     code = _code(status.get("code"))
     message = status.get("message")
     tail = f": {message}" if message else ""
     if code is None or code in GRPC_CODES:
         code = 2 if code is None else code
-        kind: Literal["retry", "final"] = "retry" if code in RETRYABLE_GRPC else "final"
-        return kind, f"grpc {code} {GRPC_CODES[code]}{tail}"
+        retry = code in RETRYABLE_GRPC
+        reason = f"grpc {code} {GRPC_CODES[code]}{tail}"
+        return LineError("retry" if retry else "final", reason, rpc_code("grpc", retry), code)
     name = status.get("status") if isinstance(status.get("status"), str) else None
     name = name or HTTP_STATUS.get(code, "")
     label = f"http {code} {name}".rstrip()
-    return ("retry" if code in RETRYABLE_HTTP else "final"), label + tail
+    retry = code in RETRYABLE_HTTP
+    return LineError("retry" if retry else "final", label + tail, rpc_code("http", retry), code)
 
 
 def classify_status(status: Any) -> tuple[Literal["retry", "final"], str]:
@@ -139,9 +166,15 @@ def classify_status(status: Any) -> tuple[Literal["retry", "final"], str]:
     object, or text holding one as JSON (also wrapped as {"error": {...}}), is read as such;
     other text fails for good when it names a 400-class gRPC status (FINAL_STATUS_NAMES) or
     an HTTP 4xx other than 429, and is retried otherwise (CONTRACT section 10)."""
+    found = status_error(status)
+    return found.kind, found.reason
+
+
+def status_error(status: Any) -> LineError:
+    """`classify_status` with the reason's code (STATUS_* for text read as text)."""
     if isinstance(status, Mapping):
         inner = status.get("error")
-        return classify_error(inner if isinstance(inner, Mapping) else status)
+        return line_error(inner if isinstance(inner, Mapping) else status)
     text = str(status).strip()
     if text.startswith("{"):
         try:
@@ -149,18 +182,19 @@ def classify_status(status: Any) -> tuple[Literal["retry", "final"], str]:
         except ValueError:
             parsed = None
         if isinstance(parsed, Mapping) and ("code" in parsed or "error" in parsed):
-            return classify_status(parsed)
+            return status_error(parsed)
     reason = f"status: {text[:500]}"
     name = _STATUS_NAME.search(text)
     if name is not None:
-        return ("final" if name.group(1) in FINAL_STATUS_NAMES else "retry"), reason
-    http = _STATUS_HTTP.search(text)
-    if http is not None:
+        final = name.group(1) in FINAL_STATUS_NAMES
+    elif (http := _STATUS_HTTP.search(text)) is not None:
         code = int(http.group(1))
-        return ("final" if 400 <= code < 500 and code != 429 else "retry"), reason
-    if _FINAL_HTTP_PHRASES.search(text):
-        return "final", reason
-    return "retry", reason
+        final = 400 <= code < 500 and code != 429
+    else:
+        final = _FINAL_HTTP_PHRASES.search(text) is not None
+    if final:
+        return LineError("final", reason, ReasonCode.STATUS_FINAL)
+    return LineError("retry", reason, ReasonCode.STATUS_RETRYABLE)
 
 
 def _int(mapping: Mapping[str, Any], key: str) -> int:
@@ -216,17 +250,20 @@ def _no_image(key: str | None, response: Mapping[str, Any], usage: Usage | None)
     feedback = response.get("promptFeedback")
     block = feedback.get("blockReason") if isinstance(feedback, Mapping) else None
     if block:
-        return LineOutcome(key, "final", f"blocked: {block}", True, None, None, usage)
+        blocked = ReasonCode.PROMPT_BLOCKED
+        return LineOutcome(key, "final", f"blocked: {block}", blocked, None, None, usage)
     candidates = _candidates(response)
     reasons = [str(c["finishReason"]) for c in candidates if c.get("finishReason")]
     for reason in reasons:
         if reason in SAFETY_FINISH_REASONS:
-            return LineOutcome(key, "final", f"safety: {reason}", True, None, None, usage)
+            safety = ReasonCode.SAFETY
+            return LineOutcome(key, "final", f"safety: {reason}", safety, None, None, usage)
     if reasons:
         shown = f"finishReason {', '.join(reasons)}"
     else:
         shown = "no finishReason" if candidates else "no candidates"
-    return LineOutcome(key, "retry", f"no image in response ({shown})", False, None, None, usage)
+    code = ReasonCode.MAX_TOKENS if "MAX_TOKENS" in reasons else ReasonCode.NO_IMAGE
+    return LineOutcome(key, "retry", f"no image in response ({shown})", code, None, None, usage)
 
 
 def classify_line(line: Mapping[str, Any]) -> LineOutcome:
@@ -235,22 +272,26 @@ def classify_line(line: Mapping[str, Any]) -> LineOutcome:
     key = None if raw_key is None else str(raw_key)
     error = line.get("error")
     if isinstance(error, Mapping):
-        kind, reason = classify_error(error)
-        return LineOutcome(key, kind, reason, False, None, None, None)
+        found = line_error(error)
+        return LineOutcome(
+            key, found.kind, found.reason, found.code, None, None, None, found.status
+        )
     response = line.get("response")
     status = line.get("status")
     if status:  # Vertex: "" on success, the error otherwise
-        kind, reason = classify_status(status)
+        found = status_error(status)
         usage = _usage(response) if isinstance(response, Mapping) else None
-        return LineOutcome(key, kind, reason, False, None, None, usage)
+        return LineOutcome(
+            key, found.kind, found.reason, found.code, None, None, usage, found.status
+        )
     if not isinstance(response, Mapping):
         reason = "malformed line: neither response nor error"
-        return LineOutcome(key, "retry", reason, False, None, None, None)
+        return LineOutcome(key, "retry", reason, ReasonCode.MALFORMED, None, None, None)
     usage = _usage(response)
     image = _last_image(_candidates(response))
     if image is None:
         return _no_image(key, response, usage)
-    return LineOutcome(key, "succeeded", None, False, image[0], image[1], usage)
+    return LineOutcome(key, "succeeded", None, None, image[0], image[1], usage)
 
 
 GONE_CODES: Final = frozenset({5, 7, 403, 404})

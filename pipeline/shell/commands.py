@@ -149,12 +149,12 @@ def _check_stuck(
             return
         queued = repo.batches_in(conn, ["queued"], run_id)
     if queued:
-        reason = waiting_reason(ctx, queued[0], run)
-        if reason and "budget" in reason:
+        waiting = waiting_reason(ctx, queued[0], run)
+        if waiting is not None and waiting.budget:
             # The reason says how to raise the cap; the run stays active and goes on after.
             again = f"nanobatch run {shlex.quote(run.spec_path)}"
             raise RuntimeFailure(
-                f"run {run_id} cannot go on: {reason}. Then `{again}` again (or `nanobatch "
+                f"run {run_id} cannot go on: {waiting.text}. Then `{again}` again (or `nanobatch "
                 f"tick`) goes on with this run; or `nanobatch cancel {run_id}`"
             )
 

@@ -38,6 +38,7 @@ from pipeline.adapters.storage import ObjectStore
 from pipeline.core import naming, policy, pricing, results
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ObjectConflict
+from pipeline.core.reasons import ReasonCode
 from pipeline.core.refimage import reference_metadata
 from pipeline.core.states import BatchState, ItemState
 from pipeline.core.values import Usage, nanos_to_decimal_str
@@ -59,7 +60,8 @@ class Record:
     key: str
     outcome: policy.Outcome
     reason: str | None
-    safety: bool
+    code: ReasonCode | None
+    """The reason's code (None for a success): what the policy and the metrics read."""
     usage: Usage
     cost_nanos: int
     standard_nanos: int
@@ -67,6 +69,8 @@ class Record:
     sha256: str | None = None
     duplicate: int = 0
     """0: the attempt's outcome; n >= 1: the item's nth billed duplicate line in the batch."""
+    status: int | None = None
+    """The gRPC/HTTP number of a per-line error."""
 
 
 @dataclass(frozen=True)
@@ -332,13 +336,20 @@ class _Harvest:
             row.key,
             outcome.kind,
             outcome.reason,
-            outcome.safety,
+            outcome.code,
             line.usage,
             line.cost,
             line.standard,
+            status=outcome.status,
         )
         if self.unstored is not None and outcome.kind in ("succeeded", "retry"):
-            return dataclasses.replace(base, outcome="cancelled", reason=self.unstored)
+            return dataclasses.replace(
+                base,
+                outcome="cancelled",
+                reason=self.unstored,
+                code=ReasonCode.UNSTORED,
+                status=None,
+            )
         if outcome.kind != "succeeded":
             return base
         return pool.submit(self._store, base, row, outcome)
@@ -357,7 +368,7 @@ class _Harvest:
                 row.key,
                 line.outcome.kind,
                 f"duplicate line {state.duplicates} for the key (billed): {what}"[:500],
-                False,
+                ReasonCode.DUPLICATE,
                 line.usage,
                 line.cost,
                 line.standard,
@@ -391,7 +402,9 @@ class _Harvest:
             return outcome
         self.gone.update(names)
         reason = f"reference image {', '.join(names)} gone or expired ({outcome.reason})"
-        return dataclasses.replace(outcome, kind="retry", reason=reason[:500])
+        return dataclasses.replace(
+            outcome, kind="retry", reason=reason[:500], code=ReasonCode.REFERENCE_GONE, status=None
+        )
 
     def _store(self, base: Record, row: Any, outcome: results.LineOutcome) -> Record:
         assert outcome.image_b64 is not None and outcome.mime is not None
@@ -408,7 +421,9 @@ class _Harvest:
                 sha256=sha,
             )
         except ObjectConflict as exc:
-            return dataclasses.replace(base, outcome="final", reason=str(exc), safety=False)
+            return dataclasses.replace(
+                base, outcome="final", reason=str(exc), code=ReasonCode.CONFLICT, status=None
+            )
         crashpoint("harvest.stored")
         return dataclasses.replace(base, uri=stored.uri, sha256=sha)
 
@@ -458,7 +473,7 @@ class _Harvest:
         retry = self.run.state != "cancelled" and self.unstored is None
         missing_kind: policy.Outcome = "retry" if retry else "cancelled"
         missing = [
-            _empty(r, missing_kind, "missing from the results file")
+            _empty(r, missing_kind, "missing from the results file", ReasonCode.MISSING)
             for key, r in self.todo.items()
             if key not in self.keys
         ]
@@ -528,6 +543,7 @@ def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[
         "model": batch.model,
         "outcome": "duplicate",
         "reason": rec.reason,
+        "reason_code": rec.code,
         "input_tokens": u.input,
         "output_image_tokens": u.output_image,
         "output_text_tokens": u.output_text,
@@ -538,8 +554,8 @@ def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[
     }
 
 
-def _empty(row: Any, outcome: policy.Outcome, reason: str) -> Record:
-    return Record(row.attempt_id, row.item_id, row.key, outcome, reason, False, Usage(), 0, 0)
+def _empty(row: Any, outcome: policy.Outcome, reason: str, code: ReasonCode) -> Record:
+    return Record(row.attempt_id, row.item_id, row.key, outcome, reason, code, Usage(), 0, 0)
 
 
 # ── writing outcomes ─────────────────────────────────────────────────────────
@@ -562,7 +578,7 @@ def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> r
     refused = _fallback_refused(run.fallback_model, row.refs)
     nxt = policy.decide(
         rec.outcome,
-        safety=rec.safety,
+        code=rec.code,
         tries_after=row.tries + 1,
         max_attempts=run.max_attempts,
         model=batch.model,
@@ -588,6 +604,9 @@ def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> r
         sha256=rec.sha256,
         tried=rec.outcome != "cancelled",
         error=error,
+        code=rec.code,
+        status=rec.status,
+        error_code=ReasonCode.FALLBACK_REFUSED if error is not None else None,
     )
 
 
@@ -619,10 +638,11 @@ def settle_without_output(
     run: repo.RunRow,
     outcome: policy.Outcome,
     reason: str,
+    code: ReasonCode,
 ) -> None:
     """Every unrecorded attempt of the batch gets `outcome` (retry or cancelled)."""
     rows = {r.key: r for r in repo.batch_attempts(conn, batch.id) if r.outcome is None}
-    records = [_empty(r, outcome, reason) for r in rows.values()]
+    records = [_empty(r, outcome, reason, code) for r in rows.values()]
     apply_records(conn, run, batch, records, rows, ctx.now())
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from typing import Any
 
 from pipeline.adapters.ledger import deliveries, repo
 from pipeline.core.policy import HoldReason
+from pipeline.core.reasons import error_class
 from pipeline.core.states import BatchState
 from pipeline.core.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 from pipeline.shell.context import Context
@@ -32,48 +32,22 @@ from pipeline.shell.context import Context
 ITEM_STATES = ("queued", "in_batch", "succeeded", "failed", "failed_final", "cancelled")
 QUANTILES = (0.5, 0.99)
 WINDOW = timedelta(hours=24)
-_GRPC = re.compile(r"^(grpc|http) (\d+)")
 
 
 # ── reason classes ───────────────────────────────────────────────────────────
 
 
-def reason_class(outcome: str, reason: str | None) -> str | None:
-    """The error class of a recorded attempt, or None for a success.
+def reason_class(outcome: str, code: str | None, status: int | None = None) -> str | None:
+    """The error class of a recorded attempt (from its reason code), or None for a success.
 
     grpc_<code> / http_<code> (per-line errors), safety, missing (line missing from the
     results), no_image, batch_failed / batch_expired / batch_cancelled (batch ended without
     output), create_refused, conflict (different bytes already stored), cancelled, malformed,
-    other.
+    other (see `core.reasons.error_class`).
     """
     if outcome == "succeeded":
         return None
-    text = (reason or "").strip()
-    m = _GRPC.match(text)
-    if m:
-        return f"{m.group(1)}_{m.group(2)}"
-    low = text.lower()
-    for prefix, name in (
-        ("safety:", "safety"),
-        ("blocked:", "safety"),
-        ("missing from", "missing"),
-        ("no image", "no_image"),
-        ("batch create refused", "create_refused"),
-        ("create refused", "create_refused"),
-        ("malformed", "malformed"),
-        ("run cancelled", "cancelled"),
-    ):
-        if low.startswith(prefix):
-            return name
-    if low.startswith("batch "):
-        for state in ("failed", "expired", "cancelled"):
-            if low.startswith(f"batch {state}"):
-                return f"batch_{state}"
-    if "already" in low or "conflict" in low or "different" in low:
-        return "conflict"
-    if outcome == "cancelled":
-        return "cancelled"
-    return "other"
+    return error_class(code, status)
 
 
 # ── collecting ───────────────────────────────────────────────────────────────
@@ -104,9 +78,9 @@ def _errors(rows: Iterable[Any]) -> tuple[int, dict[str, int]]:
     """(recorded attempts, errors by class)."""
     total = 0
     by_class: dict[str, int] = {}
-    for outcome, reason, n in rows:
+    for outcome, code, status, n in rows:
         total += int(n)
-        name = reason_class(outcome, reason)
+        name = reason_class(outcome, code, status)
         if name is not None:
             by_class[name] = by_class.get(name, 0) + int(n)
     return total, dict(sorted(by_class.items()))

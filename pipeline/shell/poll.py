@@ -15,6 +15,7 @@ from pipeline.adapters.gemini import BatchBackend, RemoteBatch
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.core.errors import ApiError, AuthError, StaleTransition
+from pipeline.core.reasons import BATCH_END, ReasonCode
 from pipeline.core.states import BatchState, remote_outcome
 from pipeline.shell.context import Context
 from pipeline.shell.harvest import settle_without_output
@@ -158,7 +159,10 @@ def _end_without_output(
         ended_at=ended_at,
     )
     if target is BatchState.CANCELLED and run.state == "cancelled":
-        settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled")
+        settle_without_output(
+            ctx, conn, batch, run, "cancelled", "run cancelled", ReasonCode.RUN_CANCELLED
+        )
     else:
         reason = f"batch {outcome} without output ({remote_state})"
-        settle_without_output(ctx, conn, batch, run, "retry", reason)
+        code = BATCH_END.get(outcome, ReasonCode.BATCH_CANCELLED)
+        settle_without_output(ctx, conn, batch, run, "retry", reason, code)

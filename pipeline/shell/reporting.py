@@ -23,6 +23,7 @@ from pipeline.adapters.storage import ObjectStore
 from pipeline.core import report
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.expand import effective_size
+from pipeline.core.reasons import WaitCode, Waiting
 from pipeline.core.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 from pipeline.shell import location, manifest
 from pipeline.shell.context import Context
@@ -256,7 +257,7 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     held = held_entry(run)
     waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
     if held is not None:
-        waiting = held_line(ctx, run)
+        waiting = Waiting(WaitCode.HELD, held_line(ctx, run))
     items = {
         "pending": counts.get("queued", 0) + counts.get("in_batch", 0),
         "succeeded": counts.get("succeeded", 0),
@@ -279,7 +280,8 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "estimated_usd": nanos_to_usd(run.estimated_nanos),
         "budget_usd": nanos_to_usd(budget) if budget is not None else None,
         "budget_left_usd": nanos_to_usd(budget - spent - reserved) if budget is not None else None,
-        "waiting": waiting,
+        "waiting": None if waiting is None else waiting.text,
+        "waiting_code": None if waiting is None else waiting.code.value,
         "held": held,
         "cached": cached,
         "daily": daily,

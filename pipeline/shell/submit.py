@@ -37,6 +37,7 @@ from pipeline.core.errors import (
     StorageError,
     TransientApiError,
 )
+from pipeline.core.reasons import WaitCode, Waiting
 from pipeline.core.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
 from pipeline.core.states import BatchState
 from pipeline.core.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
@@ -392,12 +393,12 @@ class Submitter:
                 created += self._submit_one(batch, run)
         return created
 
-    def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> str | None:
+    def _waiting_reason(self, batch: repo.BatchRow, run: repo.RunRow) -> Waiting | None:
         """A `submitting` batch already counts as live: only its backoff can hold it."""
         if batch.state != "submitting":
             return waiting_reason(self.ctx, batch, run, self.spend)
         backing_off = batch.not_before is not None and as_utc(batch.not_before) > self.ctx.now()
-        return "backoff" if backing_off else None
+        return Waiting(WaitCode.BACKOFF, "backoff") if backing_off else None
 
     def _submit_one(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         ctx = self.ctx
@@ -650,30 +651,35 @@ class SpendBook:
 
 def waiting_reason(
     ctx: Context, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook | None = None
-) -> str | None:
-    """Why a queued batch cannot be created now, or None when it can."""
+) -> Waiting | None:
+    """Why a queued batch cannot be created now (its code and the line `status` shows), or
+    None when it can."""
     now = ctx.now()
     if batch.not_before is not None and as_utc(batch.not_before) > now:
         until = as_utc(batch.not_before)
-        return f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})"
+        return Waiting(
+            WaitCode.BACKOFF,
+            f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})",
+        )
     with ctx.engine.connect() as conn:
         limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
         vertex = run.channel is not None
         if repo.live_batch_count(conn, vertex) >= limit:
-            return f"{limit} batches are live (the service's limit)"
+            return Waiting(WaitCode.LIVE_LIMIT, f"{limit} batches are live (the service's limit)")
         # Vertex AI batch prediction has no enqueued-token quota.
         used = 0 if vertex else repo.live_tokens(conn, batch.model)
         if used and used + batch.est_tokens > run.max_enqueued_tokens:
-            return (
+            return Waiting(
+                WaitCode.QUOTA,
                 f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "
-                f"{batch.model} in live batches"
+                f"{batch.model} in live batches",
             )
         return _budget_reason(ctx, conn, batch, run, spend or SpendBook(ctx))
 
 
 def _budget_reason(
     ctx: Context, conn: Any, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook
-) -> str | None:
+) -> Waiting | None:
     now = ctx.now()
     if run.budget_nanos is not None:
         spent, reserved = spend.run(conn, run.id)
@@ -681,21 +687,23 @@ def _budget_reason(
         if needed > run.budget_nanos:
             # Raised for this run in the ledger: a new budget_usd in the spec is a new run.
             at_least = math.ceil(needed / (NANOS_PER_USD // 100)) / 100
-            return (
+            return Waiting(
+                WaitCode.RUN_BUDGET,
                 f"run budget: spent ${_usd(spent)}, reserved ${_usd(reserved)}, "
                 f"next batch ~${_usd(batch.est_nanos)}, cap ${_usd(run.budget_nanos)}; "
                 f"raise it with `nanobatch budget {run.id} --usd X` "
-                f"(X >= {at_least:.2f} lets the next batch go)"
+                f"(X >= {at_least:.2f} lets the next batch go)",
             )
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
         spent, reserved = spend.day(conn, day_start(now))
         cap_nanos = usd_to_nanos(cap)
         if spent + reserved + batch.est_nanos > cap_nanos:
-            return (
+            return Waiting(
+                WaitCode.DAILY_BUDGET,
                 f"daily budget: spent ${spent / NANOS_PER_USD:.4f} today, reserved "
                 f"${reserved / NANOS_PER_USD:.4f}, cap ${cap} (NANOBATCH_DAILY_BUDGET_USD; "
-                "work goes on after midnight UTC or under a higher cap)"
+                "work goes on after midnight UTC or under a higher cap)",
             )
     return None
 

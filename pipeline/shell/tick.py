@@ -24,6 +24,7 @@ from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.core.catalog import Catalog
 from pipeline.core.errors import StorageError, TransientApiError
+from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import TERMINAL_BATCH_STATES, BatchState
 from pipeline.shell.cache import serve_from_cache
 from pipeline.shell.context import Context
@@ -293,7 +294,8 @@ def cancel_run(ctx: Context, run_id: str) -> int:
             repo.transition_batch(
                 conn, batch.id, BatchState.QUEUED, BatchState.CANCELLED, now, "run cancelled"
             )
-            settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled")
+            cancelled = ReasonCode.RUN_CANCELLED
+            settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled", cancelled)
         repo.cancel_open_items(conn, run.id, now)
         live = repo.batches_in(conn, ["running"], run.id)
     asked = 0

@@ -188,12 +188,14 @@ class Drill:
         return str(self.query("SELECT state FROM runs WHERE id = :r", r=run)[0][0])
 
     def items(self) -> dict[str, Any]:
-        rows = self.query("SELECT key, state, final, tries, error, model, uri, sha256 FROM items")
+        rows = self.query(
+            "SELECT key, state, final, tries, error, reason_code, model, uri, sha256 FROM items"
+        )
         return {r.key: r for r in rows}
 
     def attempts(self) -> list[Any]:
         return self.query(
-            "SELECT i.key, a.outcome, a.reason, a.cost_nanos, a.model, a.batch_id "
+            "SELECT i.key, a.outcome, a.reason, a.reason_code, a.cost_nanos, a.model, a.batch_id "
             "FROM attempts a JOIN items i ON i.id = a.item_id ORDER BY a.id"
         )
 

@@ -63,6 +63,7 @@ def test_retryable_line_errors(drill: Drill, code: int) -> None:
     items = drill.items()
     assert (items["img-0"].state, items["img-0"].final, items["img-0"].tries) == ("failed", 0, 2)
     assert str(code) in items["img-0"].error
+    assert items["img-0"].reason_code == ("grpc_retryable" if code < 100 else "http_retryable")
     assert (items["img-1"].state, items["img-1"].tries) == ("succeeded", 2)
     assert items["img-2"].tries == items["img-3"].tries == 1
 
@@ -75,6 +76,7 @@ def test_bad_request_lines_fail_for_good(drill: Drill, code: int) -> None:
     row = drill.items()["img-0"]
     assert (row.state, bool(row.final), row.tries) == ("failed", True, 1)
     assert str(code) in row.error
+    assert row.reason_code == ("grpc_final" if code < 100 else "http_final")
 
 
 @pytest.mark.parametrize(
@@ -93,6 +95,7 @@ def test_safety_blocks_fail_for_good_without_fallback(drill: Drill, kind: str, r
     row = drill.items()["img-0"]
     assert (row.state, bool(row.final), row.tries, row.model) == ("failed", True, 1, MODEL)
     assert reason in row.error
+    assert row.reason_code == ("safety" if kind == "finish" else "prompt_blocked")
     assert {a.model for a in drill.attempts() if a.key == "img-0"} == {MODEL}
 
 
@@ -106,6 +109,8 @@ def test_text_only_and_missing_lines_are_retried(drill: Drill, kind: str) -> Non
     assert items["img-1"].tries == 2
     reasons = [a.reason for a in drill.attempts() if a.key == "img-1" and a.outcome == "retry"]
     assert len(reasons) == 1 and reasons[0]
+    codes = [a.reason_code for a in drill.attempts() if a.key == "img-1" and a.outcome == "retry"]
+    assert codes == ["no_image" if kind == "text_only" else "missing"]
 
 
 def test_shuffled_results_join_by_key(drill: Drill) -> None:
@@ -209,6 +214,7 @@ def test_existing_object_with_other_bytes(drill: Drill, overwrite: bool, when: s
         tries = 0 if when == "before_submit" else 1
         assert (row.state, bool(row.final), row.tries) == ("failed", True, tries)
         assert "overwrite" in row.error and "img-0.png" in row.error
+        assert row.reason_code == "conflict"
         assert (drill.tmp / "out" / "img-0.png").read_bytes() == b"not this image"
         sent = [e for e in drill.emu.request_log if e.get("kind") == "line"]
         assert len([e for e in sent if e["key"] == "img-0"]) == tries

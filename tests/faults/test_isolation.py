@@ -143,6 +143,7 @@ def test_deleted_bucket_holds_its_run_and_others_go_on(world: Drill, gcs_env: st
     assert datetime.fromisoformat(held["retry_at"]) > datetime.fromisoformat(held["since"])
     assert f"gs://{bucket}" in held["detail"]
     assert status["waiting"].startswith("held (storage)")
+    assert status["waiting_code"] == "held"
     assert f"gs://{bucket}" in status["waiting"] and "retry" in status["waiting"]
     text = drill.cli("status", run_a)
     waiting = [line for line in text.out.splitlines() if "waiting:" in line]

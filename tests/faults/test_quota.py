@@ -33,6 +33,7 @@ def test_enqueued_token_quota_one_batch_at_a_time(slow_drill: Drill) -> None:
     assert live_remote(drill) == 1
     status = drill.status(run)
     assert status["waiting"] and "quota" in status["waiting"], status
+    assert status["waiting_code"] == "quota"
     for _ in range(20):
         res = drill.tick(advance=300)
         assert res.code == 0, res.err
@@ -53,6 +54,7 @@ def test_live_batch_cap(slow_drill: Drill, monkeypatch: pytest.MonkeyPatch) -> N
     run = drill.submit()
     assert live_remote(drill) == 2
     assert "batches are live" in (drill.status(run)["waiting"] or "")
+    assert drill.status(run)["waiting_code"] == "live_limit"
     for _ in range(20):
         assert drill.tick(advance=300).code == 0
         assert live_remote(drill) <= 2

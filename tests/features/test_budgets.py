@@ -48,6 +48,7 @@ def test_run_budget_holds_work_and_status_says_why(tmp_path: Path, emu: Emulator
         run = repo.get_run(conn, run_id)
     status = run_status(ctx, run)
     assert status["waiting"] and "run budget" in status["waiting"]
+    assert status["waiting_code"] == "run_budget"
     assert status["reserved_usd"] == 2 * one / 1e9
     assert status["budget_left_usd"] == round(budget - 2 * one / 1e9, 9)
     assert status["batches"] == {"running": 2, "queued": 3}
@@ -66,6 +67,7 @@ def test_daily_cap_holds_work_across_runs(tmp_path: Path, emu: Emulator) -> None
         run = repo.get_run(conn, second)
     status = run_status(ctx, run)
     assert "daily budget" in status["waiting"]
+    assert status["waiting_code"] == "daily_budget"
     daily = status["daily"]
     assert daily["cap_usd"] == float(cap)
     assert daily["reserved_usd"] == 3 * one / 1e9 and daily["spent_usd"] == 0

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from pipeline.adapters.ledger import repo
+from pipeline.core.reasons import ReasonCode
 from pipeline.emulator import Emulator, FaultPlan, LineFault
 from pipeline.shell.metrics import reason_class, write_metrics
 from pipeline.shell.reporting import run_status
@@ -122,21 +124,52 @@ def test_cli_metrics_command(
 
 
 @pytest.mark.parametrize(
-    ("outcome", "reason", "expected"),
+    ("outcome", "code", "status", "expected"),
     [
-        ("succeeded", None, None),
-        ("retry", "grpc 14 UNAVAILABLE: try later", "grpc_14"),
-        ("final", "http 400 Bad Request", "http_400"),
-        ("final", "safety: IMAGE_SAFETY", "safety"),
-        ("final", "blocked: PROHIBITED_CONTENT", "safety"),
-        ("retry", "missing from the results file", "missing"),
-        ("retry", "batch failed without output (JOB_STATE_FAILED)", "batch_failed"),
-        ("retry", "batch expired without output (JOB_STATE_EXPIRED)", "batch_expired"),
-        ("retry", "no image in response (no candidates)", "no_image"),
-        ("not_sent", "batch create refused: 400", "create_refused"),
-        ("cancelled", "run cancelled", "cancelled"),
+        ("succeeded", None, None, None),
+        ("retry", ReasonCode.GRPC_RETRYABLE, 14, "grpc_14"),
+        ("final", ReasonCode.HTTP_FINAL, 400, "http_400"),
+        ("final", ReasonCode.SAFETY, None, "safety"),
+        ("final", ReasonCode.PROMPT_BLOCKED, None, "safety"),
+        ("retry", ReasonCode.MISSING, None, "missing"),
+        ("retry", ReasonCode.BATCH_FAILED, None, "batch_failed"),
+        ("retry", ReasonCode.BATCH_EXPIRED, None, "batch_expired"),
+        ("retry", ReasonCode.NO_IMAGE, None, "no_image"),
+        ("retry", ReasonCode.MAX_TOKENS, None, "no_image"),
+        ("not_sent", ReasonCode.CREATE_REFUSED, None, "create_refused"),
+        ("cancelled", ReasonCode.RUN_CANCELLED, None, "cancelled"),
+        ("cancelled", ReasonCode.UNSTORED, None, "cancelled"),
+        ("final", ReasonCode.CONFLICT, None, "conflict"),
+        ("retry", ReasonCode.STATUS_RETRYABLE, None, "other"),
+        ("retry", "a code from a newer version", None, "other"),
     ],
 )
-def test_reason_classes(outcome: str, reason: str | None, expected: str | None) -> None:
-    """Attempt reasons fold into a few error classes."""
-    assert reason_class(outcome, reason) == expected
+def test_reason_classes(outcome: str, code: str | None, status: int | None, expected: str) -> None:
+    """Attempt reason codes fold into a few error classes (the text is not read)."""
+    assert reason_class(outcome, code, status) == expected
+
+
+def test_error_classes_come_from_the_code_column(finished: tuple[Any, str]) -> None:
+    """The recorded attempts carry the codes the classes are made of."""
+    ctx, run_id = finished
+    with ctx.engine.connect() as conn:
+        rows = {(r[0], r[1], r[2]) for r in repo.attempt_reasons(conn, run_id)}
+    assert ("final", "grpc_final", 3) in rows
+    assert ("retry", "grpc_retryable", 13) in rows
+    assert ("final", "safety", None) in rows
+    assert ("succeeded", None, None) in rows
+    with ctx.engine.connect() as conn:
+        uncoded = conn.execute(
+            text(
+                "SELECT count(*) FROM attempts WHERE outcome <> 'succeeded' AND reason_code IS NULL"
+            )
+        ).scalar()
+        items = conn.execute(text("SELECT key, reason_code FROM items ORDER BY key")).all()
+    assert uncoded == 0
+    assert dict(items) == {
+        "bad": "grpc_final",
+        "flaky": None,
+        "ok1": None,
+        "ok2": None,
+        "unsafe": "safety",
+    }

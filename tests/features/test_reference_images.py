@@ -253,11 +253,13 @@ def test_a_gone_reference_is_retried_after_a_fresh_upload(
     assert len(uploads) == 3 and uploads[:2] == [first_upload, second_upload]
     with ctx.engine.connect() as conn:
         states = {r.name: r.state for r in conn.execute(repo.UPLOADS.select())}
-        reasons = [a.reason for a in conn.execute(repo.ATTEMPTS.select()) if a.outcome == "retry"]
+        retried = [a for a in conn.execute(repo.ATTEMPTS.select()) if a.outcome == "retry"]
+        reasons = [a.reason for a in retried]
     assert states[first_upload] == "stale" and states[second_upload] == "active"
     assert states[uploads[2]] == "active"
     assert len(reasons) == 2
     assert all(r.startswith(f"reference image {first_upload} gone or expired") for r in reasons)
+    assert {a.reason_code for a in retried} == {"reference_gone"}
 
 
 def test_an_expired_reference_is_retried_and_succeeds(
@@ -362,6 +364,9 @@ def test_fallback_model_is_not_used_for_more_references_than_it_accepts(
         "this item has 4"
     )
     assert items["one"]["attempts"] == 2  # its one try on the fallback model
+    with ctx.engine.connect() as conn:
+        codes = {r.key: r.reason_code for r in conn.execute(repo.ITEMS.select())}
+    assert codes["many"] == "fallback_refused"
     models = {(e["batch"], e["key"]) for e in lines_sent(emu)}
     assert ("many" in {k for _, k in models}) and len(models) == 3
 

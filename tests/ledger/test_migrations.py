@@ -185,3 +185,132 @@ def test_0006_adds_run_holds_to_a_ledger_in_use(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM batches")).scalar() == 1
         assert "hold_reason" not in {c["name"] for c in inspect(conn).get_columns("runs")}
+
+
+# (outcome, reason) recorded before 0010 -> (reason_code, reason_status, the error class the
+# metrics gave the text before codes existed, which the code must keep).
+REASONS = [
+    ("retry", "grpc 14 UNAVAILABLE: try later", "grpc_retryable", 14, "grpc_14"),
+    ("final", "grpc 3 INVALID_ARGUMENT: bad field", "grpc_final", 3, "grpc_3"),
+    ("retry", "http 429 RESOURCE_EXHAUSTED", "http_retryable", 429, "http_429"),
+    ("final", "http 400 Bad Request", "http_final", 400, "http_400"),
+    ("final", "safety: IMAGE_SAFETY", "safety", None, "safety"),
+    ("final", "blocked: PROHIBITED_CONTENT", "prompt_blocked", None, "safety"),
+    ("retry", "missing from the results file", "missing", None, "missing"),
+    ("cancelled", "missing from the results file", "missing", None, "missing"),
+    ("retry", "no image in response (finishReason MAX_TOKENS)", "max_tokens", None, "no_image"),
+    ("retry", "no image in response (no candidates)", "no_image", None, "no_image"),
+    ("not_sent", "batch create refused: 400 bad file", "create_refused", None, "create_refused"),
+    ("retry", "malformed line: neither response nor error", "malformed", None, "malformed"),
+    ("cancelled", "run cancelled; its image was not stored: full", "unstored", None, "cancelled"),
+    ("cancelled", "run cancelled", "run_cancelled", None, "cancelled"),
+    (
+        "retry",
+        "batch failed without output (JOB_STATE_FAILED)",
+        "batch_failed",
+        None,
+        "batch_failed",
+    ),
+    ("retry", "batch expired without output (x)", "batch_expired", None, "batch_expired"),
+    ("retry", "batch cancelled without output (x)", "batch_cancelled", None, "batch_cancelled"),
+    ("final", "/o/k.png already exists with different bytes", "conflict", None, "conflict"),
+    ("final", "status: INVALID_ARGUMENT: bad", "status_final", None, "other"),
+    ("retry", "status: the model is busy", "status_retryable", None, "other"),
+    (
+        "retry",
+        "reference image files/a1 gone or expired (grpc 5 NOT_FOUND)",
+        "reference_gone",
+        None,
+        "other",
+    ),
+    (
+        "not_sent",
+        "reference image /r.png cannot be read any more: gone",
+        "reference_unsent",
+        None,
+        "other",
+    ),
+    ("retry", "something unheard of", "other", None, "other"),
+    (
+        "duplicate",
+        "duplicate line 1 for the key (billed): grpc 13 INTERNAL",
+        "duplicate",
+        None,
+        "other",
+    ),
+    ("succeeded", None, None, None, None),
+]
+# (state, error) of items recorded before 0010 -> reason_code.
+ITEM_ERRORS = [
+    (
+        "failed",
+        "grpc 3 INVALID_ARGUMENT: x; fallback_model m2 not tried: it accepts at most 3 "
+        "reference images, this item has 5",
+        "fallback_refused",
+    ),
+    (
+        "failed",
+        "name taken: run r2 shares this output location and is making gs://b/k.*",
+        "conflict",
+    ),
+    ("cancelled", "run cancelled", "run_cancelled"),
+    ("failed", "reference image /r.png cannot be read any more: gone", "reference_unsent"),
+    ("queued", "grpc 13 INTERNAL: x", "grpc_retryable"),
+    ("failed", "safety: IMAGE_SAFETY", "safety"),
+    ("queued", None, None),
+]
+
+
+def _item_insert(n: int, state: str, error: str | None) -> str:
+    error_sql = "NULL" if error is None else "'" + error.replace("'", "''") + "'"
+    return (
+        ITEM_INSERT.replace("'r', 'k', 1", f"'r1', 'k{n}', {n}")
+        .replace("'queued', false", f"'{state}', false")
+        .replace("cached)", "cached, error)")
+        .replace("false, false)", f"false, false, {error_sql})")
+    )
+
+
+def test_0010_backfills_reason_codes_from_the_text(engine: Engine) -> None:
+    """0010 gives every recorded attempt and failed item the code its text names, keeping
+    each attempt's error class; a downgrade drops the columns and keeps the rows."""
+    from pipeline.core.reasons import error_class
+
+    _alembic(engine, "upgrade", "0009_webhook_deliveries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(RUN_INSERT)
+        conn.exec_driver_sql(BATCH_INSERT)
+        for n, (outcome, reason, *_) in enumerate(REASONS):
+            conn.exec_driver_sql(_item_insert(n, "in_batch", None))
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (item_id, batch_id, model, outcome, reason, "
+                    "input_tokens, output_image_tokens, output_text_tokens, thinking_tokens, "
+                    "cost_nanos, standard_nanos, duplicate) SELECT id, 1, 'm', :outcome, "
+                    ":reason, 0, 0, 0, 0, 0, 0, :dup FROM items WHERE key = :key"
+                ),
+                {"outcome": outcome, "reason": reason, "key": f"k{n}", "dup": 0},
+            )
+        for n, (state, error, _) in enumerate(ITEM_ERRORS, start=100):
+            conn.exec_driver_sql(_item_insert(n, state, error))
+    _alembic(engine, "upgrade", "head")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT a.reason, a.reason_code, a.reason_status, a.outcome FROM attempts a "
+                "JOIN items i ON i.id = a.item_id ORDER BY i.row"
+            )
+        ).all()
+        items = conn.execute(
+            text("SELECT error, reason_code FROM items WHERE row >= 100 ORDER BY row")
+        ).all()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(r[1], r[2], r[3]) for r in REASONS]
+    for row, case in zip(rows, REASONS, strict=True):
+        found = None if row.outcome == "succeeded" else error_class(row[1], row[2])
+        assert found == case[4], case
+    assert [tuple(r) for r in items] == [(e[1], e[2]) for e in ITEM_ERRORS]
+    _alembic(engine, "downgrade", "0009_webhook_deliveries")
+    with engine.connect() as conn:
+        assert "reason_code" not in {c["name"] for c in inspect(conn).get_columns("attempts")}
+        assert "reason_code" not in {c["name"] for c in inspect(conn).get_columns("items")}
+        assert conn.execute(text("SELECT count(*) FROM attempts")).scalar() == len(REASONS)

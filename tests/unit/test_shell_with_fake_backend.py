@@ -4,7 +4,7 @@ no HTTP, no emulator. The fake is plugged in through the Context's backend facto
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from pipeline.adapters.config import Settings
 from pipeline.adapters.ledger import db, repo
 from pipeline.adapters.ledger.models import Base
 from pipeline.core.catalog import Catalog, load_catalog
-from pipeline.core.errors import TransientApiError
+from pipeline.core.errors import ApiError, TransientApiError
 from pipeline.shell.context import Context
 from pipeline.shell.planning import load_spec
 from pipeline.shell.submit import create_run
@@ -177,3 +177,44 @@ def test_poll_and_harvest_of_a_fake_results_file_store_the_images(world: World) 
     with world.ctx.engine.connect() as conn:
         assert repo.item_counts(conn, run_id) == {"succeeded": 3}
         assert repo.get_run(conn, run_id).state == "finished"
+
+
+def _codes(world: World, run_id: str) -> dict[str, tuple[str | None, str | None, str | None]]:
+    """key -> (attempt outcome, attempt reason code, item reason code), of the latest
+    recorded attempt (a retried item is in a new batch already)."""
+    a, i = repo.ATTEMPTS, repo.ITEMS
+    query = (
+        select(i.c.key, a.c.outcome, a.c.reason_code, i.c.reason_code)
+        .select_from(a.join(i, i.c.id == a.c.item_id))
+        .where(i.c.run_id == run_id, a.c.outcome.is_not(None))
+        .order_by(a.c.id)
+    )
+    with world.ctx.engine.connect() as conn:
+        return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query)}
+
+
+def test_harvest_and_poll_record_reason_codes(world: World) -> None:
+    """A key missing from the results file and a batch that expired are recorded with their
+    codes, on the attempt and on the item going back to the queue."""
+    run_id = world.record(["a", "b", "c", "d"], per_batch=2)
+    tick(world.ctx, world.catalog)
+    first, second = sorted(world.fake.batches)
+    world.fake.finish(first, [image_line("a")])
+    world.fake.batches[second] = replace(world.fake.batches[second], state="JOB_STATE_EXPIRED")
+
+    tick(world.ctx, world.catalog)
+
+    codes = _codes(world, run_id)
+    assert codes["a"] == ("succeeded", None, None)
+    assert codes["b"] == ("retry", "missing", "missing")
+    assert codes["c"] == ("retry", "batch_expired", "batch_expired")
+    assert codes["d"] == ("retry", "batch_expired", "batch_expired")
+
+
+def test_a_refused_create_records_its_code(world: World) -> None:
+    run_id = world.record(["a"])
+    world.fake.create_errors = [ApiError("Gemini API 400 bad request", code=400)]
+
+    tick(world.ctx, world.catalog)
+
+    assert _codes(world, run_id)["a"] == ("not_sent", "create_refused", "create_refused")

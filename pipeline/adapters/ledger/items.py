@@ -23,6 +23,7 @@ from sqlalchemy import (
 from pipeline.adapters.ledger.rows import ATTEMPTS, EVENTS, ITEMS, _chunks
 from pipeline.adapters.ledger.runs import _placeholder
 from pipeline.core.errors import InvalidTransition
+from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import ITEM_TRANSITIONS, ItemState
 
 # ── items ────────────────────────────────────────────────────────────────────
@@ -247,11 +248,17 @@ def _ids(item_ids: Sequence[int]) -> str:
 
 
 def fail_items_for_good(
-    conn: Connection, run_id: str, reasons: Sequence[tuple[str, str]], from_: str, now: datetime
+    conn: Connection,
+    run_id: str,
+    reasons: Sequence[tuple[str, str]],
+    from_: str,
+    now: datetime,
+    code: ReasonCode = ReasonCode.CONFLICT,
 ) -> int:
-    """Items of the run (by key) in state `from_` fail for good with their reasons, before
-    anything was sent for them: no attempt, no cost (an item just recorded as failed, or a
-    queued one). Guarded; returns how many moved."""
+    """Items of the run (by key) in state `from_` fail for good with their reasons (of this
+    code: their object name is taken), before anything was sent for them: no attempt, no
+    cost (an item just recorded as failed, or a queued one). Guarded; returns how many
+    moved."""
     source = None if from_ == ItemState.FAILED else ItemState(from_)
     moved = 0
     for chunk in _chunks(list(reasons), 500):
@@ -274,7 +281,12 @@ def fail_items_for_good(
             source,
             ItemState.FAILED,
             now,
-            values={"final": True, "error": bindparam("err"), "finished_at": now},
+            values={
+                "final": True,
+                "error": bindparam("err"),
+                "reason_code": code,
+                "finished_at": now,
+            },
             rows=params,
             details=[p["err"][:500] for p in params],
         )
@@ -298,7 +310,13 @@ def requeue_items(conn: Connection, run_id: str, *, include_final: bool, now: da
             ItemState(state),
             ItemState.QUEUED,
             now,
-            values={"final": False, "error": None, "batch_id": None, "tries": 0},
+            values={
+                "final": False,
+                "error": None,
+                "reason_code": None,
+                "batch_id": None,
+                "tries": 0,
+            },
             detail="retry requested",
         )
     return sum(map(len, by_state.values()))
@@ -319,7 +337,11 @@ def cancel_open_items(conn: Connection, run_id: str, now: datetime) -> int:
         ItemState.QUEUED,
         ItemState.CANCELLED,
         now,
-        values={"error": "run cancelled", "finished_at": now},
+        values={
+            "error": "run cancelled",
+            "reason_code": ReasonCode.RUN_CANCELLED,
+            "finished_at": now,
+        },
         detail="run cancelled",
     )
     return len(ids)

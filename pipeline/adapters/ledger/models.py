@@ -174,6 +174,8 @@ class Item(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    reason_code: Mapped[str | None] = mapped_column(String(20))
+    """The `core.reasons.ReasonCode` of `error` (None while it has none)."""
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     seed: Mapped[int | None] = mapped_column(Integer)
     """generationConfig.seed of a variant (None without variants)."""
@@ -248,6 +250,10 @@ class Attempt(Base):
     model: Mapped[str] = mapped_column(String(100))
     outcome: Mapped[str | None] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(Text)
+    reason_code: Mapped[str | None] = mapped_column(String(20))
+    """The `core.reasons.ReasonCode` of `reason`: what programs read (metrics, policy)."""
+    reason_status: Mapped[int | None] = mapped_column(Integer)
+    """The gRPC/HTTP code of a per-line error (the metrics label `grpc_13`)."""
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_image_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_text_tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, bindparam, update
 
 from pipeline.adapters.ledger.items import batch_attempts, transition_items
 from pipeline.adapters.ledger.rows import ATTEMPTS, ITEMS
+from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import ItemState
 from pipeline.core.values import Usage
 
@@ -44,6 +45,12 @@ class AttemptOutcome:
     """Whether this attempt counts as a try (a cancelled one does not)."""
     error: str | None = None
     """The item's error when it says more than the attempt's reason (None: the reason)."""
+    code: ReasonCode | None = None
+    """The reason's code (None for a success)."""
+    status: int | None = None
+    """The gRPC/HTTP number of a per-line error."""
+    error_code: ReasonCode | None = None
+    """The code of `error`, when it is set (None: the reason's code)."""
 
 
 def record_outcomes(
@@ -63,6 +70,8 @@ def record_outcomes(
         .values(
             outcome=bindparam("outcome"),
             reason=bindparam("reason"),
+            reason_code=bindparam("code"),
+            reason_status=bindparam("status"),
             input_tokens=bindparam("i"),
             output_image_tokens=bindparam("oi"),
             output_text_tokens=bindparam("ot"),
@@ -81,7 +90,13 @@ def record_outcomes(
 
 
 def refuse_batch_items(
-    conn: Connection, run_id: str, batch_id: int, model: str, reason: str, now: datetime
+    conn: Connection,
+    run_id: str,
+    batch_id: int,
+    model: str,
+    reason: str,
+    now: datetime,
+    code: ReasonCode = ReasonCode.CREATE_REFUSED,
 ) -> int:
     """A batch the service refused to create: its unrecorded attempts become `not_sent` and
     their items fail for good, no try counted. Returns how many items failed."""
@@ -89,7 +104,7 @@ def refuse_batch_items(
     conn.execute(
         update(ATTEMPTS)
         .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.outcome.is_(None))
-        .values(outcome="not_sent", reason=reason, recorded_at=now)
+        .values(outcome="not_sent", reason=reason, reason_code=code, recorded_at=now)
     )
     group = [
         AttemptOutcome(
@@ -104,6 +119,7 @@ def refuse_batch_items(
             final=True,
             model=model,
             tried=False,
+            code=code,
         )
         for r in rows
     ]
@@ -118,6 +134,8 @@ def _attempt_params(o: AttemptOutcome) -> dict[str, Any]:
         "aid": o.attempt_id,
         "outcome": o.outcome,
         "reason": o.reason,
+        "code": o.code,
+        "status": o.status,
         "i": u.input,
         "oi": u.output_image,
         "ot": u.output_text,
@@ -144,6 +162,7 @@ def _move_out_of_batch(
             "uri": bindparam("uri"),
             "sha256": bindparam("sha"),
             "error": None,
+            "reason_code": None,
             "tries": tries,
             "finished_at": bindparam("now"),
         }
@@ -151,6 +170,7 @@ def _move_out_of_batch(
         values = {
             "batch_id": None,
             "error": bindparam("err"),
+            "reason_code": bindparam("code"),
             "tries": tries,
             "model": bindparam("model"),
             "fallback_used": ITEMS.c.fallback_used | bindparam("fb"),
@@ -158,6 +178,7 @@ def _move_out_of_batch(
     else:
         values = {
             "error": bindparam("err"),
+            "reason_code": bindparam("code"),
             "final": bindparam("final"),
             "tries": tries,
             "finished_at": bindparam("now"),
@@ -168,6 +189,7 @@ def _move_out_of_batch(
             "uri": o.uri,
             "sha": o.sha256,
             "err": o.error if o.error is not None else o.reason,
+            "code": o.error_code if o.error is not None else o.code,
             "final": o.final,
             "model": o.model,
             "fb": o.fallback,

@@ -175,6 +175,7 @@ def mark_cached(
             "uri": uri,
             "sha256": sha256,
             "error": None,
+            "reason_code": None,
             "finished_at": now,
             "model": model,
         },
@@ -250,13 +251,15 @@ def cost_by_model(conn: Connection, run_id: str | None = None) -> list[Any]:
 
 
 def attempt_reasons(conn: Connection, run_id: str | None = None) -> Iterator[Any]:
-    """(outcome, reason, count) of recorded attempts, grouped (the error classes' source)."""
-    query = select(ATTEMPTS.c.outcome, ATTEMPTS.c.reason, func.count().label("n")).where(
+    """(outcome, reason code, reason status, count) of recorded attempts, grouped (the
+    error classes' source)."""
+    columns = (ATTEMPTS.c.outcome, ATTEMPTS.c.reason_code, ATTEMPTS.c.reason_status)
+    query = select(*columns, func.count().label("n")).where(
         ATTEMPTS.c.outcome.is_not(None), ATTEMPTS.c.duplicate == 0
     )
     if run_id is not None:
         query = query.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id).where(ITEMS.c.run_id == run_id)
-    yield from conn.execute(query.group_by(ATTEMPTS.c.outcome, ATTEMPTS.c.reason))
+    yield from conn.execute(query.group_by(*columns))
 
 
 def duplicate_totals(conn: Connection, run_id: str | None = None) -> tuple[int, int]:

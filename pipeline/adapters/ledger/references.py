@@ -24,6 +24,7 @@ from pipeline.adapters.ledger.rows import (
     _chunks,
 )
 from pipeline.adapters.ledger.runs import _placeholder
+from pipeline.core.reasons import ReasonCode
 
 
 def insert_run_references(conn: Connection, run_id: str, refs: Iterable[Any]) -> None:
@@ -161,12 +162,23 @@ def not_send_items(
                 ATTEMPTS.c.item_id.in_(chunk),
                 ATTEMPTS.c.outcome.is_(None),
             )
-            .values(outcome="not_sent", reason=reason[:500], recorded_at=now)
+            .values(
+                outcome="not_sent",
+                reason=reason[:500],
+                reason_code=ReasonCode.REFERENCE_UNSENT,
+                recorded_at=now,
+            )
         )
         conn.execute(
             update(ITEMS)
             .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "in_batch", ITEMS.c.batch_id == batch.id)
-            .values(state="failed", final=True, error=reason[:500], finished_at=now)
+            .values(
+                state="failed",
+                final=True,
+                error=reason[:500],
+                reason_code=ReasonCode.REFERENCE_UNSENT,
+                finished_at=now,
+            )
         )
         item_events(conn, batch.run_id, chunk, "in_batch", "failed", reason[:500], now, batch.id)
     left = conn.execute(
