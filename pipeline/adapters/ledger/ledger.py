@@ -53,8 +53,8 @@ class Ledger(RunSteps, BatchSteps, ReadSteps, RefSteps):
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Ledger:
-        """A ledger on the database at `url` (normalized: a path is a SQLite file), brought
-        to the head migration first unless `migrate` is False (`db upgrade` migrates
+        """A ledger on the database at `url` (sqlite:/// or postgresql://), brought to the
+        head migration first unless `migrate` is False (`db upgrade` migrates
         itself). Call `dispose()` when done."""
         engine = db.make_engine(url)
         if migrate:
