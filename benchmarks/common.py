@@ -213,6 +213,7 @@ def make_context(
 
     from pipeline.adapters.config import Settings
     from pipeline.adapters.ledger import db
+    from pipeline.adapters.ledger.ledger import Ledger
     from pipeline.shell.context import Context
 
     settings = Settings(
@@ -227,7 +228,7 @@ def make_context(
     )
     engine = db.make_engine(database_url)
     db.ensure_schema(engine)
-    return Context(settings=settings, engine=engine)
+    return Context(settings=settings, ledger=Ledger(engine))
 
 
 class QueryCounter:

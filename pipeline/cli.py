@@ -16,6 +16,7 @@ from pipeline import __version__
 from pipeline.adapters import drill
 from pipeline.adapters.config import LOG_FORMATS, Settings, load_settings
 from pipeline.adapters.ledger import db
+from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.adapters.log import configure_logging, get_logger, mask_text, register_secret
 from pipeline.core.catalog import load_catalog
 from pipeline.core.errors import Interrupted, PipelineError, UsageError
@@ -30,11 +31,10 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _context(ctx: click.Context) -> Context:
     settings = _settings(ctx)
-    engine = db.make_engine(settings.database_url)
+    ledger = Ledger.open(settings.database_url)
     # The command's connections close with it: `main` also runs in-process (tests, `run`).
-    ctx.call_on_close(engine.dispose)
-    db.ensure_schema(engine)
-    return Context(settings=settings, engine=engine)
+    ctx.call_on_close(ledger.dispose)
+    return Context(settings=settings, ledger=ledger)
 
 
 class _GlobalOptionsGroup(click.Group):
@@ -506,10 +506,10 @@ def db_group() -> None:
 def db_upgrade(ctx: click.Context) -> None:
     """Apply migrations to NANOBATCH_DATABASE_URL."""
     settings = _settings(ctx)
-    engine = db.make_engine(settings.database_url)
-    ctx.call_on_close(engine.dispose)  # its connections close with the command
-    db.upgrade(engine)
-    click.echo(f"{db.mask_url(settings.database_url)} at {db.current_revision(engine)}", err=True)
+    ledger = Ledger.open(settings.database_url, migrate=False)
+    ctx.call_on_close(ledger.dispose)  # its connections close with the command
+    revision = ledger.upgrade()
+    click.echo(f"{db.mask_url(settings.database_url)} at {revision}", err=True)
 
 
 def _add_emulator_serve() -> None:

@@ -41,16 +41,12 @@ def serve_from_cache(
     served = 0
     after = 0
     while True:
-        with ctx.engine.connect() as conn:
-            rows = repo.queued_items(conn, run.id, after, CHUNK)
-            if not rows:
-                break
-            after = rows[-1].id
-            sources = repo.cache_sources(
-                conn, sorted({r.prompt_sha256 for r in rows}), exclude_run=run.id
-            )
-        for row in rows:
-            candidates = sources.get(row.prompt_sha256)
+        chunk = ctx.ledger.cache_chunk(run.id, after, CHUNK)
+        if not chunk.rows:
+            break
+        after = chunk.rows[-1].id
+        for row in chunk.rows:
+            candidates = chunk.sources.get(row.prompt_sha256)
             if candidates and _serve_one(ctx, run, row, candidates):
                 served += 1
         if keepalive is not None:
@@ -83,10 +79,9 @@ def _serve_one(ctx: Context, run: repo.RunRow, row: Any, candidates: list[Any]) 
         return False
     detail = f"prompt cache: copied from {source.run_id}/{source.key}"
     dest.sync()
-    with ctx.engine.begin() as conn:
-        moved = repo.mark_cached(
-            conn, run.id, row.id, stored.uri, sha, ctx.now(), detail, source.model
-        )
+    moved = ctx.ledger.serve_cached(
+        run.id, row.id, stored.uri, sha, ctx.now(), detail, source.model
+    )
     if moved:
         log.info(
             "item_cached",

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, Interrupted, PipelineError, RuntimeFailure, UsageError
@@ -48,11 +47,7 @@ def submit_spec(ctx: Context, spec_path: Path, *, force: bool, use_cache: bool) 
 
 def _queued_work(ctx: Context, run_id: str) -> int:
     """How many of an active run's batches wait to be sent (1 for items not yet in one)."""
-    with ctx.engine.connect() as conn:
-        if repo.get_run(conn, run_id).state != "active":
-            return 0
-        batches = repo.batches_in(conn, ["queued", "submitting"], run_id)
-        return len(batches) or len(repo.queued_items(conn, run_id, 0, 1))
+    return ctx.ledger.queued_work(run_id)
 
 
 def _recorded(exc: PipelineError, run_id: str, spec_path: Path) -> PipelineError:
@@ -109,8 +104,7 @@ def run_spec(
     if progress is not None:
         progress.close()
     write_report(ctx, run_id, "json" if as_json else "table", None)
-    with ctx.engine.connect() as conn:
-        counts = repo.item_counts(conn, run_id)
+    counts = ctx.ledger.item_counts(run_id)
     return 3 if counts.get("failed", 0) + counts.get("failed_final", 0) else 0
 
 
@@ -135,19 +129,15 @@ def _check_stuck(
     never go (a budget)."""
     if progress is not None:
         progress.show(counts)
-    with ctx.engine.connect() as conn:
-        run = repo.get_run(conn, run_id)
+    run = ctx.ledger.get_run(run_id)
     if run.state == "active" and run.hold_reason is not None:
         raise RuntimeFailure(
             f"run {run_id} is {held_line(ctx, run)}. Its finished results wait in the spool; "
             "once the problem is fixed, `nanobatch tick` (cron) tries it again after the backoff"
         )
-    with ctx.engine.connect() as conn:
-        if run.state != "active" or repo.batches_in(
-            conn, ["submitting", "running", "done"], run_id
-        ):
-            return
-        queued = repo.batches_in(conn, ["queued"], run_id)
+    if run.state != "active" or ctx.ledger.batches_in(["submitting", "running", "done"], run_id):
+        return
+    queued = ctx.ledger.batches_in(["queued"], run_id)
     if queued:
         waiting = waiting_reason(ctx, queued[0], run)
         if waiting is not None and waiting.budget:
@@ -161,14 +151,9 @@ def _check_stuck(
 
 def retry_run(ctx: Context, run_ref: str, *, include_final: bool) -> int:
     """Requeue a run's failed (and with include_final, failed for good) items."""
-    now = ctx.now()
-    with ctx.engine.begin() as conn:
-        run = repo.get_run(conn, run_ref)
-        n = repo.requeue_items(conn, run.id, include_final=include_final, now=now)
-        if n and run.state != "active":
-            repo.set_run_state(conn, run.id, run.state, "active", now)
-    log.info("run_retry", run=run.id, requeued=n)
-    return n
+    done = ctx.ledger.retry(run_ref, include_final=include_final, now=ctx.now())
+    log.info("run_retry", run=done.run_id, requeued=done.count)
+    return done.count
 
 
 @dataclass(frozen=True)
@@ -185,14 +170,9 @@ def set_budget(ctx: Context, run_ref: str, usd: str) -> BudgetChange:
     budget_usd is only its first value: changing the spec would make a new run). The next
     tick's budget checks use it."""
     nanos = _budget_nanos(usd)
-    with ctx.engine.begin() as conn:
-        run = repo.get_run(conn, run_ref)
-        if run.state == "cancelled":
-            raise UsageError(f"run {run.id} is cancelled: nothing more is spent under it")
-        old = repo.set_run_budget(conn, run.id, nanos, ctx.now())
-        spent, reserved = repo.run_spend(conn, run.id)
-    log.info("run_budget_set", run=run.id, old_nanos=old, new_nanos=nanos)
-    return BudgetChange(run.id, old, nanos, spent, reserved)
+    done = ctx.ledger.set_budget(run_ref, nanos, ctx.now())
+    log.info("run_budget_set", run=done.run_id, old_nanos=done.old_nanos, new_nanos=nanos)
+    return BudgetChange(done.run_id, done.old_nanos, nanos, done.spent_nanos, done.reserved_nanos)
 
 
 def _budget_nanos(usd: str) -> int:
@@ -207,13 +187,11 @@ def _budget_nanos(usd: str) -> int:
 
 def cancel_and_settle(ctx: Context, run_ref: str, catalog: Catalog) -> None:
     """Cancel a run, then poll and harvest its batches for a short while."""
-    with ctx.engine.connect() as conn:
-        run_id = repo.get_run(conn, run_ref).id
+    run_id = ctx.ledger.get_run(run_ref).id
     cancel_run(ctx, run_id)
     sweep_spool(ctx)  # the request files of its batches that will never be sent
     for _ in range(3):
         settle_cancelled(ctx, catalog, run_id)
-        with ctx.engine.connect() as conn:
-            if not repo.batches_in(conn, ["running", "done"], run_id):
-                return
+        if not ctx.ledger.batches_in(["running", "done"], run_id):
+            return
         time.sleep(1.0)

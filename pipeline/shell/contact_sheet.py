@@ -60,9 +60,7 @@ show(document.getElementById(h)&&h.indexOf('page-')===0?h:pages[0].id);}})();
 
 def write_contact_sheet(ctx: Context, run_ref: str, out: Path) -> None:
     """Write the run's contact sheet to `out` (atomically). Side effects: reads images."""
-    with ctx.engine.connect() as conn:
-        run = repo.get_run(conn, run_ref)
-        saved = repo.cache_savings(conn, run.id)
+    run, saved = ctx.ledger.run_and_savings(run_ref)
     summary = report.Summary(rejected=run.rejected_count, saved_by_cache_nanos=saved)
     for _ in report.rows_and_summary(_entries(ctx, run.id), summary):
         pass  # the totals go on top, so one cheap pass without images first
@@ -80,8 +78,7 @@ def write_contact_sheet(ctx: Context, run_ref: str, out: Path) -> None:
 
 
 def _entries(ctx: Context, run_id: str) -> Iterator[dict[str, Any]]:
-    with ctx.engine.connect() as conn:
-        yield from repo.report_rows(conn, run_id)
+    yield from ctx.ledger.report_rows(run_id)
 
 
 def _write(ctx: Context, run: repo.RunRow, summary: report.Summary, out: IO[str]) -> None:
@@ -212,18 +209,17 @@ def _failed(ctx: Context, run: repo.RunRow, out: IO[str]) -> None:
     e = html.escape
     out.write('<section id="failed"><h2>Failed and cancelled items</h2>\n')
     n = 0
-    with ctx.engine.connect() as conn:
-        for row in repo.failed_items(conn, run.id):
-            if not n:
-                out.write(
-                    '<table class="failed"><tr><th>key</th><th>reason</th><th>for good</th>'
-                    "<th>prompt</th></tr>\n"
-                )
+    for row in ctx.ledger.failed_items(run.id):
+        if not n:
             out.write(
-                f'<tr class="failed-item" data-key="{e(row.key, quote=True)}">'
-                f"<td>{e(row.key)}</td><td>{e(row.error or '')}</td>"
-                f"<td>{'yes' if row.final else 'no'}</td><td>{e(row.prompt)}</td></tr>\n"
+                '<table class="failed"><tr><th>key</th><th>reason</th><th>for good</th>'
+                "<th>prompt</th></tr>\n"
             )
-            n += 1
+        out.write(
+            f'<tr class="failed-item" data-key="{e(row.key, quote=True)}">'
+            f"<td>{e(row.key)}</td><td>{e(row.error or '')}</td>"
+            f"<td>{'yes' if row.final else 'no'}</td><td>{e(row.prompt)}</td></tr>\n"
+        )
+        n += 1
     out.write("</table>\n" if n else "<p>None.</p>\n")
     out.write("</section>\n")

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.storage import ObjectNotFound, ObjectStore, sha256_hex
 from pipeline.core.errors import ObjectConflict, StorageError, UsageError
@@ -198,8 +197,7 @@ def _samples(ctx: Context, run_id: str, fmt: str) -> Iterator[Sample]:
     """The run's succeeded items in id order, a page of the ledger at a time."""
     after = 0
     while True:
-        with ctx.engine.connect() as conn:
-            page = repo.succeeded_rows(conn, run_id, after, PAGE)
+        page = ctx.ledger.succeeded_page(run_id, after, PAGE)
         if not page:
             return
         for entry in page:
@@ -270,8 +268,7 @@ def export_run(
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if max_bytes < 1 or max_samples < 1:
         raise UsageError("--shard-max-bytes and --shard-max-samples must be at least 1")
-    with ctx.engine.connect() as conn:
-        run = repo.get_run(conn, run_ref)
+    run = ctx.ledger.get_run(run_ref)
     target = _open_target(ctx, out)
     source = ctx.store(run.output_uri)
     result = ExportResult(fmt=fmt, out=target.base_uri)

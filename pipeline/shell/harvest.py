@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.gemini import BatchBackend
 from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger.ledger import Settle
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.private import make_private_dir, open_private
 from pipeline.adapters.storage import ObjectStore
@@ -631,19 +632,19 @@ def _fallback_refused(fallback: str | None, refs: str | None) -> str | None:
 # ── batches that ended without output ────────────────────────────────────────
 
 
-def settle_without_output(
-    ctx: Context,
-    conn: Connection,
-    batch: repo.BatchRow,
-    run: repo.RunRow,
-    outcome: policy.Outcome,
-    reason: str,
-    code: ReasonCode,
-) -> None:
-    """Every unrecorded attempt of the batch gets `outcome` (retry or cancelled)."""
-    rows = {r.key: r for r in repo.batch_attempts(conn, batch.id) if r.outcome is None}
-    records = [_empty(r, outcome, reason, code) for r in rows.values()]
-    apply_records(conn, run, batch, records, rows, ctx.now())
+def without_output(outcome: policy.Outcome, reason: str, code: ReasonCode) -> Settle:
+    """How a batch that ends without output settles (`Ledger.batch_ended`, `cancel_run`):
+    every unrecorded attempt gets `outcome` (retry or cancelled) with its reason code, its
+    item's next state decided by the policy."""
+
+    def settle(
+        run: repo.RunRow, batch: repo.BatchRow, attempts: Sequence[Any]
+    ) -> list[repo.AttemptOutcome]:
+        rows = {r.key: r for r in attempts}
+        records = [_empty(r, outcome, reason, code) for r in rows.values()]
+        return [_outcome(rec, rows[rec.key], run, batch) for rec in records]
+
+    return settle
 
 
 def fail_batch_items(ctx: Context, conn: Connection, batch: repo.BatchRow, reason: str) -> None:

@@ -100,15 +100,13 @@ class Isolation:
         self.held[run.id] = reason
         detail = detail_of(exc)
         jitter = self.rng.random()
-        with self.ctx.engine.begin() as conn:
-            until = repo.hold_run(
-                conn,
-                run.id,
-                reason.value,
-                detail,
-                self.ctx.now(),
-                lambda tries: policy.hold_delay(tries, jitter),
-            )
+        until = self.ctx.ledger.hold_run(
+            run.id,
+            reason.value,
+            detail,
+            self.ctx.now(),
+            lambda tries: policy.hold_delay(tries, jitter),
+        )
         if until is None:  # cancelled meanwhile, or another tick recorded this try
             log.warning("run_unit_failed", run=run.id, reason=reason.value, error=detail)
             return
@@ -123,10 +121,9 @@ class Isolation:
         """Clear the holds of the runs tried again whose work went through; their ids."""
         released = []
         for run_id in sorted(self._cleared()):
-            with self.ctx.engine.begin() as conn:
-                if repo.release_hold(conn, run_id, self.ctx.now()):
-                    released.append(run_id)
-                    log.info("run_hold_cleared", run=run_id)
+            if self.ctx.ledger.release_hold(run_id, self.ctx.now()):
+                released.append(run_id)
+                log.info("run_hold_cleared", run=run_id)
         return released
 
     def raise_deferred(self) -> None:

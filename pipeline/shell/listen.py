@@ -35,7 +35,6 @@ from starlette.routing import Route
 
 from pipeline.adapters import delivery
 from pipeline.adapters.delivery import BATCH_EVENTS, JwksCache, Refused, Verifier
-from pipeline.adapters.ledger import deliveries, repo
 from pipeline.adapters.log import get_logger, mask_text
 from pipeline.core.catalog import Catalog
 from pipeline.core.errors import UsageError
@@ -95,8 +94,7 @@ class Receiver:
         except Refused as refusal:
             return self.refuse(refusal)
         state, batch_id, detail = self._triage(found)
-        recorded = deliveries.record(
-            self.ctx.engine,
+        recorded = self.ctx.ledger.record_delivery(
             key=found.key,
             scheme=found.scheme,
             event=found.event or "?",
@@ -132,8 +130,7 @@ class Receiver:
             return "ignored", None, "not a batch event"
         if found.batch is None:
             return "ignored", None, "names no batch"
-        with self.ctx.engine.connect() as conn:
-            batch = repo.batch_by_remote_name(conn, found.batch)
+        batch = self.ctx.ledger.batch_by_remote_name(found.batch)
         if batch is None:
             return "ignored", None, "not a batch of this ledger"
         return "queued", batch.id, None
@@ -196,7 +193,7 @@ class Receiver:
         base = self.ctx
         ctx = Context(
             settings=settings,
-            engine=base.engine,
+            ledger=base.ledger,
             backend_factory=base.backend_factory,
             store_factory=base.store_factory,
             clock=base.clock,
@@ -222,9 +219,7 @@ class Receiver:
             log.warning("webhook_move_failed", batch=name, error=mask_text(str(exc))[:300])
             return
         state = "ignored" if outcome == "unknown batch" else "done"
-        with ctx.engine.begin() as conn:
-            batch = repo.batch_by_remote_name(conn, name)
-            deliveries.finish(conn, name, batch.id if batch else None, state, outcome, ctx.now())
+        ctx.ledger.finish_deliveries(name, state, outcome, ctx.now())
         self._count("moved")
         log.info("webhook_batch_moved", batch=name, outcome=outcome)
 
@@ -240,8 +235,7 @@ class Receiver:
         room = self._queue.maxsize - self._queue.qsize()
         if room <= 0:
             return 0
-        with self.ctx.engine.connect() as conn:
-            rows = deliveries.pending(conn, room * 4)
+        rows = self.ctx.ledger.pending_deliveries(room * 4)
         cutoff = self.ctx.now().timestamp() - self.refill_after_s
         offered = 0
         for row in rows:
@@ -315,8 +309,7 @@ def _audiences(ctx: Context) -> Callable[[], set[str]]:
 
     def read() -> set[str]:
         if time.monotonic() - cache["at"] >= AUDIENCES_TTL_S:
-            with ctx.engine.connect() as conn:
-                cache["urls"] = deliveries.webhook_urls(conn)
+            cache["urls"] = ctx.ledger.webhook_urls()
             cache["at"] = time.monotonic()
         return set(cache["urls"])
 

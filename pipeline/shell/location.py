@@ -52,10 +52,21 @@ def location_key(ctx: Context, uri: str) -> str:
         return uri
 
 
-def runs_at(ctx: Context, conn: Any, output_uri: str) -> list[str]:
+def runs_sharing(ctx: Context, output_uri: str) -> list[str]:
     """Ids of the ledger's runs (any state) whose output is this location, oldest first."""
+    return _at(ctx, ctx.ledger.run_outputs(), output_uri)
+
+
+def runs_at(ctx: Context, conn: Any, output_uri: str) -> list[str]:
+    """`runs_sharing`, read on the caller's connection: a stopgap for `submit` and
+    `reporting`, which still read inside their own transactions, until they move onto the
+    `Ledger`."""
+    return _at(ctx, repo.run_outputs(conn), output_uri)
+
+
+def _at(ctx: Context, outputs: Iterable[tuple[str, str]], output_uri: str) -> list[str]:
     key = location_key(ctx, output_uri)
-    return [run_id for run_id, uri in repo.run_outputs(conn) if location_key(ctx, uri) == key]
+    return [run_id for run_id, uri in outputs if location_key(ctx, uri) == key]
 
 
 class Listing:

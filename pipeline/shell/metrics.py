@@ -22,7 +22,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.adapters.ledger import deliveries, repo
+from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger.ledger import RunMetricData
+from pipeline.adapters.ledger.steps_reads import run_metric_data
 from pipeline.core.policy import HoldReason
 from pipeline.core.reasons import error_class
 from pipeline.core.states import BatchState
@@ -91,18 +93,31 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def run_metrics(conn: Any, run_id: str) -> dict[str, Any]:
+    """The per-run numbers `status --json` carries under `metrics`, read on `conn`.
+
+    A stopgap for `reporting`, which still reads inside its own connection; once it moves
+    onto the `Ledger`, `run_metrics_of` replaces this."""
+    return metrics_of(run_metric_data(conn, run_id))
+
+
+def run_metrics_of(ctx: Context, run_id: str) -> dict[str, Any]:
     """The per-run numbers `status --json` carries under `metrics`."""
+    return metrics_of(ctx.ledger.run_metric_data(run_id))
+
+
+def metrics_of(data: RunMetricData) -> dict[str, Any]:
+    """A run's metrics from its rows."""
     models = {}
-    for row in repo.cost_by_model(conn, run_id):
+    for row in data.costs:
         images = int(row.images)
         models[row.model] = {
             "cost_usd": nanos_to_usd(int(row.cost_nanos)),
             "images": images,
             "cost_per_image_usd": nanos_to_usd(int(row.cost_nanos)) / images if images else None,
         }
-    attempts, errors = _errors(repo.attempt_reasons(conn, run_id))
-    duplicates, duplicate_cost = repo.duplicate_totals(conn, run_id)
-    turnaround, wait = _durations(repo.batch_times(conn, run_id))
+    attempts, errors = _errors(data.attempt_reasons)
+    duplicates, duplicate_cost = data.duplicates
+    turnaround, wait = _durations(data.batch_times)
 
     def clean(d: dict[str, float]) -> dict[str, float | None]:
         return {k: (None if math.isnan(v) else v) for k, v in d.items()}
@@ -169,19 +184,19 @@ def render(ctx: Context) -> str:
     """Every metric, as Prometheus text exposition format (version 0.0.4)."""
     now = ctx.now()
     out = _Writer()
-    with ctx.engine.connect() as conn:
-        runs = repo.metric_runs(conn)
-        _items(out, runs, repo.items_by_run_state(conn, [r.id for r in runs]))
-        _batches(out, repo.batch_counts_by_state(conn))
-        out.family("nanobatch_runs_active", "gauge", "Runs in state active.")
-        out.sample("nanobatch_runs_active", sum(1 for r in runs if r.state == "active"))
-        _held(out, runs, now)
-        _costs(out, repo.cost_by_model(conn))
-        _error_metrics(out, *_errors(repo.attempt_reasons(conn)))
-        _duplicates(out, *repo.duplicate_totals(conn))
-        turnaround, wait = _durations(repo.batch_times(conn, since=now - WINDOW))
-        spent, reserved = repo.day_spend(conn, day_start(now))
-        _webhook_metrics(out, deliveries.counts(conn), deliveries.stored_times(conn, now - WINDOW))
+    snap = ctx.ledger.metrics_snapshot(now - WINDOW, day_start(now))
+    runs = list(snap.runs)
+    _items(out, runs, snap.items_by_run_state)
+    _batches(out, snap.batch_counts)
+    out.family("nanobatch_runs_active", "gauge", "Runs in state active.")
+    out.sample("nanobatch_runs_active", sum(1 for r in runs if r.state == "active"))
+    _held(out, runs, now)
+    _costs(out, list(snap.data.costs))
+    _error_metrics(out, *_errors(snap.data.attempt_reasons))
+    _duplicates(out, *snap.data.duplicates)
+    turnaround, wait = _durations(snap.data.batch_times)
+    spent, reserved = snap.day_spend
+    _webhook_metrics(out, list(snap.webhook_counts), snap.webhook_times)
     out.summary(
         "nanobatch_batch_turnaround_seconds",
         "Batch created in the ledger to finished on the service, last 24 hours.",

@@ -31,13 +31,11 @@ def notify_finished(ctx: Context, sleep: Callable[[float], None] = time.sleep) -
     url = ctx.settings.notify_url
     if not url:
         return 0
-    with ctx.engine.connect() as conn:
-        pending = repo.runs_to_notify(conn)
+    pending = ctx.ledger.runs_to_notify()
     delivered = 0
     for run in pending:
-        with ctx.engine.begin() as conn:
-            if not repo.mark_run_notified(conn, run.id, ctx.now()):
-                continue  # another tick claimed it
+        if not ctx.ledger.mark_notified(run.id, ctx.now()):
+            continue  # another tick claimed it
         if send(url, payload(ctx, run), sleep=sleep, run_id=run.id):
             delivered += 1
     return delivered
@@ -48,9 +46,8 @@ def payload(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     from pipeline.shell.reporting import run_status
 
     status = run_status(ctx, run)
-    with ctx.engine.connect() as conn:
-        saved = repo.cache_savings(conn, run.id)
-        cached = repo.cached_count(conn, run.id)
+    totals = ctx.ledger.cache_totals(run.id)
+    saved, cached = totals.saved_nanos, totals.served
     return {
         "event": "run_finished",
         "run": run.id,

@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection
-
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.gemini import BatchBackend, RemoteBatch
 from pipeline.adapters.ledger import repo
@@ -18,7 +16,7 @@ from pipeline.core.errors import ApiError, AuthError, StaleTransition
 from pipeline.core.reasons import BATCH_END, ReasonCode
 from pipeline.core.states import BatchState, remote_outcome
 from pipeline.shell.context import Context
-from pipeline.shell.harvest import settle_without_output
+from pipeline.shell.harvest import without_output
 
 log = get_logger()
 LIST_WHEN_MORE_THAN = 10
@@ -26,8 +24,7 @@ LIST_WHEN_MORE_THAN = 10
 
 def poll_batches(ctx: Context, runs: dict[str, repo.RunRow]) -> int:
     """Poll every running batch; returns how many changed state."""
-    with ctx.engine.connect() as conn:
-        live = [b for b in repo.batches_in(conn, ["running"]) if b.run_id in runs]
+    live = [b for b in ctx.ledger.batches_in(["running"]) if b.run_id in runs]
     if not live:
         return 0
     remote: dict[str, RemoteBatch] = {}
@@ -44,8 +41,7 @@ def poll_batches(ctx: Context, runs: dict[str, repo.RunRow]) -> int:
             if found is not None and _apply(ctx, batch, run, found):
                 changed += 1
             elif batch.remote_name in lost:
-                with ctx.engine.begin() as conn:
-                    _end_without_output(ctx, conn, batch, run, "failed", "NOT_FOUND on the service")
+                _end_without_output(ctx, batch, run, "failed", "NOT_FOUND on the service")
                 changed += 1
         except StaleTransition:
             # An overlapping tick moved this batch first: its work, not an error.
@@ -63,8 +59,7 @@ def poll_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
         if batch.remote_name in remote:
             return _apply(ctx, batch, run, remote[batch.remote_name])
         if batch.remote_name in lost:
-            with ctx.engine.begin() as conn:
-                _end_without_output(ctx, conn, batch, run, "failed", "NOT_FOUND on the service")
+            _end_without_output(ctx, batch, run, "failed", "NOT_FOUND on the service")
             return True
     except StaleTransition:
         log.info("batch_poll_skipped", batch=batch.display_name, reason="moved by another tick")
@@ -107,28 +102,16 @@ def _remote_states(
 def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteBatch) -> bool:
     outcome = remote_outcome(remote.state)
     now = ctx.now()
-    with ctx.engine.begin() as conn:
-        if outcome == "running":
-            if remote.state != batch.remote_state:
-                repo.update_batch(conn, batch.id, remote_state=remote.state)
-            return False
-        # Whatever the end, output is harvested: a Vertex job that FAILED, EXPIRED or was
-        # CANCELLED keeps the rows it completed (PARTIALLY_SUCCEEDED counts as succeeded).
-        if remote.output_file:
-            repo.transition_batch(
-                conn,
-                batch.id,
-                BatchState.RUNNING,
-                BatchState.DONE,
-                now,
-                remote.state,
-                remote_state=remote.state,
-                output_file=remote.output_file,
-                finished_at=now,
-                ended_at=remote.end_time,
-            )
-        else:
-            _end_without_output(ctx, conn, batch, run, outcome, remote.state, remote.end_time)
+    if outcome == "running":
+        if remote.state != batch.remote_state:
+            ctx.ledger.batch_remote_state(batch.id, remote.state)
+        return False
+    # Whatever the end, output is harvested: a Vertex job that FAILED, EXPIRED or was
+    # CANCELLED keeps the rows it completed (PARTIALLY_SUCCEEDED counts as succeeded).
+    if remote.output_file:
+        ctx.ledger.batch_done(batch.id, now, remote.state, remote.output_file, remote.end_time)
+    else:
+        _end_without_output(ctx, batch, run, outcome, remote.state, remote.end_time)
     crashpoint("poll.finished")
     log.info("batch_finished", run=batch.run_id, batch=batch.display_name, state=remote.state)
     return True
@@ -136,7 +119,6 @@ def _apply(ctx: Context, batch: repo.BatchRow, run: repo.RunRow, remote: RemoteB
 
 def _end_without_output(
     ctx: Context,
-    conn: Connection,
     batch: repo.BatchRow,
     run: repo.RunRow,
     outcome: str,
@@ -146,23 +128,10 @@ def _end_without_output(
     target = {"failed": BatchState.FAILED, "expired": BatchState.EXPIRED}.get(
         outcome, BatchState.CANCELLED
     )
-    now = ctx.now()
-    repo.transition_batch(
-        conn,
-        batch.id,
-        BatchState.RUNNING,
-        target,
-        now,
-        remote_state,
-        remote_state=remote_state,
-        finished_at=now,
-        ended_at=ended_at,
-    )
     if target is BatchState.CANCELLED and run.state == "cancelled":
-        settle_without_output(
-            ctx, conn, batch, run, "cancelled", "run cancelled", ReasonCode.RUN_CANCELLED
-        )
+        settle = without_output("cancelled", "run cancelled", ReasonCode.RUN_CANCELLED)
     else:
         reason = f"batch {outcome} without output ({remote_state})"
         code = BATCH_END.get(outcome, ReasonCode.BATCH_CANCELLED)
-        settle_without_output(ctx, conn, batch, run, "retry", reason, code)
+        settle = without_output("retry", reason, code)
+    ctx.ledger.batch_ended(run, batch, target, ctx.now(), remote_state, settle, ended_at)

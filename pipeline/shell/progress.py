@@ -27,7 +27,6 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.adapters.ledger import repo
 from pipeline.core.values import as_utc, nanos_to_usd
 from pipeline.shell.context import Context
 
@@ -127,10 +126,8 @@ def render(snap: Snapshot, elapsed_s: float) -> RenderableType:
 def snapshot(ctx: Context, run_id: str, counts: Mapping[str, int]) -> Snapshot:
     """Read the run's numbers and batches from the ledger."""
     now = ctx.now()
-    with ctx.engine.connect() as conn:
-        run = repo.get_run(conn, run_id)
-        spent, _ = repo.run_spend(conn, run_id)
-        batches = repo.batches_of_run(conn, run_id)
+    seen = ctx.ledger.run_spend(run_id)
+    run, spent, batches = seen.run, seen.spent_nanos, list(seen.batches)
     live = tuple(
         LiveBatch(
             seq=b.seq,

@@ -21,10 +21,11 @@ create-only write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import naming
 from pipeline.shell.location import Listing
@@ -46,7 +47,18 @@ class TakenNames:
         return not self.listing.images and not self.neighbours
 
     def among(self, conn: Any, keys: Sequence[str]) -> dict[int, str]:
+        """`among_keys`, other runs' claims read on the caller's connection: a stopgap for
+        `intake` and `submit`, which check inside their own transactions, until they move
+        onto the `Ledger`."""
+        return self._among(keys, lambda rest: repo.open_keys(conn, self.neighbours, rest))
+
+    def among_keys(self, ledger: Ledger, keys: Sequence[str]) -> dict[int, str]:
         """Position in `keys` -> why that item's name is taken, for the items whose name is."""
+        return self._among(keys, lambda rest: ledger.open_keys(self.neighbours, rest))
+
+    def _among(
+        self, keys: Sequence[str], claims_of: Callable[[list[str]], dict[str, str]]
+    ) -> dict[int, str]:
         if self.idle or not keys:
             return {}
         stems = [naming.stem_for_key(key) for key in keys]
@@ -57,7 +69,7 @@ class TakenNames:
             if name is not None:
                 found[i] = self._object_reason(self.store.uri_for(name))
         rest = [key for i, key in enumerate(keys) if i not in found]
-        claims = repo.open_keys(conn, self.neighbours, rest)
+        claims = claims_of(rest)
         for i, key in enumerate(keys):
             if i not in found and key in claims:
                 found[i] = self._claim_reason(self.store.uri_for(stems[i]) + ".*", claims[key])

@@ -28,7 +28,7 @@ from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import TERMINAL_BATCH_STATES, BatchState
 from pipeline.shell.cache import serve_from_cache
 from pipeline.shell.context import Context
-from pipeline.shell.harvest import harvest_batch, settle_without_output, spool_batch
+from pipeline.shell.harvest import harvest_batch, spool_batch, without_output
 from pipeline.shell.holds import Isolation, detail_of
 from pipeline.shell.notify import notify_finished
 from pipeline.shell.poll import poll_batch, poll_batches
@@ -87,7 +87,7 @@ def _schedule(
     from the prompt cache, form batches and create them, each run in its unit.
     (batches formed, created)"""
     owner = ctx.settings.worker_id
-    if not repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
+    if not ctx.ledger.acquire_lease(SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S):
         return 0, 0
     formed = 0
     try:
@@ -99,7 +99,7 @@ def _schedule(
                 formed += form_batches(ctx, run, catalog)
         created = Submitter(ctx, iso, keepalive=lambda: _renew_scheduler(ctx, owner)).run(runs)
     finally:
-        repo.release_lease(ctx.engine, SCHEDULER_LEASE, owner)
+        ctx.ledger.release_lease(SCHEDULER_LEASE, owner)
     return formed, created
 
 
@@ -108,11 +108,10 @@ def move_batch_on(ctx: Context, catalog: Catalog, remote_name: str) -> str:
     run alone, under the same leases and holds (poll the batch, harvest what is done, form
     and create batches for the items it failed, close the run when it is finished).
     Returns what became of the batch, for the delivery's record."""
-    with ctx.engine.connect() as conn:
-        batch = repo.batch_by_remote_name(conn, remote_name)
-        if batch is None:
-            return "unknown batch"
-        run = repo.get_run(conn, batch.run_id)
+    batch = ctx.ledger.batch_by_remote_name(remote_name)
+    if batch is None:
+        return "unknown batch"
+    run = ctx.ledger.get_run(batch.run_id)
     runs = {run.id: run}
     iso = Isolation(ctx)
     iso.ready(run)
@@ -125,8 +124,7 @@ def move_batch_on(ctx: Context, catalog: Catalog, remote_name: str) -> str:
     _close_finished(ctx, runs, iso)
     notify_finished(ctx)
     iso.raise_deferred()
-    with ctx.engine.connect() as conn:
-        return f"batch {repo.get_batch(conn, batch.id).state}"
+    return f"batch {ctx.ledger.get_batch(batch.id).state}"
 
 
 def _held(runs: dict[str, repo.RunRow], iso: Isolation) -> dict[str, str]:
@@ -138,7 +136,7 @@ def _held(runs: dict[str, repo.RunRow], iso: Isolation) -> dict[str, str]:
 
 
 def _renew_scheduler(ctx: Context, owner: str) -> bool:
-    return repo.acquire_lease(ctx.engine, SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S)
+    return ctx.ledger.acquire_lease(SCHEDULER_LEASE, owner, ctx.now(), LEASE_TTL_S)
 
 
 def sweep_spool(ctx: Context) -> None:
@@ -153,8 +151,7 @@ def sweep_spool(ctx: Context) -> None:
     }
     if not results and not requests:
         return
-    with ctx.engine.connect() as conn:
-        states = repo.batch_states_by_display(conn, [*results, *requests])
+    states = ctx.ledger.batch_states_by_display([*results, *requests])
     stale = [p for name, p in results.items() if states.get(name) in TERMINAL_STATES]
     waiting = (BatchState.QUEUED.value, BatchState.SUBMITTING.value)
     for name, path in requests.items():
@@ -176,12 +173,7 @@ def _older_than(path: Path, seconds: float) -> bool:
 
 def _active_runs(ctx: Context) -> dict[str, repo.RunRow]:
     """Active runs, plus cancelled runs whose batches still have output coming."""
-    with ctx.engine.connect() as conn:
-        runs = {r.id: r for r in repo.list_runs(conn, active_only=True)}
-        for batch in repo.batches_in(conn, ["submitting", "running", "done"]):
-            if batch.run_id not in runs:
-                runs[batch.run_id] = repo.get_run(conn, batch.run_id)
-    return runs
+    return ctx.ledger.active_runs()
 
 
 def _harvest_done(
@@ -189,8 +181,7 @@ def _harvest_done(
 ) -> int:
     """Harvest every `done` batch of these runs, each run in its own unit; a held run's
     batches are only downloaded to the spool. Then each touched run's manifest."""
-    with ctx.engine.connect() as conn:
-        done = repo.batches_in(conn, ["done"])
+    done = ctx.ledger.batches_in(["done"])
     harvested = 0
     touched: set[str] = set()
     for batch in done:
@@ -243,14 +234,9 @@ def _close_finished(ctx: Context, runs: dict[str, repo.RunRow], iso: Isolation) 
     for run in runs.values():
         if run.state != "active" or iso.still_held(run):
             continue  # a held run finishes once its try goes through (its manifest, say)
-        with ctx.engine.begin() as conn:
-            if repo.has_open_items(conn, run.id):
-                continue
-            if repo.batches_in(conn, ["queued", "submitting", "running", "done"], run.id):
-                continue
-            if repo.set_run_state(conn, run.id, "active", "finished", ctx.now()):
-                finished.append(run.id)
-                log.info("run_finished", run=run.id)
+        if ctx.ledger.finish_run(run.id, ctx.now()):
+            finished.append(run.id)
+            log.info("run_finished", run=run.id)
     return finished
 
 
@@ -269,12 +255,10 @@ def run_until_done(
         except TransientApiError as exc:
             # A blip in a 24-hour window is not the end of the run: the next tick resumes.
             log.warning("tick_transient_error", run=run_id, error=str(exc)[:300])
-        with ctx.engine.connect() as conn:
-            run = repo.get_run(conn, run_id)
-            counts = repo.item_counts(conn, run_id)
+        seen = ctx.ledger.run_counts(run_id)
         if on_progress is not None:
-            on_progress(counts)
-        if run.state != "active":
+            on_progress(seen.counts)
+        if seen.run.state != "active":
             return
         sleep(poll_interval)
 
@@ -284,22 +268,14 @@ def cancel_run(ctx: Context, run_id: str) -> int:
     the next tick (a held run's is recorded with its cost but not stored: its hold stays
     on the cancelled run, so nothing tries its storage again). Returns how many remote
     batches were asked to cancel."""
-    now = ctx.now()
-    with ctx.engine.begin() as conn:
-        run = repo.get_run(conn, run_id)
-        if run.state == "active":
-            repo.set_run_state(conn, run.id, "active", "cancelled", now)
-        run = repo.get_run(conn, run_id)
-        for batch in repo.batches_in(conn, ["queued"], run.id):
-            repo.transition_batch(
-                conn, batch.id, BatchState.QUEUED, BatchState.CANCELLED, now, "run cancelled"
-            )
-            cancelled = ReasonCode.RUN_CANCELLED
-            settle_without_output(ctx, conn, batch, run, "cancelled", "run cancelled", cancelled)
-        repo.cancel_open_items(conn, run.id, now)
-        live = repo.batches_in(conn, ["running"], run.id)
+    cancelled = ctx.ledger.cancel_run(
+        run_id,
+        ctx.now(),
+        without_output("cancelled", "run cancelled", ReasonCode.RUN_CANCELLED),
+    )
+    run = cancelled.run
     asked = 0
-    for batch in live:
+    for batch in cancelled.live:
         if batch.remote_name:
             ctx.backend_for(run).cancel_batch(batch.remote_name)
             asked += 1
@@ -309,8 +285,7 @@ def cancel_run(ctx: Context, run_id: str) -> int:
 
 def settle_cancelled(ctx: Context, catalog: Catalog, run_id: str) -> None:
     """After `cancel`: poll and harvest the run's batches until none is live."""
-    with ctx.engine.connect() as conn:
-        run = repo.get_run(conn, run_id)
+    run = ctx.ledger.get_run(run_id)
     runs = {run.id: run}
     poll_batches(ctx, runs)
     iso = Isolation(ctx)

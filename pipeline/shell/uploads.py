@@ -71,9 +71,8 @@ def prepare(
     is called after each image (the caller renews its leases: a thousand uploads take longer
     than one lease lives)."""
     backend = ctx.backend_for(run)
-    with ctx.engine.connect() as conn:
-        shas = repo.batch_reference_shas(conn, batch.id)
-        sources = repo.run_references(conn, run.id, shas)
+    found_sources = ctx.ledger.batch_sources(run.id, batch.id)
+    shas, sources = found_sources.shas, found_sources.sources
     files: dict[str, tuple[str, str]] = {}
     failed: dict[str, str] = {}
     for sha in shas:
@@ -94,24 +93,14 @@ def prepare(
 
 
 def _drop_items(ctx: Context, batch: repo.BatchRow, failed: dict[str, str]) -> None:
-    with ctx.engine.begin() as conn:
-        by_reason: dict[str, list[int]] = {}
-        for item_id, refs in repo.batch_items_with_refs(conn, batch.id):
-            bad = next((sha for sha in refs.split(",") if sha in failed), None)
-            if bad is not None:
-                by_reason.setdefault(failed[bad], []).append(item_id)
-        for reason, ids in by_reason.items():
-            repo.not_send_items(conn, batch, ids, reason, ctx.now())
-            log.error(
-                "reference_not_sent", run=batch.run_id, batch=batch.display_name, items=len(ids)
-            )
+    for _reason, n in ctx.ledger.not_send(batch, failed, ctx.now()).items():
+        log.error("reference_not_sent", run=batch.run_id, batch=batch.display_name, items=n)
 
 
 def _ready(ctx: Context, backend: BatchBackend, source: repo.ReferenceRow) -> str:
     """The uri of a live upload of this image (reused or made now), or a _Problem saying
     why it cannot be sent."""
-    with ctx.engine.connect() as conn:
-        uploads = repo.uploads_of(conn, source.sha256)
+    uploads = ctx.ledger.uploads_of(source.sha256)
     now = ctx.now()
     for row in uploads:
         if row.state == "active" and _lives(row.expires_at, now) and row.uri:
@@ -153,8 +142,7 @@ def _usable(remote: RemoteFile, now: datetime) -> bool:
 def _upload_new(ctx: Context, backend: BatchBackend, source: repo.ReferenceRow, seq: int) -> str:
     for n in range(seq + 1, seq + 1 + NAME_TRIES):
         name = f"files/nb-{source.sha256[:24]}-{n:x}"
-        with ctx.engine.begin() as conn:
-            row = repo.record_upload_intent(conn, source.sha256, name, source.mime, ctx.now())
+        row = ctx.ledger.upload_intent(source.sha256, name, source.mime, ctx.now())
         if row is None:  # the name is taken (an earlier upload, or another writer now)
             continue
         crashpoint("refs.intent")
@@ -206,15 +194,13 @@ def _send(
 
 def _record(ctx: Context, row: repo.UploadRow, remote: RemoteFile, how: str) -> str:
     assert remote.uri
-    with ctx.engine.begin() as conn:
-        repo.record_upload_done(conn, row.id, remote.uri, remote.expires_at, ctx.now())
+    ctx.ledger.upload_done(row.id, remote.uri, remote.expires_at, ctx.now())
     log.info("reference_" + how, sha256=row.sha256, file=row.name, expires=str(remote.expires_at))
     return remote.uri
 
 
 def _stale(ctx: Context, row: repo.UploadRow, reason: str) -> None:
-    with ctx.engine.begin() as conn:
-        repo.mark_upload_stale(conn, row.id, reason)
+    ctx.ledger.upload_stale(row.id, reason)
 
 
 def _why(exc: BaseException) -> str:
@@ -227,8 +213,4 @@ def mark_gone(ctx: Context, names: set[str]) -> int:
     """Uploads a results line found gone or expired: never reused again. Returns how many."""
     if not names:
         return 0
-    with ctx.engine.begin() as conn:
-        found = repo.uploads_named(conn, sorted(names))
-        for row in found.values():
-            repo.mark_upload_stale(conn, row.id, "a line found the file gone or expired")
-    return len(found)
+    return ctx.ledger.uploads_gone(sorted(names), "a line found the file gone or expired")

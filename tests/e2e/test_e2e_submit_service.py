@@ -91,6 +91,7 @@ def _record_only(e2e: Any) -> str:
     recording its run and its first tick leaves (and what a refused key used to leave)."""
     from pipeline.adapters.config import load_settings
     from pipeline.adapters.ledger import db
+    from pipeline.adapters.ledger.ledger import Ledger
     from pipeline.core.catalog import load_catalog
     from pipeline.shell.context import Context
     from pipeline.shell.planning import load_spec
@@ -99,7 +100,7 @@ def _record_only(e2e: Any) -> str:
     engine = db.make_engine(e2e.db_url)
     try:
         db.ensure_schema(engine)
-        ctx = Context(settings=load_settings(), engine=engine)
+        ctx = Context(settings=load_settings(), ledger=Ledger(engine))
         catalog = load_catalog()
         run_id, created = create_run(ctx, load_spec(e2e.spec_path, catalog), catalog)
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.adapters.config import Settings
 from pipeline.adapters.ledger import db, repo
+from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
 from pipeline.shell.context import Context
@@ -69,7 +70,7 @@ def make_context(tmp: Path, emu: Emulator | None, **settings: Any) -> Context:
     values.update(settings)
     engine = db.make_engine(values["database_url"])
     db.ensure_schema(engine)
-    return Context(settings=Settings(**values), engine=engine)
+    return Context(settings=Settings(**values), ledger=Ledger(engine))
 
 
 def submit(ctx: Context, spec: Path, *, use_cache: bool = True, force: bool = True) -> str:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from pipeline.adapters.config import Settings
 from pipeline.adapters.ledger import db, repo
+from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.adapters.ledger.models import Base
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, TransientApiError
@@ -87,7 +88,9 @@ def world(tmp_path: Path) -> Iterator[World]:
     )
     fake = FakeBackend()
     clock = Clock(datetime(2025, 3, 4, 12, 0, tzinfo=UTC))
-    ctx = Context(settings=settings, engine=engine, backend_factory=lambda: fake, clock=clock)
+    ctx = Context(
+        settings=settings, ledger=Ledger(engine), backend_factory=lambda: fake, clock=clock
+    )
     yield World(ctx, fake, clock, load_catalog(), tmp_path / "out")
     engine.dispose()
 

@@ -15,6 +15,7 @@ from faults_helpers import API_KEY, Drill
 
 from pipeline.adapters.config import Settings
 from pipeline.adapters.ledger import db
+from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.core.catalog import load_catalog
 from pipeline.shell.context import Context
 from pipeline.shell.listen import Receiver, bind, build_receiver, make_app, make_server
@@ -42,7 +43,7 @@ def context(drill: Drill, secrets: tuple[str, ...] = ()) -> Context:
     )
     engine = db.make_engine(drill.db_url)
     db.ensure_schema(engine)
-    return Context(settings=settings, engine=engine)
+    return Context(settings=settings, ledger=Ledger(engine))
 
 
 @contextmanager
