@@ -73,6 +73,7 @@ from pipeline.adapters.ledger.queries import (  # noqa: F401
     mark_cached,
     metric_runs,
     rejects_of_run,
+    report_columns,
     report_rows,
     runs_to_notify,
     succeeded_rows,
