@@ -75,7 +75,10 @@ def item_columns(chunk: Columns) -> dict[str, Sequence[Any]]:
         "key": chunk["key"],
         "status": [_STATUS.get(state, state) for state in states],
         "attempts": chunk["attempts"],
-        "model": [served or model for served, model in zip(chunk["served_by"], chunk["model"])],
+        "model": [
+            served or model
+            for served, model in zip(chunk["served_by"], chunk["model"], strict=True)
+        ],
         "uri": chunk["uri"],
         "sha256": chunk["sha256"],
         "input_tokens": chunk["input_tokens"],
@@ -126,9 +129,9 @@ def size_sent(catalog: Catalog, model: str, size: str) -> str:
         return size
 
 
-def rows_of(columns: Mapping[str, Sequence[Any]], names: Sequence[str] = ITEM_FIELDS) -> (
-    Iterator[dict[str, Any]]
-):
+def rows_of(
+    columns: Mapping[str, Sequence[Any]], names: Sequence[str] = ITEM_FIELDS
+) -> Iterator[dict[str, Any]]:
     """The rows of a column chunk as dicts with the keys `names`, in that order."""
     for values in zip(*(columns[name] for name in names), strict=True):
         yield dict(zip(names, values, strict=True))

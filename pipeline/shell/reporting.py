@@ -56,7 +56,9 @@ def render_report(
         return
     stream = out or sys.stdout
     if fmt == "json":
-        writers.write_json(stream, {"run": run.id, "job": run.job, "model": run.model}, chunks, summary)
+        writers.write_json(
+            stream, {"run": run.id, "job": run.job, "model": run.model}, chunks, summary
+        )
     elif fmt == "jsonl":
         writers.write_jsonl(stream, chunks)
     elif fmt == "csv":
@@ -66,8 +68,10 @@ def render_report(
             stream,
             f"run {run.id}  job {run.job}  model {run.model}",
             chunks,
-            lambda: report.table_footer(summary.asdict())
-            + report.rates_note(load_catalog(), (run.model, run.fallback_model)),
+            lambda: (
+                report.table_footer(summary.asdict())
+                + report.rates_note(load_catalog(), (run.model, run.fallback_model))
+            ),
         )
 
 
@@ -176,11 +180,10 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     from pipeline.shell.submit import waiting_reason
 
     with ctx.engine.connect() as conn:
-        counts = repo.item_counts(conn, run.id)
+        counts, cached = repo.status_counts(conn, run.id)
         batches = repo.batch_state_counts(conn, run.id)
         spent, reserved = repo.run_spend(conn, run.id)
         queued = repo.batches_in(conn, ["queued"], run.id)
-        cached = repo.cached_count(conn, run.id)
         daily = _daily(ctx, conn)
         metrics = run_metrics(conn, run.id)
     held = report.held_entry(run)

@@ -390,3 +390,60 @@ def cached_count(conn: Connection, run_id: str) -> int:
             .where(ITEMS.c.run_id == run_id, ITEMS.c.cached.is_(True))
         ).scalar_one()
     )
+
+
+# ── status: a run's figures from covering indexes (migration 0010) ───────────
+
+
+def run_attempt_totals(conn: Connection, run_id: str) -> list[Any]:
+    """(outcome, duplicate, model, n, cost_nanos) of a run's attempts, grouped (per batch:
+    a row may repeat for several batches). Read through the run's batches from
+    `ix_attempts_batch_sums` alone, in its order, so no attempt row is read."""
+    query = (
+        select(
+            ATTEMPTS.c.batch_id,
+            ATTEMPTS.c.outcome,
+            ATTEMPTS.c.duplicate,
+            ATTEMPTS.c.model,
+            func.count().label("n"),
+            func.coalesce(func.sum(ATTEMPTS.c.cost_nanos), 0).label("cost_nanos"),
+        )
+        .where(ATTEMPTS.c.batch_id.in_(select(BATCHES.c.id).where(BATCHES.c.run_id == run_id)))
+        .group_by(ATTEMPTS.c.batch_id, ATTEMPTS.c.outcome, ATTEMPTS.c.duplicate, ATTEMPTS.c.model)
+    )
+    return list(conn.execute(query))
+
+
+def run_error_reasons(conn: Connection, run_id: str, outcomes: Sequence[str]) -> list[Any]:
+    """(outcome, reason, n) of a run's attempts with one of `outcomes` (those
+    `run_attempt_totals` found besides successes), duplicates apart, grouped: what
+    `attempt_reasons` gives of the run's failed attempts. Named outcomes let the index
+    seek to them instead of passing over every success."""
+    if not outcomes:
+        return []
+    query = (
+        select(ATTEMPTS.c.outcome, ATTEMPTS.c.reason, func.count().label("n"))
+        .where(
+            ATTEMPTS.c.batch_id.in_(select(BATCHES.c.id).where(BATCHES.c.run_id == run_id)),
+            ATTEMPTS.c.outcome.in_(list(outcomes)),
+            ATTEMPTS.c.duplicate == 0,
+        )
+        .group_by(ATTEMPTS.c.outcome, ATTEMPTS.c.reason)
+    )
+    return list(conn.execute(query))
+
+
+def status_counts(conn: Connection, run_id: str) -> tuple[dict[str, int], int]:
+    """(`item_counts`, `cached_count`) of a run in one pass over `ix_items_run_counts`."""
+    rows = conn.execute(
+        select(ITEMS.c.state, ITEMS.c.final, ITEMS.c.cached, func.count())
+        .where(ITEMS.c.run_id == run_id)
+        .group_by(ITEMS.c.state, ITEMS.c.final, ITEMS.c.cached)
+    )
+    counts: dict[str, int] = {}
+    cached = 0
+    for state, final, is_cached, n in rows:
+        name = "failed_final" if state == ItemState.FAILED and final else state
+        counts[name] = counts.get(name, 0) + n
+        cached += n if is_cached else 0
+    return counts, cached

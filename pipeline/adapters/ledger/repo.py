@@ -75,7 +75,10 @@ from pipeline.adapters.ledger.queries import (  # noqa: F401
     rejects_of_run,
     report_columns,
     report_rows,
+    run_attempt_totals,
+    run_error_reasons,
     runs_to_notify,
+    status_counts,
     succeeded_rows,
 )
 from pipeline.adapters.ledger.references import (  # noqa: F401
