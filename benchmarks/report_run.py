@@ -1,7 +1,12 @@
 """Report benchmark: `report` of an N-item finished run (items and attempts written straight
-into the ledger by executemany, see common.fill_finished_run) as
-jsonl and as parquet, each in a fresh process with its peak RSS sampled: memory must stay
-flat in the number of items.
+into the ledger by executemany, see common.fill_finished_run) as jsonl and as parquet, each
+in a fresh process with its peak RSS sampled (memory must stay flat in the number of
+items), and `status RUN --json` of the same run: the command's work in a fresh process
+(`print_status`, the ledger already migrated) and, beside it, the whole `nanobatch status`
+process as a user meets it (interpreter start and imports included).
+
+Issue 19's figures: report at least 30,000 items/s in each format (the floor), status
+under 1 s (the limit), each printed with its ratio.
 
     python -m benchmarks report [--quick] [--report-items 1000000]
 """
@@ -9,6 +14,11 @@ flat in the number of items.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +26,14 @@ from typing import Any
 
 from benchmarks import common
 
+REPORT_FLOOR = 30_000
+"""items/s `report` must reach in jsonl and parquet at 1,000,000 items (issue 19)."""
+STATUS_LIMIT_S = 1.0
+"""Seconds `status RUN --json` may take at 1,000,000 items (issue 19)."""
+
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.shell.reporting import render_report
+    from pipeline.shell.reporting import print_status, render_report
 
     work = Path(args["work"])
     ctx = common.make_context(f"sqlite:///{work / 'ledger.db'}", work / "state")
@@ -26,6 +41,12 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
         # Finished items + one recorded attempt each, by raw executemany (no emulator).
         seconds = common.fill_finished_run(ctx.engine, "bench-report", int(args["items"]))
         return {"run_id": "bench-report", "setup_s": seconds}
+    if args["step"] == "status":
+        printed = io.StringIO()
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(printed):
+            print_status(ctx, args["run_id"], as_json=True)
+        return {"seconds": round(time.perf_counter() - t0, 3), "bytes": len(printed.getvalue())}
     fmt = args["step"]
     out_path = work / f"report.{fmt}"
     idle = common.rss_kib()
@@ -42,10 +63,28 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
         "items": args["items"],
         "seconds": round(seconds, 2),
         "items_per_s": round(int(args["items"]) / seconds),
+        "floor": REPORT_FLOOR,
+        "ratio": common.ratio(int(args["items"]) / seconds, REPORT_FLOOR),
         "bytes": out_path.stat().st_size,
         "rss_before_mib": round(idle / 1024, 1),
         "peak_rss_mib": round(sampler.peak_kib / 1024, 1),
+        "rss_growth_mib": round((sampler.peak_kib - idle) / 1024, 1),
     }
+
+
+def _status_cli(work: Path, run_id: str) -> float:
+    """Wall seconds of `nanobatch status RUN --json` in its own process."""
+    env = os.environ | {"NANOBATCH_DATABASE_URL": f"sqlite:///{work / 'ledger.db'}"}
+    code = "import sys; from pipeline.cli import main; sys.argv[0] = 'nanobatch'; main()"
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", code, "status", run_id, "--json"],
+        cwd=common.REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return round(time.perf_counter() - t0, 3)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -61,8 +100,38 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             common.child("benchmarks.report_run", base | {"step": fmt, "run_id": setup["run_id"]})
             for fmt in ("jsonl", "parquet")
         ]
+        status = common.child(
+            "benchmarks.report_run", base | {"step": "status", "run_id": setup["run_id"]}
+        )
+        status_cli_s = _status_cli(Path(tmp), setup["run_id"])
     common.table(f"report of a {items}-item run (setup {setup['setup_s']} s)", rows)
-    out = {"quick": bool(a.quick), "items": items, "setup_s": setup["setup_s"], "formats": rows}
+    for row in rows:
+        common.figure(
+            f"report {row['format']} at {items:,} items",
+            row["items_per_s"],
+            "items/s",
+            floor=REPORT_FLOOR,
+            note=f"peak RSS {row['peak_rss_mib']} MiB, +{row['rss_growth_mib']} MiB over idle",
+        )
+    common.figure(
+        f"status RUN --json at {items:,} items",
+        status["seconds"],
+        "s",
+        limit=STATUS_LIMIT_S,
+        note=f"whole `nanobatch status` process {status_cli_s} s",
+    )
+    out = {
+        "quick": bool(a.quick),
+        "items": items,
+        "setup_s": setup["setup_s"],
+        "formats": rows,
+        "status": {
+            "seconds": status["seconds"],
+            "limit_s": STATUS_LIMIT_S,
+            "ratio": common.ratio(status["seconds"], STATUS_LIMIT_S),
+            "process_seconds": status_cli_s,
+        },
+    }
     print(f"wrote {common.save('report', out)}")
     return out
 

@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import click
 
-from pipeline.adapters import writers
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.storage import ObjectStore
@@ -35,6 +34,9 @@ from pipeline.shell.planning import Plan
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 
+# `adapters.writers` (and so pyarrow, a fifth of a second) is imported where a file is
+# written, not here: `status` and `plan` print through this module and need neither.
+
 
 def _chunks(ctx: Context, run_id: str) -> Iterator[report.Columns]:
     with ctx.engine.connect() as conn:
@@ -45,6 +47,8 @@ def render_report(
     ctx: Context, run_ref: str, fmt: str, out: IO[str] | None, out_path: Path | None
 ) -> None:
     """Write the report of a run in `fmt` to `out` (text formats) or `out_path`."""
+    from pipeline.adapters import writers
+
     with ctx.engine.connect() as conn:
         run = repo.get_run(conn, run_ref)
         saved = repo.cache_savings(conn, run.id)
@@ -134,6 +138,7 @@ def _put_manifest(
     store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
 ) -> None:
     """Stream the harvested items of `run_ids` (in order) into a Parquet file named `name`."""
+    from pipeline.adapters import writers
 
     catalog = load_catalog()
 
@@ -158,6 +163,7 @@ def _put_rejects(
     store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
 ) -> None:
     """Stream the rejects of `run_ids` (in order) into a CSV file named `name`."""
+    from pipeline.adapters import writers
 
     def rows() -> Iterator[tuple[object, ...]]:
         for run_id in run_ids:
