@@ -8,7 +8,10 @@ process as a user meets it (interpreter start and imports included).
 Issue 19's figures: report at least 30,000 items/s in each format (the floor), status
 under 1 s (the limit), each printed with its ratio.
 
-    python -m benchmarks report [--quick] [--report-items 1000000]
+With `--report-postgres`, the same figures again on a fresh PostgreSQL database at
+127.0.0.1:5432 (the report streams through a server-side cursor there).
+
+    python -m benchmarks report [--quick] [--report-items 1000000] [--report-postgres]
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ STATUS_LIMIT_S = 1.0
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
+    import pipeline.adapters.writers  # noqa: F401  (pyarrow loaded before the idle RSS)
     from pipeline.shell.reporting import print_status, render_report
 
     work = Path(args["work"])
-    ctx = common.make_context(f"sqlite:///{work / 'ledger.db'}", work / "state")
+    ctx = common.make_context(args["database_url"], work / "state")
     if args["step"] == "setup":
         # Finished items + one recorded attempt each, by raw executemany (no emulator).
         seconds = common.fill_finished_run(ctx.engine, "bench-report", int(args["items"]))
@@ -72,9 +76,9 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _status_cli(work: Path, run_id: str) -> float:
+def _status_cli(database_url: str, run_id: str) -> float:
     """Wall seconds of `nanobatch status RUN --json` in its own process."""
-    env = os.environ | {"NANOBATCH_DATABASE_URL": f"sqlite:///{work / 'ledger.db'}"}
+    env = os.environ | {"NANOBATCH_DATABASE_URL": database_url}
     code = "import sys; from pipeline.cli import main; sys.argv[0] = 'nanobatch'; main()"
     t0 = time.perf_counter()
     subprocess.run(
@@ -89,49 +93,65 @@ def _status_cli(work: Path, run_id: str) -> float:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-items", type=int, default=1_000_000, help="report: run items")
+    p.add_argument("--report-postgres", action="store_true", help="report: also on PostgreSQL")
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
-    items = 2000 if a.quick else a.report_items
-    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
-        base = {"work": tmp, "items": items}
-        setup = common.child("benchmarks.report_run", base | {"step": "setup"})
-        rows = [
-            common.child("benchmarks.report_run", base | {"step": fmt, "run_id": setup["run_id"]})
-            for fmt in ("jsonl", "parquet")
-        ]
-        status = common.child(
-            "benchmarks.report_run", base | {"step": "status", "run_id": setup["run_id"]}
-        )
-        status_cli_s = _status_cli(Path(tmp), setup["run_id"])
-    common.table(f"report of a {items}-item run (setup {setup['setup_s']} s)", rows)
-    for row in rows:
-        common.figure(
-            f"report {row['format']} at {items:,} items",
-            row["items_per_s"],
-            "items/s",
-            floor=REPORT_FLOOR,
-            note=f"peak RSS {row['peak_rss_mib']} MiB, +{row['rss_growth_mib']} MiB over idle",
-        )
-    common.figure(
-        f"status RUN --json at {items:,} items",
-        status["seconds"],
-        "s",
-        limit=STATUS_LIMIT_S,
-        note=f"whole `nanobatch status` process {status_cli_s} s",
+def _measure(database_url: str, tmp: str, items: int) -> dict[str, Any]:
+    """Setup, report in jsonl and parquet, and status, each in a fresh process."""
+    base = {"work": tmp, "items": items, "database_url": database_url}
+    setup = common.child("benchmarks.report_run", base | {"step": "setup"})
+    rows = [
+        common.child("benchmarks.report_run", base | {"step": fmt, "run_id": setup["run_id"]})
+        for fmt in ("jsonl", "parquet")
+    ]
+    status = common.child(
+        "benchmarks.report_run", base | {"step": "status", "run_id": setup["run_id"]}
     )
-    out = {
-        "quick": bool(a.quick),
-        "items": items,
+    return {
         "setup_s": setup["setup_s"],
         "formats": rows,
         "status": {
             "seconds": status["seconds"],
             "limit_s": STATUS_LIMIT_S,
             "ratio": common.ratio(status["seconds"], STATUS_LIMIT_S),
-            "process_seconds": status_cli_s,
+            "process_seconds": _status_cli(database_url, setup["run_id"]),
         },
     }
+
+
+def _print(db: str, items: int, got: dict[str, Any]) -> None:
+    common.table(f"report of a {items}-item run on {db} (setup {got['setup_s']} s)", got["formats"])
+    for row in got["formats"]:
+        common.figure(
+            f"report {row['format']} at {items:,} items ({db})",
+            row["items_per_s"],
+            "items/s",
+            floor=REPORT_FLOOR,
+            note=f"peak RSS {row['peak_rss_mib']} MiB, +{row['rss_growth_mib']} MiB over idle",
+        )
+    status = got["status"]
+    common.figure(
+        f"status RUN --json at {items:,} items ({db})",
+        status["seconds"],
+        "s",
+        limit=STATUS_LIMIT_S,
+        note=f"whole `nanobatch status` process {status['process_seconds']} s",
+    )
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    items = 2000 if a.quick else a.report_items
+    out: dict[str, Any] = {"quick": bool(a.quick), "items": items}
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
+        out |= _measure(f"sqlite:///{Path(tmp) / 'ledger.db'}", tmp, items)
+    _print("SQLite", items, out)
+    if getattr(a, "report_postgres", False):
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-report-") as tmp,
+            common.postgres_database() as url,
+        ):
+            out["postgres"] = _measure(url, tmp, items)
+        _print("PostgreSQL", items, out["postgres"])
     print(f"wrote {common.save('report', out)}")
     return out
 
