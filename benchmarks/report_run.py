@@ -107,7 +107,7 @@ def _measure(database_url: str, tmp: str, items: int) -> dict[str, Any]:
     status = common.child(
         "benchmarks.report_run", base | {"step": "status", "run_id": setup["run_id"]}
     )
-    return {
+    got = {
         "setup_s": setup["setup_s"],
         "formats": rows,
         "status": {
@@ -117,6 +117,28 @@ def _measure(database_url: str, tmp: str, items: int) -> dict[str, Any]:
             "process_seconds": _status_cli(database_url, setup["run_id"]),
         },
     }
+    if database_url.startswith("postgresql"):
+        # Right after a million rows were written, PostgreSQL's visibility map is empty, so
+        # an index-only scan still visits every row; autovacuum sets it within a minute or
+        # so of such an insert. Both figures are kept: fresh (above) and after the vacuum.
+        _vacuum_analyze(database_url)
+        again = common.child(
+            "benchmarks.report_run", base | {"step": "status", "run_id": setup["run_id"]}
+        )
+        got["status_vacuumed"] = {
+            "seconds": again["seconds"],
+            "limit_s": STATUS_LIMIT_S,
+            "ratio": common.ratio(again["seconds"], STATUS_LIMIT_S),
+        }
+    return got
+
+
+def _vacuum_analyze(database_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
+        for table in ("items", "attempts", "batches"):
+            conn.execute(f"VACUUM ANALYZE {table}")
 
 
 def _print(db: str, items: int, got: dict[str, Any]) -> None:
@@ -130,13 +152,21 @@ def _print(db: str, items: int, got: dict[str, Any]) -> None:
             note=f"peak RSS {row['peak_rss_mib']} MiB, +{row['rss_growth_mib']} MiB over idle",
         )
     status = got["status"]
+    fresh = " right after the rows were written" if "status_vacuumed" in got else ""
     common.figure(
-        f"status RUN --json at {items:,} items ({db})",
+        f"status RUN --json at {items:,} items ({db}{fresh})",
         status["seconds"],
         "s",
         limit=STATUS_LIMIT_S,
         note=f"whole `nanobatch status` process {status['process_seconds']} s",
     )
+    if "status_vacuumed" in got:
+        common.figure(
+            f"status RUN --json at {items:,} items ({db} after VACUUM ANALYZE)",
+            got["status_vacuumed"]["seconds"],
+            "s",
+            limit=STATUS_LIMIT_S,
+        )
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,14 +116,15 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {f"p{round(q * 100)}": round(quantile(values, q), 3) for q in QUANTILES}
 
 
-def run_metrics(conn: Any, run_id: str) -> dict[str, Any]:
+def run_metrics(conn: Any, run_id: str, totals: Sequence[Any] | None = None) -> dict[str, Any]:
     """The per-run numbers `status --json` carries under `metrics`: the attempts' sums come
-    grouped from an index (`repo.run_attempt_totals`), only failed attempts are read for
-    their reasons, so a run of a million items is answered in a fraction of a second."""
+    grouped from an index (`repo.run_attempt_totals`, or `totals` already read), only failed
+    attempts are read for their reasons, so a run of a million items is answered in a
+    fraction of a second."""
     by_model: dict[str, list[int]] = {}
     succeeded = duplicates = duplicate_cost = 0
     failed: set[str] = set()
-    for row in repo.run_attempt_totals(conn, run_id):
+    for row in repo.run_attempt_totals(conn, run_id) if totals is None else totals:
         n, cost = int(row.n), int(row.cost_nanos)
         if row.duplicate > 0:
             duplicates += n

@@ -188,10 +188,11 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     with ctx.engine.connect() as conn:
         counts, cached = repo.status_counts(conn, run.id)
         batches = repo.batch_state_counts(conn, run.id)
-        spent, reserved = repo.run_spend(conn, run.id)
+        totals = repo.run_attempt_totals(conn, run.id)
+        spent, reserved = repo.status_spend(conn, run.id, totals)
         queued = repo.batches_in(conn, ["queued"], run.id)
         daily = _daily(ctx, conn)
-        metrics = run_metrics(conn, run.id)
+        metrics = run_metrics(conn, run.id, totals)
     held = report.held_entry(run)
     waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
     if held is not None:

@@ -38,8 +38,7 @@ def engine() -> Iterator[Engine]:
             "WHERE id % 7 = 0",
             "UPDATE items SET state='queued', uri=NULL WHERE id % 11 = 0",
             "UPDATE items SET state='in_batch', uri=NULL WHERE id % 13 = 0",
-            "UPDATE items SET state='cancelled', uri=NULL, error='run cancelled' "
-            "WHERE id % 17 = 0",
+            "UPDATE items SET state='cancelled', uri=NULL, error='run cancelled' WHERE id % 17 = 0",
             "UPDATE items SET cached=1 WHERE id % 5 = 0 AND state='succeeded'",
             "UPDATE items SET refs='aa,bb', seed=id * 3 WHERE id % 3 = 0",
             "UPDATE items SET key='caf\u00e9 \u202e\x1b' WHERE id = 2",
@@ -110,7 +109,7 @@ def test_manifest_columns_add_prompt_ratio_and_the_size_sent(engine: Engine) -> 
 
 WEIRD: list[Any] = [
     "plain",
-    "caf\u00e9 \u202e \x1b \n \"q\" \\ \ud83d\ude00",
+    'caf\u00e9 \u202e \x1b \n "q" \\ \ud83d\ude00',
     "",
     None,
     0,

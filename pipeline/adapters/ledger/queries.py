@@ -17,6 +17,7 @@ from sqlalchemy import (
     select,
 )
 
+from pipeline.adapters.ledger.batches import UNFINISHED_BATCH_STATES
 from pipeline.adapters.ledger.items import _stored_elsewhere, transition_items
 from pipeline.adapters.ledger.rows import (
     ATTEMPTS,
@@ -412,6 +413,24 @@ def run_attempt_totals(conn: Connection, run_id: str) -> list[Any]:
         .group_by(ATTEMPTS.c.batch_id, ATTEMPTS.c.outcome, ATTEMPTS.c.duplicate, ATTEMPTS.c.model)
     )
     return list(conn.execute(query))
+
+
+def status_spend(conn: Connection, run_id: str, totals: Sequence[Any]) -> tuple[int, int]:
+    """`run_spend` (spent, reserved) with the spent part summed from `run_attempt_totals`
+    rows already read, so `status` reads the run's attempts once."""
+    batches = list(
+        conn.execute(
+            select(BATCHES.c.id, BATCHES.c.state, BATCHES.c.est_nanos).where(
+                BATCHES.c.run_id == run_id
+            )
+        )
+    )
+    finished = {b.id for b in batches if b.state not in UNFINISHED_BATCH_STATES}
+    spent = sum(int(row.cost_nanos) for row in totals if row.batch_id in finished)
+    reserved = sum(
+        int(b.est_nanos) for b in batches if b.state in ("submitting", "running", "done")
+    )
+    return spent, reserved
 
 
 def run_error_reasons(conn: Connection, run_id: str, outcomes: Sequence[str]) -> list[Any]:

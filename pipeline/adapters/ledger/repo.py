@@ -79,6 +79,7 @@ from pipeline.adapters.ledger.queries import (  # noqa: F401
     run_error_reasons,
     runs_to_notify,
     status_counts,
+    status_spend,
     succeeded_rows,
 )
 from pipeline.adapters.ledger.references import (  # noqa: F401
