@@ -456,3 +456,27 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
+
+
+def figure(
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    floor: float | None = None,
+    limit: float | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """Print one headline figure with its floor (at least) or limit (at most) and the ratio
+    value/floor or value/limit, and whether it meets it; returns them as a dict."""
+    bound, word = (floor, "floor") if floor is not None else (limit, "limit")
+    assert bound is not None, "a figure needs a floor or a limit"
+    r = ratio(value, bound)
+    ok = value >= bound if floor is not None else value <= bound
+    shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
+    line = (
+        f"FIGURE {name}: {shown} {unit}, {word} {bound:,} {unit}, ratio {r} "
+        f"({'meets' if ok else 'MISSES'} it)"
+    )
+    print(line + (f"; {note}" if note else ""), flush=True)
+    return {"value": value, word: bound, "ratio": r, "ok": ok}

@@ -8,6 +8,9 @@ Ticks: `submit` (form, upload and create N batches), `idle` (nothing changed), `
 idle tick must not grow with them), `finish` (every batch finished at once: poll with list
 pages, harvest N results), `close`.
 
+Issue 19's figure: an idle tick with 1,000 live batches under 1 s (the limit), and O(live
+work): the idle tick after the history was written takes about as long as before it.
+
     python -m benchmarks tick [--quick] [--tick-batches 1000] [--tick-history 200000]
 """
 
@@ -22,6 +25,8 @@ from typing import Any
 
 from benchmarks import common
 
+IDLE_LIMIT_S = 1.0
+"""Seconds an idle tick with 1,000 live batches may take (issue 19)."""
 RUNNING_S = 3600.0
 PENDING_S = 5.0
 
@@ -131,6 +136,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         [{k: v for k, v in r.items() if k != "api_by_kind"} for r in rows],
     )
     by = {r["tick"]: r for r in rows}
+    for label in ("idle", "idle+history"):
+        common.figure(
+            f"{label} tick with {batches:,} live batches",
+            by[label]["seconds"],
+            "s",
+            limit=IDLE_LIMIT_S,
+            note=f"{by[label]['api_calls']} API calls, {by[label]['sql']} SQL statements"
+            + (f", {history:,} finished items of history" if label != "idle" else ""),
+        )
     out = {
         "quick": bool(a.quick),
         "batches": batches,
@@ -141,6 +155,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "idle_api_calls": by["idle"]["api_calls"],
         "idle_sql": by["idle"]["sql"],
         "idle_history_slowdown": common.ratio(by["idle+history"]["seconds"], by["idle"]["seconds"]),
+        "idle_limit_s": IDLE_LIMIT_S,
+        "idle_ratio": common.ratio(by["idle"]["seconds"], IDLE_LIMIT_S),
+        "idle_history_ratio": common.ratio(by["idle+history"]["seconds"], IDLE_LIMIT_S),
         "finish_api_calls": by["finish"]["api_calls"],
     }
     print(f"wrote {common.save('tick', out)}")

@@ -31,7 +31,7 @@ def plan(ctx: click.Context, spec: Path, json_: bool) -> None:
     Touches no network and no ledger.
     """
     from pipeline.shell.planning import load_spec, make_plan, nothing_to_do
-    from pipeline.shell.render import print_plan
+    from pipeline.shell.reporting import print_plan
 
     catalog = load_catalog()
     job = load_spec(spec, catalog, settings_of(ctx).channel_defaults)
@@ -164,7 +164,7 @@ def _is_vertex(spec: Path, settings: Settings) -> bool:
 @click.pass_context
 def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
     """Runs, or one run: items and batches by state, cost, and why work is waiting."""
-    from pipeline.shell.render import print_status
+    from pipeline.shell.reporting import print_status
 
     print_status(context_of(ctx), run_ref, as_json=json_)
 
@@ -184,7 +184,7 @@ def status(ctx: click.Context, run_ref: str | None, json_: bool) -> None:
 @click.pass_context
 def report(ctx: click.Context, run_ref: str, fmt: str, out: Path | None) -> None:
     """The per-image account of RUN (a run id, or a job name for its latest run)."""
-    from pipeline.shell.render import check_out_file, write_report
+    from pipeline.shell.reporting import check_out_file, write_report
 
     if out is not None:
         check_out_file(out, f"report.{fmt}")
@@ -245,7 +245,7 @@ def export(
 def metrics(ctx: click.Context, out: Path | None) -> None:
     """Ledger metrics in the Prometheus text format: items, batches, cost, errors, latency."""
     from pipeline.shell.metrics import write_metrics
-    from pipeline.shell.render import check_out_file
+    from pipeline.shell.reporting import check_out_file
 
     if out is not None:
         check_out_file(out, "nanobatch.prom")

@@ -43,7 +43,7 @@ def listen(
     from pipeline.shell.listen import listen as serve
 
     if metrics_out is not None:
-        from pipeline.shell.render import check_out_file
+        from pipeline.shell.reporting import check_out_file
 
         check_out_file(metrics_out, "listen.prom")
     serve(

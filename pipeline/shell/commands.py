@@ -14,11 +14,11 @@ from pathlib import Path
 from pipeline.adapters.log import get_logger
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, Interrupted, PipelineError, RuntimeFailure, UsageError
+from pipeline.core.report import held_line
 from pipeline.core.values import usd_to_nanos
 from pipeline.shell.context import Context
 from pipeline.shell.planning import load_spec
 from pipeline.shell.progress import RunProgress
-from pipeline.shell.reporting import held_line
 from pipeline.shell.submit import create_run, latest_active_run, waiting_reason
 from pipeline.shell.tick import cancel_run, run_until_done, settle_cancelled, sweep_spool, tick
 
@@ -73,7 +73,7 @@ def run_spec(
     """Resume the spec's latest active run (or submit it), tick until finished, print the
     report; the exit code (0, or 3 if any failed). Ctrl-C raises Interrupted, which says how
     to resume."""
-    from pipeline.shell.render import write_report
+    from pipeline.shell.reporting import write_report
 
     catalog = load_catalog()
     spec = load_spec(spec_path, catalog, ctx.settings.channel_defaults)
@@ -132,7 +132,7 @@ def _check_stuck(
     run = ctx.ledger.get_run(run_id)
     if run.state == "active" and run.hold_reason is not None:
         raise RuntimeFailure(
-            f"run {run_id} is {held_line(ctx, run)}. Its finished results wait in the spool; "
+            f"run {run_id} is {held_line(run, ctx.now())}. Its finished results wait in the spool; "
             "once the problem is fixed, `nanobatch tick` (cron) tries it again after the backoff"
         )
     if run.state != "active" or ctx.ledger.batches_in(["submitting", "running", "done"], run_id):

@@ -1,135 +1,83 @@
-"""Rendering the account: `report` in table, json, jsonl, csv and parquet, the run's tables
-beside its images (`manifest.parquet`, `rejects.csv`, laid out as `location` says), and
-`status`. Streams item rows from the ledger, so
-memory does not grow with the number of items.
+"""Reports and statuses from the ledger: `report` in table, json, jsonl, csv and parquet, the
+run's tables beside its images (`manifest.parquet`, `rejects.csv`, laid out as `location`
+says), `status`, and the plan, status and report printing of the CLI.
+
+What the rows hold is `core.report`'s and how each format is written is `adapters.writers`';
+this module reads the ledger (item rows streamed in column chunks, so memory does not grow
+with the number of items) and hands them from one to the other.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Container, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-import pyarrow as pa
+import click
 
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import report
-from pipeline.core.catalog import Catalog, load_catalog
-from pipeline.core.expand import effective_size
+from pipeline.core.catalog import load_catalog
+from pipeline.core.errors import UsageError
 from pipeline.core.reasons import WaitCode, Waiting
+from pipeline.core.report import printable
 from pipeline.core.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
-from pipeline.shell import location, manifest
+from pipeline.shell import location
 from pipeline.shell.context import Context
 from pipeline.shell.metrics import run_metrics
+from pipeline.shell.planning import Plan
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 
+# `adapters.writers` (and so pyarrow, a fifth of a second) is imported where a file is
+# written, not here: `status` and `plan` print through this module and need neither.
 
-def _entries(ctx: Context, run_id: str) -> Iterator[dict[str, Any]]:
+
+def _chunks(ctx: Context, run_id: str) -> Iterator[report.Columns]:
     with ctx.engine.connect() as conn:
-        yield from repo.report_rows(conn, run_id)
+        yield from repo.report_columns(conn, run_id)
 
 
 def render_report(
     ctx: Context, run_ref: str, fmt: str, out: IO[str] | None, out_path: Path | None
 ) -> None:
     """Write the report of a run in `fmt` to `out` (text formats) or `out_path`."""
+    from pipeline.adapters import writers
+
     with ctx.engine.connect() as conn:
         run = repo.get_run(conn, run_ref)
         saved = repo.cache_savings(conn, run.id)
     summary = report.Summary(rejected=run.rejected_count, saved_by_cache_nanos=saved)
-    rows = report.rows_and_summary(_entries(ctx, run.id), summary)
+    chunks = report.columns_and_summary(_chunks(ctx, run.id), summary)
     if fmt == "parquet":
         assert out_path is not None
-        manifest.write_parquet(rows, out_path, REPORT_SCHEMA)
+        writers.write_parquet_columns(chunks, out_path, writers.REPORT_SCHEMA)
         return
     stream = out or sys.stdout
     if fmt == "json":
-        _write_json(stream, run, rows, summary)
+        writers.write_json(
+            stream, {"run": run.id, "job": run.job, "model": run.model}, chunks, summary
+        )
     elif fmt == "jsonl":
-        for row in rows:
-            stream.write(json.dumps(row) + "\n")
+        writers.write_jsonl(stream, chunks)
     elif fmt == "csv":
-        writer = csv.DictWriter(stream, fieldnames=list(report.ITEM_FIELDS))
-        writer.writeheader()
-        writer.writerows(report.csv_row(report.flat_row(row)) for row in rows)
+        writers.write_report_csv(stream, chunks)
     else:
-        _write_table(stream, run, rows, summary)
-
-
-def _write_json(
-    stream: IO[str], run: repo.RunRow, rows: Iterator[dict[str, Any]], summary: report.Summary
-) -> None:
-    """One JSON object, written item by item (the items array is never held whole)."""
-    stream.write(json.dumps({"run": run.id, "job": run.job, "model": run.model})[:-1])
-    stream.write(', "items": [')
-    for i, row in enumerate(rows):
-        crashpoint("report.row")
-        stream.write(("," if i else "") + "\n  " + json.dumps(row))
-    stream.write('\n], "summary": ' + json.dumps(summary.asdict()) + "}\n")
-
-
-def _write_table(
-    stream: IO[str], run: repo.RunRow, rows: Iterator[dict[str, Any]], summary: report.Summary
-) -> None:
-    stream.write(f"run {run.id}  job {run.job}  model {run.model}\n")
-    stream.write(report.TABLE_HEADER + "\n")
-    for row in rows:
-        crashpoint("report.row")
-        stream.write(report.table_line(row) + "\n")
-    s = summary.asdict()
-    stream.write(
-        f"\n{s['items']} items: {s['succeeded']} succeeded, {s['failed']} failed, "
-        f"{s['pending']} pending, {s['cancelled']} cancelled, {s['rejected']} rejected rows\n"
-        f"cost ${s['cost_usd']:.4f} at batch price (standard price would be "
-        f"${s['standard_cost_usd']:.4f}); tokens {s['tokens']}\n"
-    )
-    if s["cached"]:
-        stream.write(
-            f"{s['cached']} served from the prompt cache, saving ${s['saved_by_cache_usd']:.4f}\n"
+        writers.write_table(
+            stream,
+            f"run {run.id}  job {run.job}  model {run.model}",
+            chunks,
+            lambda: (
+                report.table_footer(summary.asdict())
+                + report.rates_note(load_catalog(), (run.model, run.fallback_model))
+            ),
         )
-    stream.write(_rates_note(run))
-
-
-def _rates_note(run: repo.RunRow) -> str:
-    """The batch rates the costs above were computed at, so a reader can check them."""
-    catalog = load_catalog()
-    lines = ["batch price per 1M tokens (image = IMAGE output, text and thinking at one rate):"]
-    for name in dict.fromkeys(m for m in (run.model, run.fallback_model) if m):
-        r = catalog.get(name).batch
-        lines.append(
-            f"  {name}: input ${r.input}, image ${r.image_output}, text/thinking ${r.text_output}"
-        )
-    return "\n".join(lines) + "\n"
-
-
-REPORT_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("attempts", pa.int64()),
-        ("model", pa.string()),
-        ("uri", pa.string()),
-        ("sha256", pa.string()),
-        ("input_tokens", pa.int64()),
-        ("output_image_tokens", pa.int64()),
-        ("output_text_tokens", pa.int64()),
-        ("thinking_tokens", pa.int64()),
-        ("cost_usd", pa.float64()),
-        ("cached", pa.bool_()),
-        ("error", pa.string()),
-        ("references", pa.list_(pa.string())),
-        ("seed", pa.int64()),
-        ("duplicates", pa.int64()),
-    ]
-)
 
 
 def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
@@ -191,81 +139,65 @@ def _put_manifest(
     store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
 ) -> None:
     """Stream the harvested items of `run_ids` (in order) into a Parquet file named `name`."""
+    from pipeline.adapters import writers
 
     catalog = load_catalog()
 
-    def harvested() -> Iterator[dict[str, Any]]:
+    def harvested() -> Iterator[report.Columns]:
         for run_id in run_ids:
-            for entry in repo.report_rows(conn, run_id, finished_only=True):
-                item = entry["item"]
-                row = report.item_row(item, entry)
-                row.update(
-                    prompt=item.prompt,
-                    aspect_ratio=item.aspect_ratio,
-                    image_size=_size_sent(catalog, row["model"], item.image_size),
-                )
+            for chunk in repo.report_columns(conn, run_id, finished_only=True, manifest=True):
+                columns = report.manifest_columns(chunk, report.item_columns(chunk), catalog)
                 if merged:
-                    row["run"] = run_id
-                crashpoint("report.manifest")
-                yield row
+                    columns["run"] = [run_id] * len(columns["key"])
+                yield columns
 
-    schema = manifest.MERGED_MANIFEST_SCHEMA if merged else manifest.MANIFEST_SCHEMA
+    schema = writers.MERGED_MANIFEST_SCHEMA if merged else writers.MANIFEST_SCHEMA
     with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
         path = Path(tmp) / name
-        manifest.write_parquet(harvested(), path, schema)
-        store.put_file(name, path, content_type=manifest.PARQUET_CONTENT_TYPE)
+        writers.write_parquet_columns(
+            harvested(), path, schema, each_row=lambda: crashpoint("report.manifest")
+        )
+        store.put_file(name, path, content_type=writers.PARQUET_CONTENT_TYPE)
 
 
 def _put_rejects(
     store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
 ) -> None:
     """Stream the rejects of `run_ids` (in order) into a CSV file named `name`."""
+    from pipeline.adapters import writers
 
     def rows() -> Iterator[tuple[object, ...]]:
         for run_id in run_ids:
             for r in repo.rejects_of_run(conn, run_id):
                 yield (r.row, r.key, r.reason, run_id) if merged else (r.row, r.key, r.reason)
 
-    header = manifest.MERGED_REJECTS_HEADER if merged else manifest.REJECTS_HEADER
+    header = writers.MERGED_REJECTS_HEADER if merged else writers.REJECTS_HEADER
     with tempfile.TemporaryDirectory(prefix="nanobatch-") as tmp:
         path = Path(tmp) / name
-        manifest.write_csv(rows(), path, header)
-        store.put_file(name, path, content_type=manifest.CSV_CONTENT_TYPE)
+        writers.write_csv(rows(), path, header)
+        store.put_file(name, path, content_type=writers.CSV_CONTENT_TYPE)
 
 
-def _size_sent(catalog: Catalog, model: str, size: str) -> str:
-    """The size the model that made the image was asked for: a fallback model may take none
-    ("") or not the primary's."""
-    try:
-        return effective_size(catalog.get(model), size)
-    except KeyError:  # a model no longer in the catalog: what the item asked for
-        return size
+# ── status ───────────────────────────────────────────────────────────────────
 
 
 def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
-    """The `status --json` entry of one run."""
+    """The `status --json` entry of one run. Every figure is answered from an index or from
+    the run's batches, so a run of a million items takes well under a second."""
     from pipeline.shell.submit import waiting_reason
 
     with ctx.engine.connect() as conn:
-        counts = repo.item_counts(conn, run.id)
+        counts, cached = repo.status_counts(conn, run.id)
         batches = repo.batch_state_counts(conn, run.id)
-        spent, reserved = repo.run_spend(conn, run.id)
+        totals = repo.run_attempt_totals(conn, run.id)
+        spent, reserved = repo.status_spend(conn, run.id, totals)
         queued = repo.batches_in(conn, ["queued"], run.id)
-        cached = repo.cached_count(conn, run.id)
         daily = _daily(ctx, conn)
-        metrics = run_metrics(conn, run.id)
-    held = held_entry(run)
+        metrics = run_metrics(conn, run.id, totals)
+    held = report.held_entry(run)
     waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
     if held is not None:
-        waiting = Waiting(WaitCode.HELD, held_line(ctx, run))
-    items = {
-        "pending": counts.get("queued", 0) + counts.get("in_batch", 0),
-        "succeeded": counts.get("succeeded", 0),
-        "failed": counts.get("failed", 0) + counts.get("failed_final", 0),
-        "failed_final": counts.get("failed_final", 0),
-        "cancelled": counts.get("cancelled", 0),
-        "rejected": run.rejected_count,
-    }
+        waiting = Waiting(WaitCode.HELD, report.held_line(run, ctx.now()))
     budget = run.budget_nanos
     return {
         "run": run.id,
@@ -273,7 +205,7 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "state": run.state,
         "model": run.model,
         "output": run.output_uri,
-        "items": items,
+        "items": report.status_items(counts, run.rejected_count),
         "batches": batches,
         "cost_usd": nanos_to_usd(spent),
         "reserved_usd": nanos_to_usd(reserved),
@@ -286,37 +218,10 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "cached": cached,
         "daily": daily,
         "metrics": metrics,
-        "created_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": report.iso(run.created_at),
+        "finished_at": report.iso(run.finished_at),
         "age_s": round((ctx.now() - as_utc(run.created_at)).total_seconds(), 1),
     }
-
-
-def held_entry(run: repo.RunRow) -> dict[str, Any] | None:
-    """`status --json`'s `held`: why an active run is held, since when, and its next try."""
-    if run.state != "active" or run.hold_reason is None:
-        return None
-    return {
-        "reason": run.hold_reason,
-        "detail": run.hold_detail,
-        "since": _iso(run.hold_since),
-        "retry_at": _iso(run.hold_not_before),
-        "tries": run.hold_tries,
-    }
-
-
-def held_line(ctx: Context, run: repo.RunRow) -> str:
-    """`status`'s one `waiting` line for a held run: its problem and when it is retried."""
-    until = run.hold_not_before
-    if until is None or as_utc(until) <= ctx.now():
-        when = "retrying at the next tick"
-    else:
-        when = f"retrying after {as_utc(until):%Y-%m-%d %H:%M:%S} UTC"
-    tries = f"{run.hold_tries} failed {'try' if run.hold_tries == 1 else 'tries'}"
-    return (
-        f"held ({run.hold_reason}): {run.hold_detail}; {when} ({tries}; "
-        f"`nanobatch cancel {run.id}` ends the run)"
-    )
 
 
 def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:
@@ -334,5 +239,99 @@ def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:
     }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return as_utc(value).isoformat() if value else None
+# ── printing (the CLI's plan, status and report) ─────────────────────────────
+def print_plan(plan: Plan, *, as_json: bool) -> None:
+    for warning in plan.warnings:  # stderr in both forms: stdout stays the plan itself
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(plan.asdict(), indent=2))
+        return
+    d = plan.asdict()
+    est = d["estimate"]
+    assert isinstance(est, dict)
+    click.echo(f"job {plan.job}  model {plan.model}")
+    click.echo(f"items {plan.items}  rejected rows {plan.rejected}  batches {plan.batches}")
+    if plan.references or plan.variants > 1:
+        click.echo(
+            f"  {plan.variants} variant(s) per row; {plan.references} reference image(s) sent, "
+            "their input tokens included below"
+        )
+    for size, line in est["by_size"].items():
+        click.echo(
+            f"  {size:<40} {line['items']:>8} items  batch ${line['batch_usd']:.4f}"
+            f"  standard ${line['standard_usd']:.4f}"
+        )
+    click.echo(
+        f"estimate: ${est['batch_usd']:.4f} at batch price, "
+        f"${est['standard_usd']:.4f} at standard price"
+    )
+    if plan.channel == "gemini":
+        click.echo(
+            f"quota: {est['tokens']:,} tokens over {plan.max_enqueued_tokens:,} enqueued "
+            f"tokens = {plan.quota_windows} quota window(s)"
+        )
+    else:
+        click.echo(
+            f"quota: {est['tokens']:,} tokens; {plan.channel} batch has no enqueued-token "
+            f"quota = {plan.quota_windows} quota window(s)"
+        )
+    for rej in plan.rejects:
+        click.echo(f"  rejected row {rej.row} ({rej.key!r}): {printable(rej.reason)}")
+
+
+def print_status(ctx: Context, run_ref: str | None, *, as_json: bool) -> None:
+    with ctx.engine.connect() as conn:
+        runs = [repo.get_run(conn, run_ref)] if run_ref else repo.list_runs(conn)
+    entries = [run_status(ctx, run) for run in runs]
+    if as_json:
+        click.echo(json.dumps({"runs": entries}, indent=2))
+        return
+    if not entries:
+        click.echo("no runs yet; `nanobatch submit jobs/<job>.toml` records one")
+    for e in entries:
+        items = e["items"]
+        click.echo(
+            f"{e['run']}  {e['state']:<9} items: {items['succeeded']} ok, {items['failed']} "
+            f"failed, {items['pending']} pending, {items['cancelled']} cancelled, "
+            f"{items['rejected']} rejected  cost ${e['cost_usd']:.4f} "
+            f"of est. ${e['estimated_usd']:.4f}"
+        )
+        if e["batches"]:
+            click.echo(
+                "    batches: " + ", ".join(f"{k} {v}" for k, v in sorted(e["batches"].items()))
+            )
+        if e["waiting"]:
+            click.echo(f"    waiting: {e['waiting']}")
+
+
+def write_report(ctx: Context, run_ref: str, fmt: str, out: Path | None) -> None:
+    if fmt == "parquet" and out is None:
+        raise UsageError("--format parquet needs --out FILE")
+    if fmt == "html":
+        from pipeline.shell.contact_sheet import write_contact_sheet
+
+        if out is None:
+            raise UsageError("--format html needs --out FILE")
+        write_contact_sheet(ctx, run_ref, out)
+        return
+    if out is None or fmt == "parquet":
+        render_report(ctx, run_ref, fmt, sys.stdout if out is None else None, out)
+        return
+    with out.open("w", encoding="utf-8", newline="") as stream:
+        render_report(ctx, run_ref, fmt, stream, None)
+
+
+def check_out_file(out: Path, example: str) -> None:
+    """`--out` must name a file this user can create in a folder that exists; UsageError (one
+    line, exit 2) otherwise, before any work is done. `example` is a file name to suggest."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file in it, e.g. {out / example}")
+    folder = out.parent
+    if not folder.exists():
+        raise UsageError(
+            f"--out {out}: the folder {folder} does not exist; create it or choose another path"
+        )
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {out}: this user cannot write there; choose another path")

@@ -17,8 +17,8 @@ import pytest
 
 from pipeline.adapters.storage import LocalStore, ObjectNotFound, StoredObject, open_store
 from pipeline.adapters.storage.retry import backoff_delay, retry_call
+from pipeline.adapters.writers import MANIFEST_SCHEMA, REJECTS_HEADER, write_csv, write_parquet
 from pipeline.core.errors import ObjectConflict, StorageError, UsageError
-from pipeline.shell.manifest import MANIFEST_SCHEMA, REJECTS_HEADER, write_csv, write_parquet
 
 META = {"nanobatch-key": "k"}
 

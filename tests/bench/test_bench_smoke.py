@@ -15,9 +15,9 @@ RESULTS = REPO / "benchmarks" / "results" / "quick"
 KEYS = {
     "harvest": {"sizes", "ratio_min", "peak_rss_mib_max", "goal_ratio"},
     "expand": {"inputs", "goal_ratio"},
-    "report": {"formats", "items"},
+    "report": {"formats", "items", "status"},
     "gcs": {"sizes"},
-    "tick": {"ticks", "idle_api_calls", "idle_sql", "finish_api_calls", "run_state"},
+    "tick": {"ticks", "idle_api_calls", "idle_sql", "finish_api_calls", "run_state", "idle_ratio"},
     "workers": {"runs", "speedup"},
     "webhooks": {"modes", "listen_p50_s", "listen_p99_s", "cron_p50_s", "cron_p99_s"},
 }

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.emulator import Emulator, FaultPlan, LineFault
 from pipeline.shell import contact_sheet
-from pipeline.shell.render import write_report
+from pipeline.shell.reporting import write_report
 from tests.features.helpers import make_context, report_json, run_to_end, submit, write_job
 
 

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.adapters.ledger import repo
+from pipeline.adapters.writers import MANIFEST_SCHEMA
 from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator, FaultPlan
 from pipeline.shell.commands import retry_run
 from pipeline.shell.context import Context
-from pipeline.shell.manifest import MANIFEST_SCHEMA
 from pipeline.shell.reporting import run_status
 from pipeline.shell.tick import tick
 from tests.features.helpers import make_context, report_json, run_to_end, submit, write_job

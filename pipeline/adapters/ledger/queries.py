@@ -43,6 +43,56 @@ def report_rows(
     yield from _sum_entries(conn.execution_options(yield_per=chunk).execute(query))
 
 
+REPORT_ITEM_COLUMNS = ("key", "state", "model", "uri", "sha256", "cached", "error", "refs", "seed")
+"""The item columns `report_columns` reads (manifest: plus `MANIFEST_ITEM_COLUMNS`)."""
+MANIFEST_ITEM_COLUMNS = ("prompt", "aspect_ratio", "image_size")
+SUM_COLUMNS = (
+    "attempts",
+    "duplicates",
+    "input_tokens",
+    "output_image_tokens",
+    "output_text_tokens",
+    "thinking_tokens",
+    "cost_nanos",
+    "standard_nanos",
+    "served_by",
+)
+"""The attempt sums `report_columns` gives beside each item, in this order."""
+
+
+def report_columns(
+    conn: Connection,
+    run_id: str,
+    chunk: int = 10_000,
+    *,
+    finished_only: bool = False,
+    manifest: bool = False,
+) -> Iterator[dict[str, Sequence[Any]]]:
+    """The items of a run with their attempt sums, in id order, as column chunks of up to
+    `chunk` rows: {column name: values}, names from REPORT_ITEM_COLUMNS (plus
+    MANIFEST_ITEM_COLUMNS with `manifest`) and SUM_COLUMNS. One grouped join, streamed;
+    only the columns a report shows are read (no datetimes to parse), and the rows are
+    turned into columns in C (`zip`), so a million items cost no Python object per field.
+    With `finished_only`, only items no longer queued or in a batch (the manifest's)."""
+    names = REPORT_ITEM_COLUMNS + (MANIFEST_ITEM_COLUMNS if manifest else ())
+    query = _item_sums_query(ITEMS.c.id, *(ITEMS.c[name] for name in names)).where(
+        ITEMS.c.run_id == run_id
+    )
+    if finished_only:
+        query = query.where(ITEMS.c.state.not_in(["queued", "in_batch"]))
+    result = conn.execution_options(yield_per=chunk).execute(query)
+    width = len(names) + 1
+    for part in result.partitions(chunk):
+        columns = list(zip(*part, strict=True))
+        chunk_columns: dict[str, Sequence[Any]] = dict(zip(names, columns[1:width], strict=True))
+        sums = columns[width:]
+        for name, values in zip(SUM_COLUMNS[:-1], sums[:-1], strict=True):
+            # PostgreSQL sums bigints as numeric (Decimal): ints, as the report shows them.
+            chunk_columns[name] = list(map(int, values))
+        chunk_columns["served_by"] = sums[-1]
+        yield chunk_columns
+
+
 def succeeded_rows(
     conn: Connection, run_id: str, after_id: int, limit: int
 ) -> list[dict[str, Any]]:
@@ -57,8 +107,9 @@ def succeeded_rows(
     return list(_sum_entries(conn.execute(query)))
 
 
-def _item_sums_query() -> Any:
-    """Items joined with the sums over their counted attempts, grouped per item, by id."""
+def _item_sums_query(*item_columns: Any) -> Any:
+    """Items (all columns, or `item_columns` with the id first) joined with the sums over
+    their counted attempts, grouped per item, by id."""
     counted = and_(
         ATTEMPTS.c.item_id == ITEMS.c.id,
         ATTEMPTS.c.outcome.is_not(None),
@@ -82,8 +133,18 @@ def _item_sums_query() -> Any:
         # The model that made the image: its succeeded attempt's (the fallback's when it did).
         func.max(case((ATTEMPTS.c.outcome == "succeeded", ATTEMPTS.c.model))),
     ]
+    labelled = [s.label(f"sum_{i}") for i, s in enumerate(sums)]
+    if item_columns:
+        # Grouped by the primary key alone (the other columns depend on it): SQLite then
+        # sorts ids, not whole rows.
+        return (
+            select(*item_columns, *labelled)
+            .select_from(ITEMS.outerjoin(ATTEMPTS, counted))
+            .group_by(ITEMS.c.id)
+            .order_by(ITEMS.c.id)
+        )
     return (
-        select(ITEMS, *(s.label(f"sum_{i}") for i, s in enumerate(sums)))
+        select(ITEMS, *labelled)
         .select_from(ITEMS.outerjoin(ATTEMPTS, counted))
         .group_by(*ITEMS.c)
         .order_by(ITEMS.c.id)

@@ -73,6 +73,7 @@ from pipeline.adapters.ledger.queries import (  # noqa: F401
     mark_cached,
     metric_runs,
     rejects_of_run,
+    report_columns,
     report_rows,
     runs_to_notify,
     succeeded_rows,
@@ -124,4 +125,10 @@ from pipeline.adapters.ledger.runs import (  # noqa: F401
     set_run_budget,
     set_run_state,
     update_run_counts,
+)
+from pipeline.adapters.ledger.status import (  # noqa: F401
+    run_attempt_totals,
+    run_error_reasons,
+    status_counts,
+    status_spend,
 )

@@ -5,14 +5,14 @@ sources for queued items; serve one item, a guarded queued -> succeeded). Stream
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from pipeline.adapters.ledger import batches, deliveries, items, queries
+from pipeline.adapters.ledger import batches, deliveries, items, queries, status
 from pipeline.adapters.ledger.base import LedgerBase
 from pipeline.adapters.ledger.rows import RunRow
 
@@ -33,7 +33,7 @@ class RunMetricData:
     costs: tuple[Any, ...]
     """(model, images, cost_nanos) per model."""
     attempt_reasons: tuple[Any, ...]
-    """(outcome, reason, count) of recorded attempts."""
+    """(outcome, reason code, reason status, count) of recorded attempts."""
     duplicates: tuple[int, int]
     """(duplicate lines, their cost in nanos)."""
     batch_times: tuple[Any, ...]
@@ -57,10 +57,23 @@ class MetricsSnapshot:
 
 
 def run_metric_data(
-    conn: Connection, run_id: str | None, since: datetime | None = None
+    conn: Connection,
+    run_id: str | None,
+    since: datetime | None = None,
+    totals: Sequence[Any] | None = None,
 ) -> RunMetricData:
     """The metric rows of one run (or of every run, batch times since `since`), on `conn`
-    (also called inside callers' own reads until they move onto `Ledger`)."""
+    (also called inside callers' own reads until they move onto `Ledger`). A run's come from
+    its attempt sums (`status.run_attempt_totals`, or `totals` already read), answered from
+    an index, so `status` stays fast at a million items."""
+    if run_id is not None:
+        totals = status.run_attempt_totals(conn, run_id) if totals is None else totals
+        return RunMetricData(
+            costs=tuple(status.costs_from_totals(totals)),
+            attempt_reasons=tuple(status.reasons_from_totals(conn, run_id, totals)),
+            duplicates=status.duplicates_from_totals(totals),
+            batch_times=tuple(queries.batch_times(conn, run_id, since)),
+        )
     return RunMetricData(
         costs=tuple(queries.cost_by_model(conn, run_id)),
         attempt_reasons=tuple(queries.attempt_reasons(conn, run_id)),
