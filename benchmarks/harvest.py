@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
 import shutil
@@ -62,7 +63,11 @@ def _setup(args: dict[str, Any]) -> dict[str, Any]:
     n = int(args["images"])
     common.write_prompts_csv(work / "prompts.csv", n, prefix=args["tag"])
     spec_path = common.write_spec(
-        work, name="bench-harvest", input_file="prompts.csv", output_uri=str(work / "out"), model=MODEL
+        work,
+        name="bench-harvest",
+        input_file="prompts.csv",
+        output_uri=str(work / "out"),
+        model=MODEL,
     )
     ctx = _context(args)
     catalog = load_catalog()
@@ -116,6 +121,7 @@ def _harvest(args: dict[str, Any]) -> dict[str, Any]:
     with ctx.engine.connect() as conn:
         counts = repo.item_counts(conn, run.id)
     assert counts.get("succeeded") == int(args["images"]), counts
+    gc.freeze()  # as pipeline.cli.main does before the process exits
     return {"start": start, "recorded": recorded}
 
 
@@ -237,7 +243,8 @@ def measure(
                 size = setup["file_bytes"]
                 for r in range(repeat):
                     floor = _timed_child(
-                        base | {"mode": "floor", "file": str(work / "results.jsonl")}
+                        base
+                        | {"mode": "floor", "file": str(work / "results.jsonl")}
                         | {"out": str(work / f"floor{r}")}
                     )
                     shutil.rmtree(work / f"floor{r}", ignore_errors=True)

@@ -6,6 +6,7 @@ call one shell function and render. PipelineError becomes an exit code in one pl
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -523,6 +524,16 @@ _add_emulator_serve()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; PipelineError becomes its message and exit code."""
+    try:
+        _run(argv)
+    finally:
+        # The interpreter's teardown collects every object still alive, among them the
+        # hundreds of thousands of google.genai's types: 0.4-0.7 s of every command's exit
+        # (a tenth of a 1 GB harvest). Frozen objects are left to the process's end.
+        gc.freeze()
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="nanobatch", standalone_mode=False)
     except click.exceptions.Exit as exc:
