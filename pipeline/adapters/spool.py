@@ -9,8 +9,9 @@ the rename downloads again (recorded attempts are skipped on the replay either w
 Why a thread and big blocks: the download only moves bytes from the socket to the file
 (the backend reads megabytes per call, and file writes release the interpreter), so it is
 never starved by the parsers that compete for the interpreter; the reader takes the file in
-blocks of megabytes and cuts whole lines out of them (one call per block, not one per
-8 KiB), and hands out lines as `bytes`, one copy each.
+blocks of megabytes and hands out each line as a `Span` of its block (one call per block,
+not one per 8 KiB, and no copy of a line: copying megabytes holds the interpreter). A line
+cut by a block's end is joined, one copy. A block lives while a span of it is in use.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.log import get_logger
@@ -30,6 +31,17 @@ BLOCK = 8 << 20
 """Bytes the reader asks for at a time: a few lines of 2K images per call."""
 POLL_S = 0.005
 """How long the reader waits for the download when it has caught up with it."""
+
+
+class Span(NamedTuple):
+    """One line of the file: `block[start:end]`, newline included, not copied out."""
+
+    block: bytes
+    start: int
+    end: int
+
+    def __bytes__(self) -> bytes:
+        return self.block[self.start : self.end]
 
 
 def results_path(spool_dir: Path, display_name: str) -> Path:
@@ -64,7 +76,7 @@ class ResultsSpool:
         self._done = threading.Event()
         self._error: BaseException | None = None
 
-    def lines(self) -> Generator[bytes, None, None]:
+    def lines(self) -> Generator[Span, None, None]:
         """Every line of the file (the last one even without its newline), while the
         download (if the file is not complete yet) runs in its own thread. Closing the
         generator early still lets the download finish and keeps the file."""
@@ -119,7 +131,7 @@ class ResultsSpool:
         return self._done.is_set(), self._error is not None
 
 
-def _split(fh: BinaryIO, growing: ResultsSpool | None) -> Iterator[bytes]:
+def _split(fh: BinaryIO, growing: ResultsSpool | None) -> Iterator[Span]:
     """Whole lines of `fh` read in blocks; with `growing`, of a file another thread is
     appending to, until its download is done (a failed one yields no partial last line)."""
     head = b""
@@ -133,7 +145,7 @@ def _split(fh: BinaryIO, growing: ResultsSpool | None) -> Iterator[bytes]:
                 growing._ended(True)
                 continue
             if head and not failed:
-                yield head
+                yield Span(head, 0, len(head))
             return
         start = 0
         if head:
@@ -141,7 +153,8 @@ def _split(fh: BinaryIO, growing: ResultsSpool | None) -> Iterator[bytes]:
             if cut < 0:
                 head += block  # a line longer than a block: rare, grows once per block
                 continue
-            yield head + block[: cut + 1]
+            line = head + block[: cut + 1]
+            yield Span(line, 0, len(line))
             head, start = b"", cut + 1
         end = block.rfind(b"\n") + 1
         if end > start:
@@ -149,8 +162,8 @@ def _split(fh: BinaryIO, growing: ResultsSpool | None) -> Iterator[bytes]:
         head = block[max(end, start) :]
 
 
-def _whole_lines(block: bytes, start: int, end: int) -> Iterator[bytes]:
+def _whole_lines(block: bytes, start: int, end: int) -> Iterator[Span]:
     while start < end:
         cut = block.index(b"\n", start) + 1
-        yield block[start:cut]
+        yield Span(block, start, cut)
         start = cut

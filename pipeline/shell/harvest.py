@@ -29,7 +29,7 @@ from sqlalchemy import Connection
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
-from pipeline.adapters.spool import ResultsSpool
+from pipeline.adapters.spool import ResultsSpool, Span
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import policy
 from pipeline.core.catalog import Catalog, load_catalog
@@ -135,7 +135,7 @@ class _Harvest(LineRouter):
         self.gone: set[str] = set()
         """Uploads lines found gone or expired (marked stale before their lines' records)."""
 
-    def consume(self, lines: Iterator[bytes]) -> None:
+    def consume(self, lines: Iterator[Span]) -> None:
         """Parse lines in a pool, route them in file order (which line of a key wins, which
         are billed duplicates), store the winners' images in a second pool, and commit
         records in routing order, many per transaction. In flight: at most a window of lines

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
+from pipeline.adapters.spool import Span
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import naming, policy, pricing, results
 from pipeline.core.catalog import ModelInfo
@@ -85,15 +86,16 @@ class LineRouter:
     keys: dict[str, KeyState]
     gone: set[str]
 
-    def _fresh_lines(self, lines: Any) -> Iterator[bytes]:
-        for raw in lines:
-            if len(raw) > 2 or raw.strip():  # strip() copies: only for the tiny lines
-                yield raw
+    def _fresh_lines(self, lines: Iterator[Span]) -> Iterator[Span]:
+        for span in lines:
+            # bytes() copies: only for the tiny lines
+            if span.end - span.start > 2 or bytes(span).strip():
+                yield span
 
-    def _parse(self, raw: bytes) -> Line | None:
+    def _parse(self, span: Span) -> Line | None:
         """One results line, classified and priced (in the pool); None when unparsable."""
         try:
-            line, payloads = results.parse_line(raw)
+            line, payloads = results.parse_line(*span)
         except ValueError:
             log.warning("results_line_unparsable", batch=self.batch.display_name)
             return None
@@ -246,8 +248,8 @@ class LineRouter:
 
 def ordered(
     pool: ThreadPoolExecutor,
-    fn: Callable[[bytes], T],
-    lines: Iterator[bytes],
+    fn: Callable[[Span], T],
+    lines: Iterator[Span],
     window: int,
 ) -> Iterator[T]:
     """fn over lines in a pool, at most `window` in flight (bounded memory), in input order."""
