@@ -10,6 +10,9 @@ knows no proxies). TLS uses the same default context as httpx (certifi or SSL_CE
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
+import struct
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO
@@ -58,7 +61,11 @@ def get_to_file(url: str, params: dict[str, str], headers: dict[str, str], dest:
             if response.status != 200:
                 raise StatusError(response.status, response.read().decode("utf-8", "replace"))
             expected = None if response.chunked else response.length
-            written = _copy(response, out)
+            plain = expected is not None and not isinstance(conn.sock, ssl.SSLSocket)
+            if plain and conn.sock is not None:
+                written = _copy_waitall(response, conn.sock, expected or 0, out)
+            else:
+                written = _copy(response, out)
         except _WriteFailed as exc:
             raise exc.error from None
         except (OSError, http.client.HTTPException) as exc:
@@ -76,18 +83,47 @@ class _WriteFailed(Exception):
 
 
 def _copy(response: http.client.HTTPResponse, out: BinaryIO) -> int:
+    """TLS or chunked bodies: http.client reads (one interpreter switch per TLS record)."""
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
     written = 0
     while n := response.readinto(buffer):
-        done = 0
-        try:
-            while done < n:  # a raw write may take less than it is given
-                done += out.write(view[done:n]) or 0
-        except OSError as exc:
-            raise _WriteFailed(exc) from exc
+        _write(out, view[:n])
         written += n
     return written
+
+
+def _copy_waitall(
+    response: http.client.HTTPResponse, sock: socket.socket, length: int, out: BinaryIO
+) -> int:
+    """A plain body of known length straight from the socket: recv with MSG_WAITALL fills a
+    whole block in the kernel, so the thread takes the interpreter once per block, not
+    once per segment (under a parser's load each take waits up to the switch interval).
+    The socket is made blocking, with SO_RCVTIMEO as the stall timeout."""
+    first = response.fp.read1(min(length, BLOCK)) if length else b""  # what http.client buffered
+    _write(out, memoryview(first))
+    written = len(first)
+    sock.settimeout(None)
+    seconds = int(TIMEOUT_S)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, 0))
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    while written < length:
+        n = sock.recv_into(view, min(BLOCK, length - written), socket.MSG_WAITALL)
+        if n == 0:
+            break  # closed early: the caller compares the length
+        _write(out, view[:n])
+        written += n
+    return written
+
+
+def _write(out: BinaryIO, data: memoryview) -> None:
+    done = 0
+    try:
+        while done < len(data):  # a raw write may take less than it is given
+            done += out.write(data[done:]) or 0
+    except OSError as exc:
+        raise _WriteFailed(exc) from exc
 
 
 def _proxied(url: str) -> bool:
