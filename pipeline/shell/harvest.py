@@ -1,6 +1,7 @@
-"""Harvesting exactly once: stream a finished batch's results file to a spool file, parse it
-line by line in a small thread pool, store each final image once, and record each attempt's
-outcome, tokens and cost in the ledger, many lines per transaction.
+"""Harvesting exactly once: stream a finished batch's results file to a spool file
+(`adapters.spool`, a download thread), parse it line by line in a small thread pool and
+store each final image once (`harvest_lines`), and record each attempt's outcome, tokens
+and cost in the ledger, many lines per transaction (here: every ledger call of a harvest).
 
 Order matters for crash safety: an image is stored before its attempt is recorded, and a
 recorded attempt is never recorded again (`outcome IS NULL` guard). A replay after a kill
