@@ -527,10 +527,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(argv)
     finally:
-        # The interpreter's teardown collects every object still alive, among them the
-        # hundreds of thousands of google.genai's types: 0.4-0.7 s of every command's exit
-        # (a tenth of a 1 GB harvest). Frozen objects are left to the process's end.
-        gc.freeze()
+        if argv is None:  # the process's own command line: it exits now
+            # The interpreter's teardown collects every object still alive, among them the
+            # hundreds of thousands of google.genai's types: 0.4-0.7 s of every command's
+            # exit (a tenth of a 1 GB harvest). Frozen objects are left to the process's
+            # end. Not for a caller in the same process (tests): it would keep them alive.
+            gc.freeze()
 
 
 def _run(argv: list[str] | None) -> None:
