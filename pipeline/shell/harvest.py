@@ -124,6 +124,10 @@ class _Harvest(LineRouter):
         self.unstored = unstored
         self.info = catalog.for_channel(channel_of(run).kind).get(batch.model)
         self.store: ObjectStore = ctx.store(run.output_uri)
+        if unstored is None and hasattr(self.store, "connect"):
+            # Before the download starts: a client's imports hold the interpreter for a
+            # third of a second, which the download thread would otherwise wait through.
+            self.store.connect()
         with ctx.engine.connect() as conn:
             rows = repo.batch_attempts(conn, batch.id)
             self.prior = repo.item_totals(conn, [r.item_id for r in rows])
