@@ -1,21 +1,32 @@
-"""Harvest benchmark: a results file of N 2K images (about `--image-mb` MB of base64 each) is
-made by the emulator (a subprocess) for a run submitted through the pipeline; then the real
-`harvest_batch` runs in a fresh process to a local folder (or a gs:// bucket on
-fake-gcs-server), timed from the first byte of the download to the last image recorded, with
-its peak RSS sampled. The floor, measured in the same process on the same file: a bare loop
-that reads it line by line, json.loads, base64-decodes and writes each image to its own file.
+"""Harvest benchmark, timed the way a user meets it: a results file of N 2K images (about
+`--image-mb` MB of base64 each) is made by the emulator (a separate process) for a run
+submitted through the pipeline; then the real `harvest_batch` runs in a fresh process, timed
+from the start of the download (served by the emulator over loopback) to the last image
+recorded AND that process exiting; its peak RSS is the kernel's maxrss for that process
+(os.wait4). A second figure harvests the same batch from an already-downloaded spool file.
 
-    python -m benchmarks harvest [--quick] [--image-mb 1.5] [--sizes-gb 1 2]
+The floor, measured in the same run on the same (downloaded, page-cached) file in its own
+fresh process: a bare loop that reads it line by line, json.loads, base64-decodes and writes
+each image to its own file. Every measurement is repeated `--repeat` times on the same file
+(the ledger is restored from a copy taken before the first harvest).
+
+    python -m benchmarks harvest [--quick] [--image-mb 1.5] [--sizes-gb 1 2] [--repeat 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +43,33 @@ def scale_for(image_mb: float) -> float:
     return round(pixels**0.5 / 2048, 4)
 
 
-# ── the child: set up a run, harvest it, then measure the floor ──────────────
+# ── children: set up a run, harvest it, the floor ────────────────────────────
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
+    return {"setup": _setup, "harvest": _harvest, "floor": _floor}[args["mode"]](args)
+
+
+def _setup(args: dict[str, Any]) -> dict[str, Any]:
+    """Create and submit a run, poll until its one batch is done, and download the results
+    file once (a plain GET) for the floor and the already-downloaded figure."""
     from pipeline.adapters.ledger import repo
     from pipeline.core.catalog import load_catalog
-    from pipeline.shell.harvest import harvest_batch
     from pipeline.shell.planning import load_spec
     from pipeline.shell.poll import poll_batches
     from pipeline.shell.submit import Submitter, create_run, form_batches
 
     work = Path(args["work"])
     n = int(args["images"])
-    out_uri = args["output_uri"]
     common.write_prompts_csv(work / "prompts.csv", n, prefix=args["tag"])
     spec_path = common.write_spec(
-        work, name="bench-harvest", input_file="prompts.csv", output_uri=out_uri, model=MODEL
+        work,
+        name="bench-harvest",
+        input_file="prompts.csv",
+        output_uri=str(work / "out"),
+        model=MODEL,
     )
-    ctx = common.make_context(
-        f"sqlite:///{work / 'ledger.db'}", work / "state", args["url"], args["workers"]
-    )
+    ctx = _context(args)
     catalog = load_catalog()
     run_id, _ = create_run(ctx, load_spec(spec_path, catalog), catalog, force=True)
     with ctx.engine.connect() as conn:
@@ -71,44 +88,51 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     generate_s = time.perf_counter() - t0
     assert len(done) == 1, "expected one batch"
     batch = done[0]
-    with common.peak_rss() as sampler:
-        t0 = time.perf_counter()
-        assert harvest_batch(ctx, batch, run, catalog)
-        harvest_s = time.perf_counter() - t0
-    harvest_rss = round(sampler.peak_kib / 1024, 1)
-    with ctx.engine.connect() as conn:
-        counts = repo.item_counts(conn, run.id)
-    assert counts.get("succeeded") == n, counts
-    # The same file again, for the floor (download time is reported, not part of the floor).
-    spool = work / "floor.jsonl"
     assert batch.output_file
     t0 = time.perf_counter()
-    size = ctx.backend.download(batch.output_file, spool)
+    size = ctx.backend.download(batch.output_file, work / "results.jsonl")
     download_s = time.perf_counter() - t0
-    floor_dir = work / "floor"
-    floor_dir.mkdir()
-    with common.peak_rss() as sampler:
-        t0 = time.perf_counter()
-        floor_images = floor_loop(spool, floor_dir)
-        floor_s = time.perf_counter() - t0
-    floor_rss = round(sampler.peak_kib / 1024, 1)
-    assert floor_images == n, floor_images
+    ctx.engine.dispose()
     return {
-        "images": n,
+        "run_id": run.id,
+        "batch_id": batch.id,
+        "display_name": batch.display_name,
         "file_bytes": size,
         "generate_s": round(generate_s, 2),
-        "download_only_s": round(download_s, 3),
-        "harvest_s": round(harvest_s, 3),
-        "floor_s": round(floor_s, 3),
-        "harvest_images_per_s": round(n / harvest_s, 1),
-        "floor_images_per_s": round(n / floor_s, 1),
-        "harvest_mb_per_s": round(size / 1e6 / harvest_s, 1),
-        "floor_mb_per_s": round(size / 1e6 / floor_s, 1),
-        "ratio": common.ratio(floor_s, harvest_s),
-        "harvest_peak_rss_mib": harvest_rss,
-        "floor_peak_rss_mib": floor_rss,
-        "workers": args["workers"],
+        "plain_get_s": round(download_s, 3),
     }
+
+
+def _harvest(args: dict[str, Any]) -> dict[str, Any]:
+    """Harvest the batch (the ledger as setup left it); prints the wall-clock start just
+    before `harvest_batch`; the parent takes the end when this process has exited."""
+    from pipeline.adapters.ledger import repo
+    from pipeline.core.catalog import load_catalog
+    from pipeline.shell.harvest import harvest_batch
+
+    ctx = _context(args)
+    catalog = load_catalog()
+    with ctx.engine.connect() as conn:
+        run = repo.get_run(conn, args["run_id"])
+        batch = repo.get_batch(conn, int(args["batch_id"]))
+    start = time.time()
+    assert harvest_batch(ctx, batch, run, catalog)
+    recorded = time.time()
+    with ctx.engine.connect() as conn:
+        counts = repo.item_counts(conn, run.id)
+    assert counts.get("succeeded") == int(args["images"]), counts
+    gc.freeze()  # as pipeline.cli.main does before the process exits
+    return {"start": start, "recorded": recorded}
+
+
+def _floor(args: dict[str, Any]) -> dict[str, Any]:
+    out = Path(args["out"])
+    out.mkdir()
+    t0 = time.perf_counter()
+    n = floor_loop(Path(args["file"]), out)
+    floor_s = time.perf_counter() - t0
+    assert n == int(args["images"]), n
+    return {"floor_s": floor_s}
 
 
 def floor_loop(path: Path, out_dir: Path) -> int:
@@ -125,7 +149,66 @@ def floor_loop(path: Path, out_dir: Path) -> int:
     return n
 
 
+def _context(args: dict[str, Any]) -> Any:
+    work = Path(args["work"])
+    return common.make_context(
+        f"sqlite:///{work / 'ledger.db'}", work / "state", args["url"], args["workers"]
+    )
+
+
 # ── the parent ───────────────────────────────────────────────────────────────
+
+
+def _timed_child(args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a child; its JSON plus `exited` (wall clock when it was reaped) and `maxrss_mib`
+    (the kernel's peak RSS of that process, from wait4)."""
+    work = Path(args["work"])
+    out_path = work / f"child-{uuid.uuid4().hex[:8]}.out"
+    cmd = [sys.executable, "-m", "benchmarks.harvest", "--child", json.dumps(args)]
+    with out_path.open("w") as out, open(work / "child.err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=common.REPO, stdout=out, stderr=err, env=_env(env))
+        _, status, usage = os.wait4(proc.pid, 0)
+        exited = time.time()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = (work / "child.err").read_text()[-4000:]
+        raise RuntimeError(f"harvest child {args['mode']} failed ({proc.returncode}):\n{tail}")
+    last = [ln for ln in out_path.read_text().splitlines() if ln.startswith("{")][-1]
+    out_path.unlink()
+    result: dict[str, Any] = json.loads(last)
+    return result | {"exited": exited, "maxrss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(common.REPO), os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"PYTHONPATH": path} | (extra or {})
+
+
+def _one_harvest(
+    work: Path, base: dict[str, Any], setup: dict[str, Any], out_uri: str, spooled: bool
+) -> tuple[float, float, float]:
+    """Restore the ledger, point the run at a fresh output, maybe pre-fill the spool, harvest
+    in a fresh process: (seconds to exit, seconds to last record, peak RSS MiB)."""
+    for leftover in ("ledger.db-wal", "ledger.db-shm"):
+        (work / leftover).unlink(missing_ok=True)
+    shutil.copyfile(work / "ledger.pristine.db", work / "ledger.db")
+    with sqlite3.connect(work / "ledger.db") as db:
+        db.execute("UPDATE runs SET output_uri = ? WHERE id = ?", (out_uri, setup["run_id"]))
+    db.close()
+    spool = work / "state" / "spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    if spooled:
+        spool.mkdir(parents=True, mode=0o700)
+        target = spool / f"{setup['display_name']}.results.jsonl"
+        try:
+            os.link(work / "results.jsonl", target)
+        except OSError:
+            shutil.copyfile(work / "results.jsonl", target)
+    env = {"STORAGE_EMULATOR_HOST": base["gcs_url"]} if base.get("gcs_url") else None
+    got = _timed_child(base | setup | {"mode": "harvest"}, env)
+    if not out_uri.startswith("gs://"):
+        shutil.rmtree(out_uri, ignore_errors=True)
+    return got["exited"] - got["start"], got["recorded"] - got["start"], got["maxrss_mib"]
 
 
 def measure(
@@ -134,38 +217,76 @@ def measure(
     workers: int,
     gcs_url: str | None = None,
     images: list[int] | None = None,
+    repeat: int = 1,
+    spooled: bool = True,
 ) -> list[dict[str, Any]]:
-    """One child per size against one emulator; a gs:// output when `gcs_url` is given."""
+    """One setup per size against one emulator, then `repeat` rounds of floor, harvest with
+    the download and (with `spooled`) harvest of the downloaded file; a gs:// output when
+    `gcs_url` is given. One row per size and round."""
     counts = images or [max(4, round(gb * 1e9 / (image_mb * 1e6))) for gb in sizes_gb]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp:
         root = Path(tmp)
-        with common.emulator(root / "emu", image_scale=scale_for(image_mb)) as (_, url):
+        with common.emulator(root / "emu", image_scale=scale_for(image_mb), nodelay=True) as (
+            _,
+            url,
+        ):
             for i, n in enumerate(counts):
                 work = root / f"size{i}"
                 work.mkdir()
-                if gcs_url:
-                    bucket = _make_bucket(gcs_url)
-                    out_uri = f"gs://{bucket}/bench"
-                else:
-                    out_uri = str(work / "out")
-                args = {
-                    "work": str(work),
-                    "images": n,
-                    "url": url,
-                    "workers": workers,
-                    "output_uri": out_uri,
-                    "tag": f"h{i}",
-                }
-                env = {"STORAGE_EMULATOR_HOST": gcs_url} if gcs_url else None
-                rows.append(common.child("benchmarks.harvest", args, env=env))
+                base = {"work": str(work), "images": n, "url": url, "workers": workers}
+                base |= {"tag": f"h{i}", "gcs_url": gcs_url}
+                setup = _timed_child(base | {"mode": "setup"})
+                for key in ("exited", "maxrss_mib"):
+                    setup.pop(key)
+                shutil.copyfile(work / "ledger.db", work / "ledger.pristine.db")
+                size = setup["file_bytes"]
+                for r in range(repeat):
+                    floor = _timed_child(
+                        base
+                        | {"mode": "floor", "file": str(work / "results.jsonl")}
+                        | {"out": str(work / f"floor{r}")}
+                    )
+                    shutil.rmtree(work / f"floor{r}", ignore_errors=True)
+                    floor_s = floor["floor_s"]
+                    out = _output(work, gcs_url, f"wire{r}")
+                    wire_s, wire_rec_s, wire_rss = _one_harvest(work, base, setup, out, False)
+                    row: dict[str, Any] = {
+                        "images": n,
+                        "file_mb": round(size / 1e6, 1),
+                        "round": r + 1,
+                        "floor_s": round(floor_s, 3),
+                        "floor_mb_per_s": round(size / 1e6 / floor_s, 1),
+                        "wire_s": round(wire_s, 3),
+                        "wire_recorded_s": round(wire_rec_s, 3),
+                        "wire_mb_per_s": round(size / 1e6 / wire_s, 1),
+                        "wire_images_per_s": round(n / wire_s, 1),
+                        "wire_ratio": common.ratio(floor_s, wire_s),
+                        "wire_peak_rss_mib": wire_rss,
+                    }
+                    if spooled:
+                        out = _output(work, gcs_url, f"spool{r}")
+                        spool_s, _, spool_rss = _one_harvest(work, base, setup, out, True)
+                        row |= {
+                            "spooled_s": round(spool_s, 3),
+                            "spooled_mb_per_s": round(size / 1e6 / spool_s, 1),
+                            "spooled_ratio": common.ratio(floor_s, spool_s),
+                            "spooled_peak_rss_mib": spool_rss,
+                        }
+                    row |= {"plain_get_s": setup["plain_get_s"], "workers": workers}
+                    rows.append(row)
                 shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
+def _output(work: Path, gcs_url: str | None, name: str) -> str:
+    if gcs_url:
+        return f"gs://{_make_bucket(gcs_url)}/bench"
+    return str(work / name)
+
+
 def _make_bucket(gcs_url: str) -> str:
     import urllib.request
-    import uuid
 
     name = f"nb-bench-{uuid.uuid4().hex[:12]}"
     request = urllib.request.Request(
@@ -183,22 +304,30 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-mb", type=float, default=1.5, help="base64 MB per image")
     p.add_argument("--sizes-gb", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--workers", type=int, default=4, help="NANOBATCH_HARVEST_WORKERS")
+    p.add_argument("--repeat", type=int, default=2, help="harvest: rounds per size")
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
     if a.quick:
-        rows = measure([], 0.05, a.workers, images=[12])
+        rows = measure([], 0.05, a.workers, images=[12], repeat=1)
     else:
-        rows = measure(a.sizes_gb, a.image_mb, a.workers)
-    common.table("harvest to a local folder (floor: bare read/json/b64/write loop)", rows)
+        rows = measure(a.sizes_gb, a.image_mb, a.workers, repeat=a.repeat)
+    common.table(
+        "harvest to a local folder: wire = from the download's start to the process's exit; "
+        "spooled = the file already downloaded (floor: bare read/json/b64/write loop)",
+        rows,
+    )
     result = {
-        "goal_ratio": 0.7,
+        "goal_ratio": 0.85,
         "goal_peak_rss_mib": 200,
         "quick": bool(a.quick),
         "image_mb": 0.05 if a.quick else a.image_mb,
         "sizes": rows,
-        "ratio_min": min(r["ratio"] for r in rows),
-        "peak_rss_mib_max": max(r["harvest_peak_rss_mib"] for r in rows),
+        "ratio_min": min(r["wire_ratio"] for r in rows),
+        "spooled_ratio_min": min(r["spooled_ratio"] for r in rows),
+        "peak_rss_mib_max": max(
+            max(r["wire_peak_rss_mib"], r["spooled_peak_rss_mib"]) for r in rows
+        ),
     }
     print(f"wrote {common.save('harvest', result)}")
     return result

@@ -20,10 +20,10 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from pipeline.adapters import wire
 from pipeline.core.errors import ApiError, AuthError, TransientApiError
 
 T = TypeVar("T")
-_DOWNLOAD_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -178,28 +178,18 @@ class GeminiBackend(SdkBatches):
         return self._create(model, file_name, config)
 
     def download(self, file_name: str, destination: Path) -> int:
-        """Stream a results file to `destination` (a plain GET: the SDK's download is slower
-        for big files). Returns the number of bytes written."""
+        """Stream a results file to `destination` (a plain GET in blocks of megabytes: the
+        SDK's download, and an httpx stream, are slower for big files and take the
+        interpreter far more often). Returns the number of bytes written."""
         file_id = file_name.removeprefix("files/")
         url = f"{self._base}/{self._version}/files/{file_id}:download"
         headers = {"x-goog-api-key": self._key}
-        written = 0
         try:
-            with (
-                httpx2.stream(
-                    "GET", url, params={"alt": "media"}, headers=headers, timeout=120.0
-                ) as response,
-                destination.open("wb") as out,
-            ):
-                if response.status_code != 200:
-                    response.read()
-                    raise _http_error(response.status_code, response.text, self._key_variable)
-                for chunk in response.iter_bytes(_DOWNLOAD_CHUNK):
-                    out.write(chunk)
-                    written += len(chunk)
-        except httpx2.HTTPError as exc:
+            return wire.get_to_file(url, {"alt": "media"}, headers, destination)
+        except wire.StatusError as exc:
+            raise _http_error(exc.status, exc.text, self._key_variable) from None
+        except wire.BrokenOff as exc:
             raise TransientApiError(f"download of {file_name} broke off: {exc}") from None
-        return written
 
     def _remote(self, job: Any) -> RemoteBatch:
         return _remote(job)

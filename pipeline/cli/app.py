@@ -6,6 +6,7 @@ and exit code (one place). The commands live beside it: `jobs` (the work on runs
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
@@ -106,6 +107,18 @@ def cli(ctx: click.Context, log_format: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; PipelineError becomes its message and exit code."""
+    try:
+        _run(argv)
+    finally:
+        if argv is None:  # the process's own command line: it exits now
+            # The interpreter's teardown collects every object still alive, among them the
+            # hundreds of thousands of google.genai's types: 0.4-0.7 s of every command's
+            # exit (a tenth of a 1 GB harvest). Frozen objects are left to the process's
+            # end. Not for a caller in the same process (tests): it would keep them alive.
+            gc.freeze()
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="nanobatch", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -317,30 +317,40 @@ _DATA_VALUE: Final = re.compile(rb'"data"\s*:\s*"')
 PAYLOAD_PREFIX: Final = "\x00payload:"
 
 
-def parse_line(raw: bytes) -> tuple[dict[str, Any], list[memoryview]]:
-    """Parse one results line without running its base64 payloads through the JSON parser.
+def parse_line(
+    raw: bytes, start: int = 0, end: int | None = None
+) -> tuple[dict[str, Any], list[memoryview]]:
+    """Parse one results line, `raw[start:end]`, without running its base64 payloads
+    through the JSON parser.
 
     Each `"data"` string value is cut out (a memoryview of `raw`, no copy) and replaced in
     the parsed object by PAYLOAD_PREFIX + its index; `payload_bytes` maps it back. A JSON
-    scan of megabytes of base64 costs as much as decoding it, and this skips it.
+    scan of megabytes of base64 costs as much as decoding it, and this skips it; the line
+    itself is not copied out of `raw` either (copying megabytes holds the interpreter).
     ValueError when the line is not JSON.
     """
+    end = len(raw) if end is None else end
     view = memoryview(raw)
     pieces: list[bytes] = []
     payloads: list[memoryview] = []
-    pos = 0
-    for match in _DATA_VALUE.finditer(raw):
-        start = match.end()
-        end = raw.find(b'"', start)
-        if end < 0 or raw.find(b"\\", start, end) >= 0:
-            return _whole(raw)
+    pos = found = start
+    # bytes.find runs a fast substring search; the regex only checks the one place found.
+    while (found := raw.find(b'"data"', found, end)) >= 0:
+        match = _DATA_VALUE.match(raw, found, end)
+        found += 6
+        if match is None:
+            continue
+        value = match.end()
+        close = raw.find(b'"', value, end)
+        if close < 0 or raw.find(b"\\", value, close) >= 0:
+            return _whole(raw[start:end])
         # Written as a JSON escape: the parsed value starts with a NUL no base64 can have.
-        pieces += [raw[pos:start], b"\\u0000payload:%d" % len(payloads)]
-        payloads.append(view[start:end])
-        pos = end
+        pieces += [raw[pos:value], b"\\u0000payload:%d" % len(payloads)]
+        payloads.append(view[value:close])
+        pos = found = close
     if not payloads:
-        return _whole(raw)
-    pieces.append(raw[pos:])
+        return _whole(raw[start:end])
+    pieces.append(raw[pos:end])
     return json.loads(b"".join(pieces)), payloads
 
 

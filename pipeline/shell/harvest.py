@@ -1,6 +1,7 @@
-"""Harvesting exactly once: stream a finished batch's results file to a spool file, parse it
-line by line in a small thread pool, store each final image once, and record each attempt's
-outcome, tokens and cost in the ledger, many lines per transaction.
+"""Harvesting exactly once: stream a finished batch's results file to a spool file
+(`adapters.spool`, a download thread), parse it line by line in a small thread pool and
+store each final image once (`harvest_lines`), and record each attempt's outcome, tokens
+and cost in the ledger, many lines per transaction (here: every ledger call of a harvest).
 
 Order matters for crash safety: an image is stored before its attempt is recorded, and a
 recorded attempt is never recorded again (`outcome IS NULL` guard). A replay after a kill
@@ -17,82 +18,40 @@ reads the spool file.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection
 
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.gemini import BatchBackend
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.ledger.ledger import Settle
 from pipeline.adapters.log import get_logger
-from pipeline.adapters.private import make_private_dir, open_private
+from pipeline.adapters.spool import ResultsSpool, Span
 from pipeline.adapters.storage import ObjectStore
-from pipeline.core import naming, policy, pricing, results
+from pipeline.core import policy
 from pipeline.core.catalog import Catalog, load_catalog
-from pipeline.core.errors import ObjectConflict
 from pipeline.core.reasons import ReasonCode
-from pipeline.core.refimage import reference_metadata
 from pipeline.core.states import BatchState, ItemState
-from pipeline.core.values import Usage, nanos_to_decimal_str
 from pipeline.shell import uploads
 from pipeline.shell.context import Context, channel_of
+from pipeline.shell.harvest_lines import (
+    KeyState,
+    LineRouter,
+    Record,
+    empty,
+    ordered,
+    ready,
+    result,
+)
 
 log = get_logger()
-T = TypeVar("T")
 COMMIT_EVERY = 200
 LEASE_TTL_S = 60.0
-
-
-@dataclass(frozen=True)
-class Record:
-    """One attempt's result, ready to be written."""
-
-    attempt_id: int
-    item_id: int
-    key: str
-    outcome: policy.Outcome
-    reason: str | None
-    code: ReasonCode | None
-    """The reason's code (None for a success): what the policy and the metrics read."""
-    usage: Usage
-    cost_nanos: int
-    standard_nanos: int
-    uri: str | None = None
-    sha256: str | None = None
-    duplicate: int = 0
-    """0: the attempt's outcome; n >= 1: the item's nth billed duplicate line in the batch."""
-    status: int | None = None
-    """The gRPC/HTTP number of a per-line error."""
-
-
-@dataclass(frozen=True)
-class _Line:
-    """One parsed results line with its price."""
-
-    outcome: results.LineOutcome
-    usage: Usage
-    cost: int
-    standard: int
-    billed: bool
-    """The line carries usageMetadata (so the service billed it)."""
-
-
-@dataclass
-class _KeyState:
-    """What a key's lines so far decided: an image line won, or the first line waits."""
-
-    won: bool = False
-    first: _Line | None = None
-    duplicates: int = 0
 
 
 # ── one batch ────────────────────────────────────────────────────────────────
@@ -120,14 +79,14 @@ def harvest_batch(
     with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
         if held is None:
             return False
-        spool = _Spool(ctx, held, ctx.backend_for(run))
+        spool = _spool(ctx, held, run)
         lines = spool.lines()
         try:
             _Harvest(ctx, held, run, catalog, unstored).consume(lines)
         finally:
             lines.close()  # a harvest its storage stopped still gets the whole file spooled
         crashpoint("harvest.harvested")
-        spool.path.unlink(missing_ok=True)
+        spool.remove()
         return True
 
 
@@ -139,97 +98,22 @@ def spool_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
     with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
         if held is None:
             return False
-        _Spool(ctx, held, ctx.backend_for(run)).download()
+        _spool(ctx, held, run).fetch()
         return True
 
 
-class _Spool:
-    """The results file on local disk, read line by line while it is still downloading.
+def _spool(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> ResultsSpool:
+    backend = ctx.backend_for(run)
 
-    A complete spool from an earlier try is reused. Otherwise a thread streams the download
-    into `<name>.part` while `lines()` follows the growing file, so parsing overlaps the
-    download; the complete file is renamed to `<name>.results.jsonl` (a crash before that
-    downloads again; recorded attempts are skipped on the replay either way).
-    """
+    def download(part: Path) -> int:
+        assert batch.output_file, f"batch {batch.display_name} has no output file"
+        return backend.download(batch.output_file, part)
 
-    POLL_S = 0.005
-
-    def __init__(self, ctx: Context, batch: repo.BatchRow, backend: BatchBackend) -> None:
-        self.ctx, self.batch, self.backend = ctx, batch, backend
-        spool_dir = ctx.settings.spool_dir
-        make_private_dir(spool_dir)
-        self.path = spool_dir / f"{batch.display_name}.results.jsonl"
-        self.part = self.path.with_suffix(".part")
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-        self._size = 0
-
-    def lines(self) -> Generator[bytes, None, None]:
-        if self.path.exists():
-            with self.path.open("rb") as fh:
-                yield from fh
-            return
-        assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
-        open_private(self.part).close()  # empty and 0600; the download keeps the mode
-        fetch = threading.Thread(target=self._fetch, name="harvest-download", daemon=True)
-        with self.part.open("rb") as fh:
-            fetch.start()
-            try:
-                yield from self._follow(fh)
-            finally:
-                # Also when the reader stopped early (its storage failed): the download
-                # goes on to its end and is kept, so the paid results wait in the spool.
-                fetch.join()
-                if self._error is None:
-                    self._keep()
-        if self._error is not None:
-            raise self._error
-
-    def download(self) -> None:
-        """The whole results file into the spool, read by nothing, unless it is there."""
-        if self.path.exists():
-            return
-        assert self.batch.output_file, f"batch {self.batch.display_name} has no output file"
-        self._size = self.backend.download(self.batch.output_file, self.part)
-        self._keep()
-
-    def _keep(self) -> None:
-        self.part.replace(self.path)
-        crashpoint("harvest.downloaded")
-        batch = self.batch
-        log.info("batch_downloaded", run=batch.run_id, batch=batch.display_name, bytes=self._size)
-
-    def _fetch(self) -> None:
-        try:
-            assert self.batch.output_file
-            self._size = self.backend.download(self.batch.output_file, self.part)
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def _follow(self, fh: Any) -> Iterator[bytes]:
-        """Whole lines of a file another thread is appending to, until it is complete."""
-        head: list[bytes] = []
-        while True:
-            done = self._done.is_set()
-            piece = fh.readline()
-            if piece.endswith(b"\n"):
-                if head:
-                    head.append(piece)
-                    piece, head = b"".join(head), []
-                yield piece
-            elif piece:
-                head.append(piece)
-            elif done:
-                if self._error is None and head:
-                    yield b"".join(head)
-                return
-            else:
-                self._done.wait(self.POLL_S)
+    fields = {"run": batch.run_id, "batch": batch.display_name}
+    return ResultsSpool(ctx.settings.spool_dir, batch.display_name, download, fields)
 
 
-class _Harvest:
+class _Harvest(LineRouter):
     def __init__(
         self,
         ctx: Context,
@@ -242,6 +126,10 @@ class _Harvest:
         self.unstored = unstored
         self.info = catalog.for_channel(channel_of(run).kind).get(batch.model)
         self.store: ObjectStore = ctx.store(run.output_uri)
+        if unstored is None and hasattr(self.store, "connect"):
+            # Before the download starts: a client's imports hold the interpreter for a
+            # third of a second, which the download thread would otherwise wait through.
+            self.store.connect()
         with ctx.engine.connect() as conn:
             rows = repo.batch_attempts(conn, batch.id)
             self.prior = repo.item_totals(conn, [r.item_id for r in rows])
@@ -249,12 +137,12 @@ class _Harvest:
             self.upload_shas = repo.upload_names_of(conn, sorted(shas)) if shas else {}
         self.todo = {r.key: r for r in rows if r.outcome is None}
         self.rows = {r.key: r for r in rows}
-        self.keys: dict[str, _KeyState] = {}
+        self.keys: dict[str, KeyState] = {}
         """Keys met in the file so far, in the order their lines came."""
         self.gone: set[str] = set()
         """Uploads lines found gone or expired (marked stale before their lines' records)."""
 
-    def consume(self, lines: Iterator[bytes]) -> None:
+    def consume(self, lines: Iterator[Span]) -> None:
         """Parse lines in a pool, route them in file order (which line of a key wins, which
         are billed duplicates), store the winners' images in a second pool, and commit
         records in routing order, many per transaction. In flight: at most a window of lines
@@ -268,186 +156,17 @@ class _Harvest:
         window = workers * 2
         outq: deque[Future[Record] | Record] = deque()
         with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(workers) as stores:
-            for line in _ordered(pool, self._parse, self._fresh_lines(lines), window):
+            for line in ordered(pool, self._parse, self._fresh_lines(lines), window):
                 if line is not None:
                     outq.extend(self._route(line, stores))
-                while outq and (len(outq) > window or _ready(outq[0])):
-                    pending.append(_result(outq.popleft()))
+                while outq and (len(outq) > window or ready(outq[0])):
+                    pending.append(result(outq.popleft()))
                     if len(pending) >= COMMIT_EVERY:
                         self._commit(pending)
                         pending = []
-            pending.extend(_result(r) for r in outq)
+            pending.extend(result(r) for r in outq)
         pending.extend(self._undecided())
         self._finish(pending)
-
-    def _fresh_lines(self, lines: Any) -> Iterator[bytes]:
-        for raw in lines:
-            if len(raw) > 2 or raw.strip():  # strip() copies: only for the tiny lines
-                yield raw
-
-    def _parse(self, raw: bytes) -> _Line | None:
-        """One results line, classified and priced (in the pool); None when unparsable."""
-        try:
-            line, payloads = results.parse_line(raw)
-        except ValueError:
-            log.warning("results_line_unparsable", batch=self.batch.display_name)
-            return None
-        outcome = results.classify_line(line)
-        if outcome.kind == "final" and self.upload_shas:
-            outcome = self._file_gone(line, outcome)
-        if outcome.image_b64 is not None:
-            image = results.payload_bytes(outcome.image_b64, payloads)
-            outcome = dataclasses.replace(outcome, image_b64=image)  # type: ignore[arg-type]
-        usage = outcome.usage or Usage()
-        cost = pricing.cost_nanos(self.info.batch, usage)
-        standard = pricing.cost_nanos(self.info.standard, usage)
-        return _Line(outcome, usage, cost, standard, outcome.usage is not None)
-
-    def _route(self, line: _Line, pool: ThreadPoolExecutor) -> list[Future[Record] | Record]:
-        """What one line (in file order) becomes (CONTRACT section 10): of a key's lines the
-        first with an image wins (if none has one, the first line decides); every other line
-        that carries usage is a billed duplicate, recorded beside the attempt, not a try.
-        Keys already recorded (a replay) only have their duplicates recorded again, which
-        changes nothing."""
-        outcome = line.outcome
-        key = outcome.key or ""
-        row = self.rows.get(key)
-        if row is None:
-            return []
-        state = self.keys.setdefault(key, _KeyState())
-        out: list[Future[Record] | Record] = []
-        if outcome.kind == "succeeded" and not state.won:
-            state.won = True
-            if state.first is not None:  # the first line lost to this one: a duplicate
-                out += self._duplicate(state, state.first)
-                state.first = None
-            if key in self.todo:
-                out.append(self._attempt(line, row, pool))
-        elif state.won or state.first is not None:
-            out += self._duplicate(state, line)
-        else:
-            state.first = line  # decides the outcome unless a later line has an image
-        return out
-
-    def _attempt(self, line: _Line, row: Any, pool: ThreadPoolExecutor) -> Future[Record] | Record:
-        outcome = line.outcome
-        base = Record(
-            row.attempt_id,
-            row.item_id,
-            row.key,
-            outcome.kind,
-            outcome.reason,
-            outcome.code,
-            line.usage,
-            line.cost,
-            line.standard,
-            status=outcome.status,
-        )
-        if self.unstored is not None and outcome.kind in ("succeeded", "retry"):
-            return dataclasses.replace(
-                base,
-                outcome="cancelled",
-                reason=self.unstored,
-                code=ReasonCode.UNSTORED,
-                status=None,
-            )
-        if outcome.kind != "succeeded":
-            return base
-        return pool.submit(self._store, base, row, outcome)
-
-    def _duplicate(self, state: _KeyState, line: _Line) -> list[Record]:
-        """A line that lost to another of its key: billed when it carries usage."""
-        if not line.billed:
-            return []
-        state.duplicates += 1
-        row = self.rows[line.outcome.key or ""]
-        what = "an image" if line.outcome.kind == "succeeded" else (line.outcome.reason or "")
-        return [
-            Record(
-                row.attempt_id,
-                row.item_id,
-                row.key,
-                line.outcome.kind,
-                f"duplicate line {state.duplicates} for the key (billed): {what}"[:500],
-                ReasonCode.DUPLICATE,
-                line.usage,
-                line.cost,
-                line.standard,
-                duplicate=state.duplicates,
-            )
-        ]
-
-    def _undecided(self) -> list[Record]:
-        """Keys whose lines had no image: their first line decides the attempt."""
-        found: list[Record] = []
-        for key, state in self.keys.items():
-            if state.first is not None and key in self.todo:
-                attempt = self._attempt(state.first, self.rows[key], _NO_POOL)
-                assert not isinstance(attempt, Future)
-                found.append(attempt)
-        return found
-
-    def _file_gone(self, line: Any, outcome: results.LineOutcome) -> results.LineOutcome:
-        """A line that failed because a reference image it sent is gone or expired is tried
-        again (a new batch uploads the image afresh), not failed for good."""
-        row = self.todo.get(outcome.key or "")
-        if row is None or not row.refs:
-            return outcome
-        mine = set(row.refs.split(","))
-        names = [
-            f"files/{file_id}"
-            for file_id in sorted(results.files_gone(line))
-            if self.upload_shas.get(f"files/{file_id}") in mine
-        ]
-        if not names:
-            return outcome
-        self.gone.update(names)
-        reason = f"reference image {', '.join(names)} gone or expired ({outcome.reason})"
-        return dataclasses.replace(
-            outcome, kind="retry", reason=reason[:500], code=ReasonCode.REFERENCE_GONE, status=None
-        )
-
-    def _store(self, base: Record, row: Any, outcome: results.LineOutcome) -> Record:
-        assert outcome.image_b64 is not None and outcome.mime is not None
-        data = results.decode_image(outcome.image_b64)
-        sha = hashlib.sha256(data).hexdigest()
-        name = naming.object_name(row.key, naming.ext_for_mime(outcome.mime))
-        try:
-            stored = self.store.put_once(
-                name,
-                data,
-                content_type=outcome.mime,
-                metadata=self._metadata(base, row),
-                overwrite=self.run.overwrite,
-                sha256=sha,
-            )
-        except ObjectConflict as exc:
-            return dataclasses.replace(
-                base, outcome="final", reason=str(exc), code=ReasonCode.CONFLICT, status=None
-            )
-        crashpoint("harvest.stored")
-        return dataclasses.replace(base, uri=stored.uri, sha256=sha)
-
-    def _metadata(self, rec: Record, row: Any) -> dict[str, str]:
-        prior = self.prior.get(rec.item_id, {})
-        total = rec.usage + Usage(
-            prior.get("input", 0),
-            prior.get("output_image", 0),
-            prior.get("output_text", 0),
-            prior.get("thinking", 0),
-        )
-        return {
-            "nanobatch-run": self.run.id,
-            "nanobatch-key": row.key,
-            "nanobatch-model": self.batch.model,
-            "nanobatch-prompt-sha256": row.prompt_sha256,
-            "nanobatch-input-tokens": str(total.input),
-            "nanobatch-output-image-tokens": str(total.output_image),
-            "nanobatch-output-text-tokens": str(total.output_text),
-            "nanobatch-thinking-tokens": str(total.thinking),
-            "nanobatch-cost-usd": nanos_to_decimal_str(rec.cost_nanos + prior.get("cost_nanos", 0)),
-            **reference_metadata(row.refs, row.seed),
-        }
 
     def _commit(self, records: list[Record]) -> None:
         attempts = [r for r in records if r.duplicate == 0]
@@ -474,7 +193,7 @@ class _Harvest:
         retry = self.run.state != "cancelled" and self.unstored is None
         missing_kind: policy.Outcome = "retry" if retry else "cancelled"
         missing = [
-            _empty(r, missing_kind, "missing from the results file", ReasonCode.MISSING)
+            empty(r, missing_kind, "missing from the results file", ReasonCode.MISSING)
             for key, r in self.todo.items()
             if key not in self.keys
         ]
@@ -501,40 +220,6 @@ class _Harvest:
         )
 
 
-def _ordered(
-    pool: ThreadPoolExecutor,
-    fn: Callable[[bytes], T],
-    lines: Iterator[bytes],
-    window: int,
-) -> Iterator[T]:
-    """fn over lines in a pool, at most `window` in flight (bounded memory), in input order."""
-    inflight: deque[Future[T]] = deque()
-    for raw in lines:
-        inflight.append(pool.submit(fn, raw))
-        if len(inflight) >= window:
-            yield inflight.popleft().result()
-    while inflight:
-        yield inflight.popleft().result()
-
-
-def _ready(entry: Future[Record] | Record) -> bool:
-    return not isinstance(entry, Future) or entry.done()
-
-
-def _result(entry: Future[Record] | Record) -> Record:
-    return entry.result() if isinstance(entry, Future) else entry
-
-
-class _NoPool:
-    """`_attempt` for a line with no image never submits anything."""
-
-    def submit(self, *args: Any) -> Any:
-        raise AssertionError("a line without an image stores nothing")
-
-
-_NO_POOL: Any = _NoPool()
-
-
 def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[str, Any]:
     u = rec.usage
     return {
@@ -553,10 +238,6 @@ def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[
         "standard_nanos": rec.standard_nanos,
         "recorded_at": now,
     }
-
-
-def _empty(row: Any, outcome: policy.Outcome, reason: str, code: ReasonCode) -> Record:
-    return Record(row.attempt_id, row.item_id, row.key, outcome, reason, code, Usage(), 0, 0)
 
 
 # ── writing outcomes ─────────────────────────────────────────────────────────
@@ -641,7 +322,7 @@ def without_output(outcome: policy.Outcome, reason: str, code: ReasonCode) -> Se
         run: repo.RunRow, batch: repo.BatchRow, attempts: Sequence[Any]
     ) -> list[repo.AttemptOutcome]:
         rows = {r.key: r for r in attempts}
-        records = [_empty(r, outcome, reason, code) for r in rows.values()]
+        records = [empty(r, outcome, reason, code) for r in rows.values()]
         return [_outcome(rec, rows[rec.key], run, batch) for rec in records]
 
     return settle

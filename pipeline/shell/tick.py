@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.adapters import shardfile
+from pipeline.adapters import spool as spool_files
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.core.catalog import Catalog
@@ -145,7 +146,7 @@ def sweep_spool(ctx: Context) -> None:
     behind, and they can be large), and batch request files that were uploaded, or whose run
     was never recorded (a killed `submit`) an hour after they were written."""
     spool = ctx.settings.spool_dir
-    results = {p.name.removesuffix(".results.jsonl"): p for p in spool.glob("*.results.jsonl")}
+    results = spool_files.results_files(spool)
     requests = {
         p.name.removesuffix(shardfile.SUFFIX): p for p in spool.glob(f"*{shardfile.SUFFIX}")
     }

@@ -69,3 +69,13 @@ def test_urlsafe_payload_falls_back_to_the_text_path() -> None:
     """A payload in the urlsafe alphabet without padding still decodes."""
     raw = base64.urlsafe_b64encode(b"\xfb\xff\xfe").rstrip(b"=")
     assert results.decode_image(memoryview(raw)) == b"\xfb\xff\xfe"
+
+
+def test_a_line_inside_a_bigger_buffer_is_parsed_in_place() -> None:
+    line = b'{"key": "k", "response": {"x": {"data" : "QUJD"}, "data": 5}}\n'
+    buffer = b'{"key": "before", "data": "WFla"}\n' + line + b'{"key": "after"}\n'
+    start = buffer.index(line)
+    parsed, payloads = results.parse_line(buffer, start, start + len(line))
+    assert parsed["key"] == "k" and parsed["response"]["data"] == 5
+    assert [bytes(p) for p in payloads] == [b"QUJD"]
+    assert results.payload_bytes(parsed["response"]["x"]["data"], payloads) == payloads[0]

@@ -109,6 +109,15 @@ class GcsStore:
     def __repr__(self) -> str:
         return f"GcsStore({self.base_uri!r})"
 
+    def connect(self) -> None:
+        """Make the client now (imports, credentials), not on the first upload. Best effort:
+        a failure here (no credentials) is met again, and reported, by the first upload,
+        after the results are safe in the spool."""
+        with contextlib.suppress(Exception):
+            from google.api_core.exceptions import PreconditionFailed  # noqa: F401
+
+            self._client()
+
     def uri_for(self, name: str) -> str:
         """gs://bucket/prefix/name."""
         return f"gs://{self.bucket_name}/{self._key(name)}"

@@ -229,9 +229,12 @@ class LocalStore:
         """Write `data` to a fresh temporary file beside `final`, fsynced; return its path."""
         tmp = self._temp_path(final)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
             self._sweep_once(final.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:  # the folder is made on the first write into it
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 with os.fdopen(fd, "wb", closefd=False) as fh:
                     fh.write(data)
