@@ -58,10 +58,15 @@ def runs_sharing(ctx: Context, output_uri: str) -> list[str]:
 
 
 def runs_at(ctx: Context, conn: Any, output_uri: str) -> list[str]:
-    """`runs_sharing`, read on the caller's connection: a stopgap for `submit` and
-    `reporting`, which still read inside their own transactions, until they move onto the
-    `Ledger`."""
+    """`runs_sharing`, read on the caller's connection: a stopgap for `submit`, which still
+    reads inside its own transaction, until it moves onto the `Ledger`."""
     return _at(ctx, repo.run_outputs(conn), output_uri)
+
+
+def runs_among(ctx: Context, outputs: Iterable[tuple[str, str]], output_uri: str) -> list[str]:
+    """Ids of the runs among `outputs` ((run id, output URI), oldest first) whose output
+    is this location."""
+    return _at(ctx, outputs, output_uri)
 
 
 def _at(ctx: Context, outputs: Iterable[tuple[str, str]], output_uri: str) -> list[str]:

@@ -17,14 +17,13 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.ledger.ledger import RunMetricData
-from pipeline.adapters.ledger.steps_reads import run_metric_data
 from pipeline.core.policy import HoldReason
 from pipeline.core.reasons import error_class
 from pipeline.core.states import BatchState
@@ -90,14 +89,6 @@ def _errors(rows: Iterable[Any]) -> tuple[int, dict[str, int]]:
 
 def _summary(values: list[float]) -> dict[str, float]:
     return {f"p{round(q * 100)}": round(quantile(values, q), 3) for q in QUANTILES}
-
-
-def run_metrics(conn: Any, run_id: str, totals: Sequence[Any] | None = None) -> dict[str, Any]:
-    """The per-run numbers `status --json` carries under `metrics`, read on `conn`.
-
-    A stopgap for `reporting`, which still reads inside its own connection; once it moves
-    onto the `Ledger`, `run_metrics_of` replaces this."""
-    return metrics_of(run_metric_data(conn, run_id, totals=totals))
 
 
 def run_metrics_of(ctx: Context, run_id: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import click
 
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger.ledger import TableReads
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import report
 from pipeline.core.catalog import load_catalog
@@ -30,7 +31,7 @@ from pipeline.core.report import printable
 from pipeline.core.values import as_utc, day_start, nanos_to_usd, usd_to_nanos
 from pipeline.shell import location
 from pipeline.shell.context import Context
-from pipeline.shell.metrics import run_metrics
+from pipeline.shell.metrics import metrics_of
 from pipeline.shell.planning import Plan
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
@@ -39,22 +40,15 @@ FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 # written, not here: `status` and `plan` print through this module and need neither.
 
 
-def _chunks(ctx: Context, run_id: str) -> Iterator[report.Columns]:
-    with ctx.engine.connect() as conn:
-        yield from repo.report_columns(conn, run_id)
-
-
 def render_report(
     ctx: Context, run_ref: str, fmt: str, out: IO[str] | None, out_path: Path | None
 ) -> None:
     """Write the report of a run in `fmt` to `out` (text formats) or `out_path`."""
     from pipeline.adapters import writers
 
-    with ctx.engine.connect() as conn:
-        run = repo.get_run(conn, run_ref)
-        saved = repo.cache_savings(conn, run.id)
+    run, saved = ctx.ledger.run_and_savings(run_ref)
     summary = report.Summary(rejected=run.rejected_count, saved_by_cache_nanos=saved)
-    chunks = report.columns_and_summary(_chunks(ctx, run.id), summary)
+    chunks = report.columns_and_summary(ctx.ledger.report_columns(run.id), summary)
     if fmt == "parquet":
         assert out_path is not None
         writers.write_parquet_columns(chunks, out_path, writers.REPORT_SCHEMA)
@@ -82,20 +76,20 @@ def render_report(
 
 def write_run_manifest(ctx: Context, run: repo.RunRow) -> None:
     """After a harvest: rewrite the run's manifest beside its images (see `write_tables`)."""
-    with ctx.engine.connect() as conn:
-        write_tables(ctx, conn, run, manifest=True, rejects=False)
+    with ctx.ledger.table_reads() as reads:
+        write_tables(ctx, reads, run, manifest=True, rejects=False)
 
 
 def write_tables(
     ctx: Context,
-    conn: Any,
+    reads: TableReads,
     run: repo.RunRow,
     *,
     manifest: bool,
     rejects: bool,
     present: Container[str] | None = None,
 ) -> None:
-    """Write the run's tables at its output location, reading the ledger through `conn`
+    """Write the run's tables at its output location, reading the ledger through `reads`
     (at submit, the recording transaction: the new run's rows are not committed yet).
 
     A location with one run: `manifest.parquet` (one row per harvested item) and/or
@@ -108,14 +102,14 @@ def write_tables(
     the plain files it wrote before are about to hold everyone's rows.
     """
     store = ctx.store(run.output_uri)
-    runs = location.runs_at(ctx, conn, run.output_uri)
+    runs = location.runs_among(ctx, reads.run_outputs(), run.output_uri)
     if run.id not in runs:
         runs.append(run.id)
     if len(runs) == 1:
         if manifest:
-            _put_manifest(store, location.MANIFEST, conn, runs, merged=False)
+            _put_manifest(store, location.MANIFEST, reads, runs, merged=False)
         if rejects:
-            _put_rejects(store, location.REJECTS, conn, runs, merged=False)
+            _put_rejects(store, location.REJECTS, reads, runs, merged=False)
         return
     for other in runs:
         ours = other == run.id
@@ -123,20 +117,20 @@ def write_tables(
             present is not None and location.per_run(location.MANIFEST, other) not in present
         ):
             _put_manifest(
-                store, location.per_run(location.MANIFEST, other), conn, [other], merged=False
+                store, location.per_run(location.MANIFEST, other), reads, [other], merged=False
             )
         if ours or (
             present is not None and location.per_run(location.REJECTS, other) not in present
         ):
             _put_rejects(
-                store, location.per_run(location.REJECTS, other), conn, [other], merged=False
+                store, location.per_run(location.REJECTS, other), reads, [other], merged=False
             )
-    _put_manifest(store, location.MANIFEST, conn, runs, merged=True)
-    _put_rejects(store, location.REJECTS, conn, runs, merged=True)
+    _put_manifest(store, location.MANIFEST, reads, runs, merged=True)
+    _put_rejects(store, location.REJECTS, reads, runs, merged=True)
 
 
 def _put_manifest(
-    store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
+    store: ObjectStore, name: str, reads: TableReads, run_ids: list[str], *, merged: bool
 ) -> None:
     """Stream the harvested items of `run_ids` (in order) into a Parquet file named `name`."""
     from pipeline.adapters import writers
@@ -145,7 +139,7 @@ def _put_manifest(
 
     def harvested() -> Iterator[report.Columns]:
         for run_id in run_ids:
-            for chunk in repo.report_columns(conn, run_id, finished_only=True, manifest=True):
+            for chunk in reads.report_columns(run_id, finished_only=True, manifest=True):
                 columns = report.manifest_columns(chunk, report.item_columns(chunk), catalog)
                 if merged:
                     columns["run"] = [run_id] * len(columns["key"])
@@ -161,14 +155,14 @@ def _put_manifest(
 
 
 def _put_rejects(
-    store: ObjectStore, name: str, conn: Any, run_ids: list[str], *, merged: bool
+    store: ObjectStore, name: str, reads: TableReads, run_ids: list[str], *, merged: bool
 ) -> None:
     """Stream the rejects of `run_ids` (in order) into a CSV file named `name`."""
     from pipeline.adapters import writers
 
     def rows() -> Iterator[tuple[object, ...]]:
         for run_id in run_ids:
-            for r in repo.rejects_of_run(conn, run_id):
+            for r in reads.rejects(run_id):
                 yield (r.row, r.key, r.reason, run_id) if merged else (r.row, r.key, r.reason)
 
     header = writers.MERGED_REJECTS_HEADER if merged else writers.REJECTS_HEADER
@@ -186,16 +180,12 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     the run's batches, so a run of a million items takes well under a second."""
     from pipeline.shell.submit import waiting_reason
 
-    with ctx.engine.connect() as conn:
-        counts, cached = repo.status_counts(conn, run.id)
-        batches = repo.batch_state_counts(conn, run.id)
-        totals = repo.run_attempt_totals(conn, run.id)
-        spent, reserved = repo.status_spend(conn, run.id, totals)
-        queued = repo.batches_in(conn, ["queued"], run.id)
-        daily = _daily(ctx, conn)
-        metrics = run_metrics(conn, run.id, totals)
+    cap = ctx.settings.daily_budget_usd
+    figures = ctx.ledger.status_figures(run.id, None if cap is None else day_start(ctx.now()))
+    counts, spent, reserved = figures.counts, figures.spent_nanos, figures.reserved_nanos
+    queued = figures.first_queued
     held = report.held_entry(run)
-    waiting = waiting_reason(ctx, queued[0], run) if queued and run.state == "active" else None
+    waiting = waiting_reason(ctx, queued, run) if queued and run.state == "active" else None
     if held is not None:
         waiting = Waiting(WaitCode.HELD, report.held_line(run, ctx.now()))
     budget = run.budget_nanos
@@ -206,7 +196,7 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "model": run.model,
         "output": run.output_uri,
         "items": report.status_items(counts, run.rejected_count),
-        "batches": batches,
+        "batches": figures.batches,
         "cost_usd": nanos_to_usd(spent),
         "reserved_usd": nanos_to_usd(reserved),
         "estimated_usd": nanos_to_usd(run.estimated_nanos),
@@ -215,21 +205,21 @@ def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
         "waiting": None if waiting is None else waiting.text,
         "waiting_code": None if waiting is None else waiting.code.value,
         "held": held,
-        "cached": cached,
-        "daily": daily,
-        "metrics": metrics,
+        "cached": figures.cached,
+        "daily": _daily(ctx, figures.day_spend),
+        "metrics": metrics_of(figures.metrics),
         "created_at": report.iso(run.created_at),
         "finished_at": report.iso(run.finished_at),
         "age_s": round((ctx.now() - as_utc(run.created_at)).total_seconds(), 1),
     }
 
 
-def _daily(ctx: Context, conn: Any) -> dict[str, Any] | None:
+def _daily(ctx: Context, day_spend: tuple[int, int] | None) -> dict[str, Any] | None:
     """Today's (UTC) spend across runs against NANOBATCH_DAILY_BUDGET_USD, when set."""
     cap = ctx.settings.daily_budget_usd
-    if cap is None:
+    if cap is None or day_spend is None:
         return None
-    spent, reserved = repo.day_spend(conn, day_start(ctx.now()))
+    spent, reserved = day_spend
     cap_nanos = usd_to_nanos(cap)
     return {
         "cap_usd": float(cap),
@@ -280,8 +270,7 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
 
 
 def print_status(ctx: Context, run_ref: str | None, *, as_json: bool) -> None:
-    with ctx.engine.connect() as conn:
-        runs = [repo.get_run(conn, run_ref)] if run_ref else repo.list_runs(conn)
+    runs = [ctx.ledger.get_run(run_ref)] if run_ref else ctx.ledger.list_runs()
     entries = [run_status(ctx, run) for run in runs]
     if as_json:
         click.echo(json.dumps({"runs": entries}, indent=2))

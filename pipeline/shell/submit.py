@@ -25,6 +25,7 @@ from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.gemini import RemoteBatch
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.ledger.db import session_scope
+from pipeline.adapters.ledger.ledger import TableReads
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.private import make_private_dir, open_private
 from pipeline.adapters.references import ReferenceBook
@@ -195,7 +196,7 @@ def _record_run(
         # Written before the commit: a crash leaves no run, and a rerun rewrites the same files.
         write_tables(
             ctx,
-            conn,
+            TableReads(conn),
             repo.get_run(conn, run_id),
             manifest=done.failed > 0,
             rejects=True,

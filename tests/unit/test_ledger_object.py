@@ -353,3 +353,29 @@ def test_open_without_migrating_then_upgrade(tmp_path: Path) -> None:
         assert ledger.upgrade() == db.HEAD_REVISION
     finally:
         ledger.dispose()
+
+
+def test_status_figures_count_items_batches_and_the_first_queued_batch(ledger: Ledger) -> None:
+    """`status_figures` answers a run's status in one read: items by state, batches by
+    state, the oldest queued batch (what `waiting` explains), and the day's spend only when
+    asked for."""
+    running, _ = _batch(ledger, ["a", "b"], BatchState.RUNNING)
+    queued, _ = _batch(ledger, ["c"], BatchState.QUEUED)
+
+    figures = ledger.status_figures(RUN, None)
+    assert figures.counts == {"in_batch": 3}
+    assert figures.batches == {"running": 1, "queued": 1}
+    assert figures.first_queued is not None and figures.first_queued.id == queued
+    assert figures.day_spend is None
+    assert figures.spent_nanos == 0 and figures.reserved_nanos > 0
+    assert ledger.status_figures(RUN, NOW).day_spend is not None
+    assert running != queued
+
+
+def test_table_reads_see_the_runs_outputs_and_rejects(ledger: Ledger) -> None:
+    """`table_reads` gives the reads the manifest and rejects are written from, on one
+    connection: the runs' outputs and a run's rejects in row order."""
+    with ledger.table_reads() as reads:
+        assert [run_id for run_id, _ in reads.run_outputs()] == [RUN]
+        assert reads.run(RUN).id == RUN
+        assert list(reads.rejects(RUN)) == []

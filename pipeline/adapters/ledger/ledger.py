@@ -3,7 +3,8 @@ engine and every transaction; each method is one step the shell takes (a read in
 connection, or a change in one transaction: a guarded update plus its event rows) and
 returns frozen values, never a connection or a row the caller could write through.
 
-The methods live by topic in `steps_runs`, `steps_batches`, `steps_reads` and `steps_refs`
+The methods live by topic in `steps_runs`, `steps_batches`, `steps_reads`, `steps_status`
+and `steps_refs`
 (mixins over `base.LedgerBase`), each calling the topic functions (`runs`, `items`,
 `batches`, `outcomes`, `leases`, `queries`, `references`, `deliveries`). State changes keep
 their guards: a stale move raises StaleTransition and an invalid one InvalidTransition,
@@ -31,6 +32,7 @@ from pipeline.adapters.ledger.steps_runs import (
     RunSpend,
     RunSteps,
 )
+from pipeline.adapters.ledger.steps_status import StatusFigures, StatusSteps, TableReads
 
 __all__ = [
     "BatchSources",
@@ -45,10 +47,12 @@ __all__ = [
     "RunMetricData",
     "RunSpend",
     "Settle",
+    "StatusFigures",
+    "TableReads",
 ]
 
 
-class Ledger(RunSteps, BatchSteps, ReadSteps, RefSteps):
+class Ledger(RunSteps, BatchSteps, ReadSteps, StatusSteps, RefSteps):
     """Every read and state change of the ledger, each in its own connection or transaction."""
 
     @classmethod
