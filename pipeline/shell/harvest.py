@@ -3,9 +3,10 @@ line by line in a small thread pool, store each final image once, and record eac
 outcome, tokens and cost in the ledger, many lines per transaction.
 
 Order matters for crash safety: an image is stored before its attempt is recorded, and a
-recorded attempt is never recorded again (`outcome IS NULL` guard). A replay after a kill
-re-reads the spool file, adopts objects already stored with the same sha256, and skips
-attempts already recorded. Nothing is paid twice because nothing is created again.
+recorded attempt is never recorded again (its row is inserted once, under UNIQUE(item_id,
+batch_id, duplicate)). A replay after a kill re-reads the spool file, adopts objects already
+stored with the same sha256, and skips attempts already recorded. Nothing is paid twice
+because nothing is created again.
 
 Paid results never wait on storage: the download runs to its end in its own thread whatever
 the storing does, so a harvest stopped by its run's storage (the run is then held, see
@@ -54,7 +55,6 @@ LEASE_TTL_S = 60.0
 class Record:
     """One attempt's result, ready to be written."""
 
-    attempt_id: int
     item_id: int
     key: str
     outcome: policy.Outcome
@@ -327,7 +327,6 @@ class _Harvest:
     def _attempt(self, line: _Line, row: Any, pool: ThreadPoolExecutor) -> Future[Record] | Record:
         outcome = line.outcome
         base = Record(
-            row.attempt_id,
             row.item_id,
             row.key,
             outcome.kind,
@@ -352,7 +351,6 @@ class _Harvest:
         what = "an image" if line.outcome.kind == "succeeded" else (line.outcome.reason or "")
         return [
             Record(
-                row.attempt_id,
                 row.item_id,
                 row.key,
                 line.outcome.kind,
@@ -539,7 +537,7 @@ def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[
 
 
 def _empty(row: Any, outcome: policy.Outcome, reason: str) -> Record:
-    return Record(row.attempt_id, row.item_id, row.key, outcome, reason, False, Usage(), 0, 0)
+    return Record(row.item_id, row.key, outcome, reason, False, Usage(), 0, 0)
 
 
 # ── writing outcomes ─────────────────────────────────────────────────────────
@@ -555,7 +553,7 @@ def apply_records(
 ) -> None:
     """Decide each record's next item state (the policy) and record them in the ledger."""
     outcomes = [_outcome(rec, rows[rec.key], run, batch) for rec in records]
-    repo.record_outcomes(conn, run.id, batch.id, outcomes, now)
+    repo.record_outcomes(conn, run.id, batch.id, outcomes, now, model=batch.model)
 
 
 def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> repo.AttemptOutcome:
@@ -573,7 +571,6 @@ def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> r
     if refused and nxt.state == "failed" and rec.reason and not row.fallback_used:
         error = f"{rec.reason}; {refused}"[:1000]
     return repo.AttemptOutcome(
-        attempt_id=rec.attempt_id,
         item_id=rec.item_id,
         outcome=rec.outcome,
         reason=rec.reason,
@@ -620,8 +617,8 @@ def settle_without_output(
     outcome: policy.Outcome,
     reason: str,
 ) -> None:
-    """Every unrecorded attempt of the batch gets `outcome` (retry or cancelled)."""
-    rows = {r.key: r for r in repo.batch_attempts(conn, batch.id) if r.outcome is None}
+    """Every item still in the batch gets its attempt, with `outcome` (retry or cancelled)."""
+    rows = {r.key: r for r in repo.open_batch_items(conn, batch.id)}
     records = [_empty(r, outcome, reason) for r in rows.values()]
     apply_records(conn, run, batch, records, rows, ctx.now())
 

@@ -1,6 +1,7 @@
 """Recording a new run's table in the ledger in one streaming pass: each item row is written
-once, already packed into its batch (state `in_batch`, with its attempt row), so a
-million-row table is read, checked and recorded without a second pass over the items.
+once, already packed into its batch (state `in_batch`, carrying its batch id; its attempt
+row is written only when its outcome is known), so a million-row table is read, checked and
+recorded without a second pass over the items.
 Items come column by column (`expand.Items`, a block at a time) and are hashed, packed and
 written a slice at a time, with no object per row.
 
@@ -205,8 +206,7 @@ class _Recorder:
         self.done.batches += 1
 
     def close(self) -> None:
-        """Close the batch being filled (its items are already written: its attempts need
-        them)."""
+        """Close the batch being filled (its items are already written)."""
         if self.batch is None:
             return
         batch, self.batch = self.batch, None
