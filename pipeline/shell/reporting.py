@@ -243,7 +243,7 @@ def _size_sent(catalog: Catalog, model: str, size: str) -> str:
 
 def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     """The `status --json` entry of one run."""
-    from pipeline.shell.submit import waiting_reason
+    from pipeline.shell.budget import waiting_reason
 
     with ctx.engine.connect() as conn:
         counts = repo.item_counts(conn, run.id)
