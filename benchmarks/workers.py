@@ -29,9 +29,10 @@ def _prepare(url: str, emu_url: str, work: Path, batches: int, images: int) -> s
     """Submit a run of batches x images and poll it until every batch is `done`."""
     from pipeline.adapters.ledger import repo
     from pipeline.core.catalog import load_catalog
+    from pipeline.shell.intake import create_run
     from pipeline.shell.planning import load_spec
     from pipeline.shell.poll import poll_batches
-    from pipeline.shell.submit import Submitter, create_run, form_batches
+    from pipeline.shell.submit import Submitter, form_batches
 
     ctx = common.make_context(url, work / "state", emu_url)
     common.write_prompts_csv(work / "prompts.csv", batches * images, prefix=work.name)

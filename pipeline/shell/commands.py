@@ -16,10 +16,11 @@ from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, Interrupted, PipelineError, RuntimeFailure, UsageError
 from pipeline.core.report import held_line
 from pipeline.core.values import usd_to_nanos
+from pipeline.shell.budget import waiting_reason
 from pipeline.shell.context import Context
+from pipeline.shell.intake import create_run, latest_active_run
 from pipeline.shell.planning import load_spec
 from pipeline.shell.progress import RunProgress
-from pipeline.shell.submit import create_run, latest_active_run, waiting_reason
 from pipeline.shell.tick import cancel_run, run_until_done, settle_cancelled, sweep_spool, tick
 
 log = get_logger()

@@ -4,9 +4,10 @@ store each final image once (`harvest_lines`), and record each attempt's outcome
 and cost in the ledger, many lines per transaction (here: every ledger call of a harvest).
 
 Order matters for crash safety: an image is stored before its attempt is recorded, and a
-recorded attempt is never recorded again (`outcome IS NULL` guard). A replay after a kill
-re-reads the spool file, adopts objects already stored with the same sha256, and skips
-attempts already recorded. Nothing is paid twice because nothing is created again.
+recorded attempt is never recorded again (its row is inserted once, under UNIQUE(item_id,
+batch_id, duplicate)). A replay after a kill re-reads the spool file, adopts objects already
+stored with the same sha256, and skips attempts already recorded. Nothing is paid twice
+because nothing is created again.
 
 Paid results never wait on storage: the download runs to its end in its own thread whatever
 the storing does, so a harvest stopped by its run's storage (the run is then held, see
@@ -253,7 +254,7 @@ def apply_records(
 ) -> None:
     """Decide each record's next item state (the policy) and record them in the ledger."""
     outcomes = [_outcome(rec, rows[rec.key], run, batch) for rec in records]
-    repo.record_outcomes(conn, run.id, batch.id, outcomes, now)
+    repo.record_outcomes(conn, run.id, batch.id, outcomes, now, model=batch.model)
 
 
 def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> repo.AttemptOutcome:
@@ -271,7 +272,6 @@ def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> r
     if refused and nxt.state == "failed" and rec.reason and not row.fallback_used:
         error = f"{rec.reason}; {refused}"[:1000]
     return repo.AttemptOutcome(
-        attempt_id=rec.attempt_id,
         item_id=rec.item_id,
         outcome=rec.outcome,
         reason=rec.reason,

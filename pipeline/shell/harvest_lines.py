@@ -35,7 +35,6 @@ T = TypeVar("T")
 class Record:
     """One attempt's result, ready to be written."""
 
-    attempt_id: int
     item_id: int
     key: str
     outcome: policy.Outcome
@@ -143,7 +142,6 @@ class LineRouter:
     def _attempt(self, line: Line, row: Any, pool: ThreadPoolExecutor) -> Future[Record] | Record:
         outcome = line.outcome
         base = Record(
-            row.attempt_id,
             row.item_id,
             row.key,
             outcome.kind,
@@ -175,7 +173,6 @@ class LineRouter:
         what = "an image" if line.outcome.kind == "succeeded" else (line.outcome.reason or "")
         return [
             Record(
-                row.attempt_id,
                 row.item_id,
                 row.key,
                 line.outcome.kind,
@@ -296,4 +293,4 @@ NO_POOL: Any = _NoPool()
 
 
 def empty(row: Any, outcome: policy.Outcome, reason: str, code: ReasonCode) -> Record:
-    return Record(row.attempt_id, row.item_id, row.key, outcome, reason, code, Usage(), 0, 0)
+    return Record(row.item_id, row.key, outcome, reason, code, Usage(), 0, 0)

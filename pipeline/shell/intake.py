@@ -1,14 +1,19 @@
-"""Recording a new run's table in the ledger in one streaming pass: each item row is written
-once, already packed into its batch (state `in_batch`, with its attempt row), so a
-million-row table is read, checked and recorded without a second pass over the items.
-Items come column by column (`table.Items`, a block at a time) and are hashed, packed and
-written a slice at a time, with no object per row.
+"""Taking a run in: its identity (same spec, input, output and date is the same run), the
+checks made before anything is recorded (the output location can be written, the service
+answers), and recording it in one transaction: the run row, its items, its rejects and
+`rejects.csv` (`create_run`).
+
+The items are recorded in one streaming pass: each item row is written once, already packed
+into its batch (state `in_batch`, carrying its batch id; its attempt row is written only when
+its outcome is known), so a million-row table is read, checked and recorded without a second
+pass over the items. Items come column by column (`table.Items`, a block at a time) and are
+hashed, packed and written a slice at a time, with no object per row.
 
 Items whose image name is taken at the output location (`taken`) are recorded failed for good
 and never packed, so nothing is sent for them. Items whose content another run already
-stored stay `queued`: the tick serves them from the
-prompt cache or, on a miss, forms them into batches then (`submit.form_batches`, which also
-packs retried items). Everything happens in the caller's transaction: a crash records nothing.
+stored stay `queued`: the tick serves them from the prompt cache or, on a miss, forms them
+into batches then (`submit.form_batches`, which also packs retried items). Everything
+happens in the caller's transaction: a crash records nothing.
 
 The first batches' JSONL files are written to the spool folder as they are packed, from the
 lines measured for packing (`shardfile`), so the first tick uploads them without reading the
@@ -18,19 +23,227 @@ are submitted, which keeps the spool folder to a bounded size.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.adapters import shardfile
+from pipeline.adapters import inputs, shardfile
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger.db import session_scope
+from pipeline.adapters.ledger.ledger import TableReads
+from pipeline.adapters.log import get_logger
+from pipeline.adapters.references import ReferenceBook
 from pipeline.core import expand, shard, table
-from pipeline.core.spec import JobSpec
+from pipeline.core.catalog import Catalog
+from pipeline.core.errors import ApiError, AuthError, StorageError
+from pipeline.core.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
+from pipeline.core.values import usd_to_nanos
+from pipeline.shell import location, uploads
+from pipeline.shell.context import Context
+from pipeline.shell.location import Listing
+from pipeline.shell.reporting import write_tables
 from pipeline.shell.taken import TakenNames
+
+log = get_logger()
+
+# ── runs ─────────────────────────────────────────────────────────────────────
+
+
+def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
+    """Same spec + same input + same resolved output (+ date) = same run."""
+    canonical = json.dumps(
+        {"spec": spec_record(spec), "input": input_sha, "output": output_template, "date": date},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256((canonical + nonce).encode()).hexdigest()
+
+
+def _spec_json(spec: JobSpec) -> str:
+    """The spec as recorded with its run (`runs.spec_json`)."""
+    return json.dumps(spec_record(spec), default=str, sort_keys=True)
+
+
+def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
+    """The newest active run of this spec's identity (same spec, input and date; the output
+    template is part of the spec), whether or not it was started with --force: the run
+    `run SPEC` resumes. None when there is none."""
+    date = ctx.now().strftime("%Y-%m-%d")
+    input_sha = inputs.file_sha256(spec.input.path)
+    with ctx.engine.connect() as conn:
+        found = repo.latest_active_run_like(conn, spec.name, _spec_json(spec), input_sha, date)
+    return found.id if found is not None else None
+
+
+def create_run(
+    ctx: Context, spec: JobSpec, catalog: Catalog, *, force: bool = False, use_cache: bool = True
+) -> tuple[str, bool]:
+    """Record the run, its items and rejects (one transaction), write rejects.csv.
+
+    Returns (run id, created). An existing identical run is returned as is, spending nothing.
+    The output location and the service (key and endpoint) are checked first, so a run is
+    only recorded when its work can be sent. Items whose image name is taken at the output
+    location are recorded failed for good (`taken`). Side effects: ledger rows;
+    `rejects.csv` (and, when items failed or the location is shared, the manifest tables)
+    in the run's output location.
+    """
+    now = ctx.now()
+    date = now.strftime("%Y-%m-%d")
+    input_sha = inputs.file_sha256(spec.input.path)
+    nonce = now.isoformat() if force else ""
+    identity = run_identity(spec, input_sha, spec.output.uri, date, nonce)
+    with ctx.engine.connect() as conn:
+        existing = repo.find_run_by_identity(conn, identity)
+    if existing is not None:
+        return existing.id, False
+    run_id = f"{spec.name}-{now.strftime('%Y%m%d')}-{identity[:8]}"
+    output_uri = resolve_output_uri(spec.output.uri, job=spec.name, date=date, run=run_id)
+    store = ctx.store(output_uri)
+    try:
+        store.check_writable()
+    except StorageError as exc:
+        raise StorageError(
+            f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
+            "written."
+        ) from exc
+    check_service(ctx, spec.channel)
+    # Listed before the recording transaction opens: a long listing holds no ledger lock.
+    with Listing.of(store) as listing:
+        _record_run(
+            ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache, listing
+        )
+    return run_id, True
+
+
+def check_service(ctx: Context, channel: ChannelSpec | None = None) -> None:
+    """One cheap call to the service before a run is recorded: a refused or missing key
+    (AuthError, exit 2) or an unreachable service (exit 1) then leaves nothing behind that a
+    later submit would mistake for the run. A Vertex channel's staging prefix must take a
+    file too (StorageError, exit 1)."""
+    channel = channel or ChannelSpec()
+    variable = "GOOGLE_VERTEX_BASE_URL" if channel.is_vertex else "GOOGLE_GEMINI_BASE_URL"
+    try:
+        ctx.channel_backend(channel).check_access()
+    except AuthError as exc:
+        raise AuthError(f"{exc}; nothing was recorded", code=exc.code) from None
+    except StorageError as exc:
+        raise StorageError(
+            f"{exc}. Nothing was recorded and nothing was spent; submit again once the "
+            "staging prefix can be written."
+        ) from None
+    except ApiError as exc:
+        raise type(exc)(
+            f"{exc}; nothing was recorded: check the network and {variable} "
+            "(unset it for the real service), then submit again",
+            code=exc.code,
+        ) from None
+
+
+def _record_run(
+    ctx: Context,
+    spec: JobSpec,
+    catalog: Catalog,
+    run_id: str,
+    identity: str,
+    input_sha: str,
+    output_uri: str,
+    date: str,
+    use_cache: bool,
+    listing: Listing,
+) -> None:
+    from pipeline.shell.planning import expansion, nothing_to_do
+
+    info = catalog.for_channel(spec.channel.kind).get(spec.model)
+    now = ctx.now()
+    with session_scope(ctx.engine) as session:
+        conn = session.connection()
+        repo.insert_run(
+            conn,
+            _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
+        )
+        taken = None
+        if not spec.output.overwrite:
+            neighbours = location.runs_at(ctx, conn, output_uri)
+            taken = TakenNames(run_id, ctx.store(output_uri), listing, neighbours)
+        book = None
+        if spec.input.images:
+            book = ReferenceBook(spec.source.parent, gcs=uploads.gcs_opener(ctx))
+        done = record_expansion(
+            conn,
+            run_id,
+            spec,
+            expansion(spec, info, book),
+            now,
+            use_cache=use_cache,
+            spool=ctx.settings.spool_dir,
+            taken=taken,
+        )
+        if done.items == 0:  # raised inside the transaction: nothing is recorded
+            raise nothing_to_do(spec, done.rejects)
+        repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
+        # Written before the commit: a crash leaves no run, and a rerun rewrites the same files.
+        write_tables(
+            ctx,
+            TableReads(conn),
+            repo.get_run(conn, run_id),
+            manifest=done.failed > 0,
+            rejects=True,
+            present=listing.tables,
+        )
+    log.info(
+        "run_created",
+        run=run_id,
+        items=done.items,
+        rejected=done.rejects,
+        batches=done.batches,
+        name_taken=done.failed,
+    )
+
+
+def _run_values(
+    spec: JobSpec,
+    run_id: str,
+    identity: str,
+    input_sha: str,
+    output_uri: str,
+    date: str,
+    now: datetime,
+    use_cache: bool,
+) -> dict[str, Any]:
+    limits = shard.limits_for(spec)
+    budget = spec.limits.budget_usd
+    return {
+        "id": run_id,
+        "identity": identity,
+        "job": spec.name,
+        "state": "active",
+        "model": spec.model,
+        "fallback_model": spec.fallback_model,
+        "spec_path": str(spec.source),
+        "spec_json": _spec_json(spec),
+        "input_sha256": input_sha,
+        "output_uri": output_uri,
+        "run_date": date,
+        "max_attempts": spec.limits.max_attempts,
+        "max_enqueued_tokens": limits.max_tokens,
+        "max_requests_per_batch": limits.max_requests,
+        "max_batch_bytes": limits.max_bytes,
+        "budget_nanos": usd_to_nanos(budget) if budget is not None else None,
+        "overwrite": spec.output.overwrite,
+        "use_cache": use_cache,
+        "created_at": now,
+        "channel": spec.channel.to_json(),
+        "webhook_url": spec.notify.webhook_url,
+    }
+
+
+# ── items, packed into batches in one pass ───────────────────────────────────
 
 CHUNK = 5000
 """Rows per executemany, and per prompt-cache lookup."""
@@ -205,8 +418,7 @@ class _Recorder:
         self.done.batches += 1
 
     def close(self) -> None:
-        """Close the batch being filled (its items are already written: its attempts need
-        them)."""
+        """Close the batch being filled (its items are already written)."""
         if self.batch is None:
             return
         batch, self.batch = self.batch, None

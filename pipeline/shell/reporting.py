@@ -178,7 +178,7 @@ def _put_rejects(
 def run_status(ctx: Context, run: repo.RunRow) -> dict[str, Any]:
     """The `status --json` entry of one run. Every figure is answered from an index or from
     the run's batches, so a run of a million items takes well under a second."""
-    from pipeline.shell.submit import waiting_reason
+    from pipeline.shell.budget import waiting_reason
 
     cap = ctx.settings.daily_budget_usd
     figures = ctx.ledger.status_figures(run.id, None if cap is None else day_start(ctx.now()))

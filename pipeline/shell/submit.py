@@ -1,6 +1,6 @@
-"""Submitting exactly once: record a run (its items already packed into batches, see
-`intake`), form batches from items queued later (retries, cache misses), and create them on
-the service within quota, budget and backoff.
+"""Submitting exactly once: form batches from items queued after their run was recorded
+(retries, cache misses; a new run's items are packed as it is recorded, see `intake`), and
+create them on the service within quota, budget and backoff (`budget`).
 
 Batch create is not idempotent, so the intent (state `submitting`, a unique display name)
 is committed before the call; a batch found in `submitting` later is reconciled by display
@@ -10,42 +10,30 @@ name against the service's list and only created again if none exists.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
 import random
 from collections.abc import Callable
 from contextlib import nullcontext
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pipeline.adapters import inputs, shardfile
+from pipeline.adapters import shardfile
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.gemini import RemoteBatch
 from pipeline.adapters.ledger import repo
-from pipeline.adapters.ledger.db import session_scope
-from pipeline.adapters.ledger.ledger import TableReads
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.private import make_private_dir, open_private
-from pipeline.adapters.references import ReferenceBook
 from pipeline.core import expand, pricing, shard
 from pipeline.core.catalog import Catalog, load_catalog
-from pipeline.core.errors import (
-    ApiError,
-    AuthError,
-    StaleTransition,
-    StorageError,
-    TransientApiError,
-)
+from pipeline.core.errors import ApiError, AuthError, StaleTransition, TransientApiError
 from pipeline.core.reasons import WaitCode, Waiting
-from pipeline.core.spec import ChannelSpec, JobSpec, resolve_output_uri, spec_record
+from pipeline.core.spec import ChannelSpec
 from pipeline.core.states import BatchState
-from pipeline.core.values import NANOS_PER_USD, as_utc, day_start, usd_to_nanos
-from pipeline.shell import intake, location, uploads
+from pipeline.core.values import as_utc
+from pipeline.shell import location, uploads
+from pipeline.shell.budget import SpendBook, waiting_reason
 from pipeline.shell.context import Context, channel_of
 from pipeline.shell.location import Listing
-from pipeline.shell.reporting import write_tables
 from pipeline.shell.taken import TakenNames
 
 if TYPE_CHECKING:
@@ -53,200 +41,8 @@ if TYPE_CHECKING:
 
 log = get_logger()
 BACKOFF_MAX_S = 1800.0
-LIVE_BATCH_LIMIT = 100
 #: A dead holder's claim on a batch delays other ticks by at most this (CONTRACT section 6).
 CLAIM_TTL_S = 60.0
-
-
-# ── runs ─────────────────────────────────────────────────────────────────────
-
-
-def run_identity(spec: JobSpec, input_sha: str, output_template: str, date: str, nonce: str) -> str:
-    """Same spec + same input + same resolved output (+ date) = same run."""
-    canonical = json.dumps(
-        {"spec": spec_record(spec), "input": input_sha, "output": output_template, "date": date},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256((canonical + nonce).encode()).hexdigest()
-
-
-def _spec_json(spec: JobSpec) -> str:
-    """The spec as recorded with its run (`runs.spec_json`)."""
-    return json.dumps(spec_record(spec), default=str, sort_keys=True)
-
-
-def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
-    """The newest active run of this spec's identity (same spec, input and date; the output
-    template is part of the spec), whether or not it was started with --force: the run
-    `run SPEC` resumes. None when there is none."""
-    date = ctx.now().strftime("%Y-%m-%d")
-    input_sha = inputs.file_sha256(spec.input.path)
-    with ctx.engine.connect() as conn:
-        found = repo.latest_active_run_like(conn, spec.name, _spec_json(spec), input_sha, date)
-    return found.id if found is not None else None
-
-
-def create_run(
-    ctx: Context, spec: JobSpec, catalog: Catalog, *, force: bool = False, use_cache: bool = True
-) -> tuple[str, bool]:
-    """Record the run, its items and rejects (one transaction), write rejects.csv.
-
-    Returns (run id, created). An existing identical run is returned as is, spending nothing.
-    The output location and the service (key and endpoint) are checked first, so a run is
-    only recorded when its work can be sent. Items whose image name is taken at the output
-    location are recorded failed for good (`taken`). Side effects: ledger rows;
-    `rejects.csv` (and, when items failed or the location is shared, the manifest tables)
-    in the run's output location.
-    """
-    now = ctx.now()
-    date = now.strftime("%Y-%m-%d")
-    input_sha = inputs.file_sha256(spec.input.path)
-    nonce = now.isoformat() if force else ""
-    identity = run_identity(spec, input_sha, spec.output.uri, date, nonce)
-    with ctx.engine.connect() as conn:
-        existing = repo.find_run_by_identity(conn, identity)
-    if existing is not None:
-        return existing.id, False
-    run_id = f"{spec.name}-{now.strftime('%Y%m%d')}-{identity[:8]}"
-    output_uri = resolve_output_uri(spec.output.uri, job=spec.name, date=date, run=run_id)
-    store = ctx.store(output_uri)
-    try:
-        store.check_writable()
-    except StorageError as exc:
-        raise StorageError(
-            f"{exc}. Nothing was recorded and nothing was spent; submit again once it can be "
-            "written."
-        ) from exc
-    check_service(ctx, spec.channel)
-    # Listed before the recording transaction opens: a long listing holds no ledger lock.
-    with Listing.of(store) as listing:
-        _record_run(
-            ctx, spec, catalog, run_id, identity, input_sha, output_uri, date, use_cache, listing
-        )
-    return run_id, True
-
-
-def check_service(ctx: Context, channel: ChannelSpec | None = None) -> None:
-    """One cheap call to the service before a run is recorded: a refused or missing key
-    (AuthError, exit 2) or an unreachable service (exit 1) then leaves nothing behind that a
-    later submit would mistake for the run. A Vertex channel's staging prefix must take a
-    file too (StorageError, exit 1)."""
-    channel = channel or ChannelSpec()
-    variable = "GOOGLE_VERTEX_BASE_URL" if channel.is_vertex else "GOOGLE_GEMINI_BASE_URL"
-    try:
-        ctx.channel_backend(channel).check_access()
-    except AuthError as exc:
-        raise AuthError(f"{exc}; nothing was recorded", code=exc.code) from None
-    except StorageError as exc:
-        raise StorageError(
-            f"{exc}. Nothing was recorded and nothing was spent; submit again once the "
-            "staging prefix can be written."
-        ) from None
-    except ApiError as exc:
-        raise type(exc)(
-            f"{exc}; nothing was recorded: check the network and {variable} "
-            "(unset it for the real service), then submit again",
-            code=exc.code,
-        ) from None
-
-
-def _record_run(
-    ctx: Context,
-    spec: JobSpec,
-    catalog: Catalog,
-    run_id: str,
-    identity: str,
-    input_sha: str,
-    output_uri: str,
-    date: str,
-    use_cache: bool,
-    listing: Listing,
-) -> None:
-    from pipeline.shell.planning import expansion, nothing_to_do
-
-    info = catalog.for_channel(spec.channel.kind).get(spec.model)
-    now = ctx.now()
-    with session_scope(ctx.engine) as session:
-        conn = session.connection()
-        repo.insert_run(
-            conn,
-            _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
-        )
-        taken = None
-        if not spec.output.overwrite:
-            neighbours = location.runs_at(ctx, conn, output_uri)
-            taken = TakenNames(run_id, ctx.store(output_uri), listing, neighbours)
-        book = None
-        if spec.input.images:
-            book = ReferenceBook(spec.source.parent, gcs=uploads.gcs_opener(ctx))
-        done = intake.record_expansion(
-            conn,
-            run_id,
-            spec,
-            expansion(spec, info, book),
-            now,
-            use_cache=use_cache,
-            spool=ctx.settings.spool_dir,
-            taken=taken,
-        )
-        if done.items == 0:  # raised inside the transaction: nothing is recorded
-            raise nothing_to_do(spec, done.rejects)
-        repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
-        # Written before the commit: a crash leaves no run, and a rerun rewrites the same files.
-        write_tables(
-            ctx,
-            TableReads(conn),
-            repo.get_run(conn, run_id),
-            manifest=done.failed > 0,
-            rejects=True,
-            present=listing.tables,
-        )
-    log.info(
-        "run_created",
-        run=run_id,
-        items=done.items,
-        rejected=done.rejects,
-        batches=done.batches,
-        name_taken=done.failed,
-    )
-
-
-def _run_values(
-    spec: JobSpec,
-    run_id: str,
-    identity: str,
-    input_sha: str,
-    output_uri: str,
-    date: str,
-    now: datetime,
-    use_cache: bool,
-) -> dict[str, Any]:
-    limits = shard.limits_for(spec)
-    budget = spec.limits.budget_usd
-    return {
-        "id": run_id,
-        "identity": identity,
-        "job": spec.name,
-        "state": "active",
-        "model": spec.model,
-        "fallback_model": spec.fallback_model,
-        "spec_path": str(spec.source),
-        "spec_json": _spec_json(spec),
-        "input_sha256": input_sha,
-        "output_uri": output_uri,
-        "run_date": date,
-        "max_attempts": spec.limits.max_attempts,
-        "max_enqueued_tokens": limits.max_tokens,
-        "max_requests_per_batch": limits.max_requests,
-        "max_batch_bytes": limits.max_bytes,
-        "budget_nanos": usd_to_nanos(budget) if budget is not None else None,
-        "overwrite": spec.output.overwrite,
-        "use_cache": use_cache,
-        "created_at": now,
-        "channel": spec.channel.to_json(),
-        "webhook_url": spec.notify.webhook_url,
-    }
 
 
 # ── forming batches ──────────────────────────────────────────────────────────
@@ -611,103 +407,3 @@ def _webhook(run: repo.RunRow, batch: repo.BatchRow) -> dict[str, Any]:
         return {}
     metadata = {"run": run.id, "batch": batch.display_name}
     return {"webhook": (run.webhook_url, metadata)}
-
-
-class SpendBook:
-    """Spent + reserved nano-dollars per run and for the day, for one submission pass.
-
-    Summing recorded costs reads every attempt of a run's finished batches (or of the day),
-    so a pass over a hundred queued batches of a million-item run must not do it per batch.
-    Each sum is read at most once per REFRESH_S and moved by the reservations this pass makes
-    itself: the scheduler lease keeps other ticks from creating batches meanwhile, and their
-    harvests only turn reservations into recorded costs."""
-
-    REFRESH_S = 10.0
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._sums: dict[str, tuple[datetime, int, int]] = {}
-
-    def run(self, conn: Any, run_id: str) -> tuple[int, int]:
-        return self._read(f"run:{run_id}", lambda: repo.run_spend(conn, run_id))
-
-    def day(self, conn: Any, day_start: datetime) -> tuple[int, int]:
-        return self._read(f"day:{day_start:%Y-%m-%d}", lambda: repo.day_spend(conn, day_start))
-
-    def reserved(self, run_id: str, nanos: int) -> None:
-        """This pass created a batch estimated at `nanos`: count it until the next read."""
-        for name in (f"run:{run_id}", *(n for n in self._sums if n.startswith("day:"))):
-            if name in self._sums:
-                at, spent, held = self._sums[name]
-                self._sums[name] = (at, spent, held + nanos)
-
-    def _read(self, name: str, read: Callable[[], tuple[int, int]]) -> tuple[int, int]:
-        now = self.ctx.now()
-        found = self._sums.get(name)
-        if found is None or (now - found[0]).total_seconds() > self.REFRESH_S:
-            spent, held = read()
-            found = self._sums[name] = (now, spent, held)
-        return found[1], found[2]
-
-
-def waiting_reason(
-    ctx: Context, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook | None = None
-) -> Waiting | None:
-    """Why a queued batch cannot be created now (its code and the line `status` shows), or
-    None when it can."""
-    now = ctx.now()
-    if batch.not_before is not None and as_utc(batch.not_before) > now:
-        until = as_utc(batch.not_before)
-        return Waiting(
-            WaitCode.BACKOFF,
-            f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})",
-        )
-    with ctx.engine.connect() as conn:
-        limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
-        vertex = run.channel is not None
-        if repo.live_batch_count(conn, vertex) >= limit:
-            return Waiting(WaitCode.LIVE_LIMIT, f"{limit} batches are live (the service's limit)")
-        # Vertex AI batch prediction has no enqueued-token quota.
-        used = 0 if vertex else repo.live_tokens(conn, batch.model)
-        if used and used + batch.est_tokens > run.max_enqueued_tokens:
-            return Waiting(
-                WaitCode.QUOTA,
-                f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "
-                f"{batch.model} in live batches",
-            )
-        return _budget_reason(ctx, conn, batch, run, spend or SpendBook(ctx))
-
-
-def _budget_reason(
-    ctx: Context, conn: Any, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook
-) -> Waiting | None:
-    now = ctx.now()
-    if run.budget_nanos is not None:
-        spent, reserved = spend.run(conn, run.id)
-        needed = spent + reserved + batch.est_nanos
-        if needed > run.budget_nanos:
-            # Raised for this run in the ledger: a new budget_usd in the spec is a new run.
-            at_least = math.ceil(needed / (NANOS_PER_USD // 100)) / 100
-            return Waiting(
-                WaitCode.RUN_BUDGET,
-                f"run budget: spent ${_usd(spent)}, reserved ${_usd(reserved)}, "
-                f"next batch ~${_usd(batch.est_nanos)}, cap ${_usd(run.budget_nanos)}; "
-                f"raise it with `nanobatch budget {run.id} --usd X` "
-                f"(X >= {at_least:.2f} lets the next batch go)",
-            )
-    cap = ctx.settings.daily_budget_usd
-    if cap is not None:
-        spent, reserved = spend.day(conn, day_start(now))
-        cap_nanos = usd_to_nanos(cap)
-        if spent + reserved + batch.est_nanos > cap_nanos:
-            return Waiting(
-                WaitCode.DAILY_BUDGET,
-                f"daily budget: spent ${spent / NANOS_PER_USD:.4f} today, reserved "
-                f"${reserved / NANOS_PER_USD:.4f}, cap ${cap} (NANOBATCH_DAILY_BUDGET_USD; "
-                "work goes on after midnight UTC or under a higher cap)",
-            )
-    return None
-
-
-def _usd(nanos: int) -> str:
-    return f"{nanos / NANOS_PER_USD:.4f}"

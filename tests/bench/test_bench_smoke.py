@@ -49,6 +49,28 @@ def test_bench_quick(name: str) -> None:
         assert {m["batches"] for m in data["modes"].values()} == {data["batches"]}
 
 
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def test_bench_quick_expand_on_postgres() -> None:
+    """`expand --quick --pg URL`: the PostgreSQL figures beside SQLite's, each with its
+    floor (COPY into an unindexed table) and ratio."""
+    if not _postgres_up():
+        pytest.skip("needs the PostgreSQL server at 127.0.0.1:5432")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "expand", "--quick", "--pg", PG_SERVER],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((RESULTS / "expand.json").read_text())
+    for entry in data["inputs"]:
+        assert {"pg_floor_s", "pg_submit_s", "pg_ratio_submit", "pg_ledger_s"} <= entry.keys()
+        assert entry["pg_submit_items"] == entry["submit_items"] == entry["rows"]
+
+
 def _postgres_up() -> bool:
     import socket
 

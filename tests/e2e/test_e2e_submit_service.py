@@ -94,8 +94,8 @@ def _record_only(e2e: Any) -> str:
     from pipeline.adapters.ledger.ledger import Ledger
     from pipeline.core.catalog import load_catalog
     from pipeline.shell.context import Context
+    from pipeline.shell.intake import create_run
     from pipeline.shell.planning import load_spec
-    from pipeline.shell.submit import create_run
 
     engine = db.make_engine(e2e.db_url)
     try:

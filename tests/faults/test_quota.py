@@ -46,9 +46,9 @@ def test_enqueued_token_quota_one_batch_at_a_time(slow_drill: Drill) -> None:
 
 def test_live_batch_cap(slow_drill: Drill, monkeypatch: pytest.MonkeyPatch) -> None:
     """The live-batch limit (made 2 here) is never exceeded; the rest waits and goes later."""
-    import pipeline.shell.submit
+    import pipeline.shell.budget
 
-    monkeypatch.setattr(pipeline.shell.submit, "LIVE_BATCH_LIMIT", 2)
+    monkeypatch.setattr(pipeline.shell.budget, "LIVE_BATCH_LIMIT", 2)
     drill = slow_drill
     drill.write_spec(8, per_batch=1)
     run = drill.submit()

@@ -13,8 +13,8 @@ from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.core.catalog import load_catalog
 from pipeline.emulator import Emulator
 from pipeline.shell.context import Context
+from pipeline.shell.intake import create_run
 from pipeline.shell.planning import load_spec
-from pipeline.shell.submit import create_run
 from pipeline.shell.tick import tick
 from tests import specs
 

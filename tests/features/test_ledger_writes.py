@@ -31,7 +31,8 @@ def test_row_writes_of_a_whole_run_build_no_temporary_btree(tmp_path: Path, emu:
 
     tables = {sql.split()[2] for sql in writes if sql.upper().startswith("INSERT")}
     assert {"runs", "items", "attempts", "events"} <= tables
-    assert any(sql.startswith("UPDATE attempts") for sql in writes)  # harvest recorded them
+    # Harvest inserts each attempt once, with its outcome: no attempt row is ever updated.
+    assert not any(sql.startswith("UPDATE attempts") for sql in writes)
     with ctx.engine.connect() as conn:
         for sql, params in writes.items():
             ops = {row[1] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)}

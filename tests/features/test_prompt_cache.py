@@ -110,8 +110,8 @@ def test_only_misses_are_packed_when_the_run_is_recorded(tmp_path: Path, emu: Em
     from sqlalchemy import text
 
     from pipeline.core.catalog import load_catalog
+    from pipeline.shell.intake import create_run
     from pipeline.shell.planning import load_spec
-    from pipeline.shell.submit import create_run
 
     ctx, _ = _first_run(tmp_path, emu)
     rows = [*ROWS, {"key": "c", "prompt": "a blue plum"}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from alembic import command
@@ -314,3 +315,69 @@ def test_0010_backfills_reason_codes_from_the_text(engine: Engine) -> None:
         assert "reason_code" not in {c["name"] for c in inspect(conn).get_columns("attempts")}
         assert "reason_code" not in {c["name"] for c in inspect(conn).get_columns("items")}
         assert conn.execute(text("SELECT count(*) FROM attempts")).scalar() == len(REASONS)
+
+
+ITEM_ROW = (
+    "INSERT INTO items (id, run_id, key, row, prompt, prompt_sha256, aspect_ratio, "
+    "image_size, model, est_tokens, state, final, tries, fallback_used, cached, batch_id, uri) "
+    "VALUES ({id}, 'r1', 'k{id}', {id}, 'p', 'h', '1:1', '1K', 'm', 1, '{state}', false, "
+    "{tries}, false, false, {batch}, {uri})"
+)
+ATTEMPT_ROW = (
+    "INSERT INTO attempts (item_id, batch_id, model, outcome, input_tokens, "
+    "output_image_tokens, output_text_tokens, thinking_tokens, cost_nanos, standard_nanos, "
+    "duplicate) VALUES ({item}, 1, 'm', {outcome}, 1, 2, 3, 4, {cost}, 9, {duplicate})"
+)
+
+
+def _attempts(conn: Any) -> list[tuple[Any, ...]]:
+    query = "SELECT item_id, batch_id, outcome, cost_nanos, duplicate FROM attempts"
+    return sorted(tuple(r) for r in conn.execute(text(query)))
+
+
+def test_0012_writes_attempts_once_on_a_ledger_in_use(engine: Engine) -> None:
+    """0012 on a ledger with a batch in flight: its open attempts (outcome NULL) become their
+    items' batch_id and are deleted; recorded attempts, billed duplicates and their costs are
+    kept; an attempt without an outcome is refused after it. Downgrade gives the open
+    attempts back."""
+    _alembic(engine, "upgrade", "0009_webhook_deliveries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(RUN_INSERT)
+        conn.exec_driver_sql(BATCH_INSERT)
+        # 1: in flight; 2: in flight, its batch only on its attempt; 3: succeeded, with a
+        # billed duplicate line.
+        conn.exec_driver_sql(ITEM_ROW.format(id=1, state="in_batch", tries=0, batch=1, uri="NULL"))
+        conn.exec_driver_sql(
+            ITEM_ROW.format(id=2, state="in_batch", tries=1, batch="NULL", uri="NULL")
+        )
+        conn.exec_driver_sql(ITEM_ROW.format(id=3, state="succeeded", tries=1, batch=1, uri="'u'"))
+        for item, outcome, cost, duplicate in [
+            (1, "NULL", 0, 0),
+            (2, "NULL", 0, 0),
+            (3, "'succeeded'", 100, 0),
+            (3, "'duplicate'", 50, 1),
+        ]:
+            conn.exec_driver_sql(
+                ATTEMPT_ROW.format(item=item, outcome=outcome, cost=cost, duplicate=duplicate)
+            )
+    _alembic(engine, "upgrade", "head")
+    recorded = [(3, 1, "succeeded", 100, 0), (3, 1, "duplicate", 50, 1)]
+    with engine.connect() as conn:
+        assert _attempts(conn) == sorted(recorded)
+        items = conn.execute(text("SELECT id, state, batch_id, tries FROM items ORDER BY id"))
+        assert [tuple(r) for r in items] == [
+            (1, "in_batch", 1, 0),
+            (2, "in_batch", 1, 1),
+            (3, "succeeded", 1, 1),
+        ]
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        conn.exec_driver_sql(ATTEMPT_ROW.format(item=1, outcome="NULL", cost=0, duplicate=0))
+    with engine.begin() as conn, pytest.raises(IntegrityError):  # the exactly-once key
+        conn.exec_driver_sql(ATTEMPT_ROW.format(item=3, outcome="'retry'", cost=7, duplicate=0))
+    _alembic(engine, "downgrade", "0009_webhook_deliveries")
+    with engine.connect() as conn:
+        opened = [(1, 1, None, 0, 0), (2, 1, None, 0, 0)]
+        assert _attempts(conn) == sorted(recorded + opened)
+    with engine.begin() as conn:  # NULL outcomes are allowed again
+        conn.exec_driver_sql("DELETE FROM attempts WHERE outcome IS NULL")
+        conn.exec_driver_sql(ATTEMPT_ROW.format(item=1, outcome="NULL", cost=0, duplicate=0))

@@ -72,7 +72,6 @@ def _retry_all(
     """A Settle: every unrecorded attempt retried (its item queued again)."""
     return [
         repo.AttemptOutcome(
-            attempt_id=r.attempt_id,
             item_id=r.item_id,
             outcome="retry",
             reason="no output",

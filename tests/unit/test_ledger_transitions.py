@@ -98,7 +98,7 @@ def _event_count(conn: Connection) -> int:
 
 
 def _batch_with_items(conn: Connection, keys: list[str]) -> tuple[int, list[int]]:
-    """A queued batch holding new items `keys` (in_batch), with their attempt rows."""
+    """A queued batch holding new items `keys` (in_batch; no attempt rows yet)."""
     batch = repo.open_batch(conn, RUN, MODEL, NOW)
     ids = _add_items(conn, keys, "in_batch", batch.id)
     repo.close_batch(conn, RUN, batch.id, MODEL, len(ids), 10 * len(ids), 5 * len(ids), NOW)
@@ -152,7 +152,7 @@ def test_batch_transition_invalid_raises_naming_batch_and_states(engine: Engine)
         assert repo.get_batch(conn, batch.id).state == "done"
 
 
-def test_open_and_close_batch_write_the_queued_event_and_one_attempt_per_item(
+def test_open_and_close_batch_write_the_queued_event_and_no_attempt_row(
     engine: Engine,
 ) -> None:
     with engine.begin() as conn:
@@ -160,6 +160,8 @@ def test_open_and_close_batch_write_the_queued_event_and_one_attempt_per_item(
     with engine.connect() as conn:
         attempts = repo.batch_attempts(conn, batch_id)
         assert sorted(a.item_id for a in attempts) == ids
+        assert {a.outcome for a in attempts} == {None}  # in flight: the item carries the batch
+        assert conn.execute(select(func.count()).select_from(repo.ATTEMPTS)).scalar_one() == 0
         event = conn.execute(
             select(repo.EVENTS.c.from_state, repo.EVENTS.c.to_state, repo.EVENTS.c.detail).where(
                 repo.EVENTS.c.batch_id == batch_id
@@ -294,7 +296,6 @@ def test_requeue_items_requeues_failed_and_cancelled(engine: Engine, include_fin
 
 def _outcome(attempt: Any, state: ItemState, outcome: str, **kw: Any) -> repo.AttemptOutcome:
     return repo.AttemptOutcome(
-        attempt_id=attempt.attempt_id,
         item_id=attempt.item_id,
         outcome=outcome,
         reason=kw.pop("reason", None),
@@ -321,8 +322,9 @@ def test_record_outcomes_records_attempts_and_moves_items_out_of_the_batch_once(
                 att["c"], ItemState.CANCELLED, "cancelled", reason="run cancelled", tried=False
             ),
         ]
-        repo.record_outcomes(conn, RUN, batch_id, outcomes, NOW)
-        repo.record_outcomes(conn, RUN, batch_id, outcomes, NOW)  # a replay changes nothing
+        repo.record_outcomes(conn, RUN, batch_id, outcomes, NOW, model=MODEL)
+        # A replay (after a kill) inserts the same attempts again: nothing changes.
+        repo.record_outcomes(conn, RUN, batch_id, outcomes, NOW, model=MODEL)
         s, r, f, c = ids
         assert _states(conn) == {s: "succeeded", r: "queued", f: "failed", c: "cancelled"}
         assert _item_events(conn) == [
@@ -333,6 +335,8 @@ def test_record_outcomes_records_attempts_and_moves_items_out_of_the_batch_once(
         ]
         recorded = {a.key: a.outcome for a in repo.batch_attempts(conn, batch_id)}
         assert recorded == {"s": "succeeded", "r": "retry", "f": "final", "c": "cancelled"}
+        rows = conn.execute(select(func.count(), func.sum(repo.ATTEMPTS.c.cost_nanos))).one()
+        assert tuple(rows) == (4, 400)  # one row each, each cost counted once
         tries = dict(conn.execute(select(repo.ITEMS.c.key, repo.ITEMS.c.tries)).all())
         assert tries == {"s": 1, "r": 1, "f": 1, "c": 0}
 
@@ -346,7 +350,7 @@ def test_record_outcomes_invalid_next_state_raises_naming_items_and_states(
         bad = _outcome(attempt, ItemState.IN_BATCH, "retry")
         message = rf"items \[{item}\] of run {RUN} cannot move from in_batch to in_batch"
         with pytest.raises(InvalidTransition, match=message):
-            repo.record_outcomes(conn, RUN, batch_id, [bad], NOW)
+            repo.record_outcomes(conn, RUN, batch_id, [bad], NOW, model=MODEL)
         assert _item_events(conn) == []
 
 

@@ -76,10 +76,10 @@ def test_line_classification_gives_a_code(
 
 # Decided outside the results line, each where its outcome is known (see core.reasons).
 SHELL_CODES = {
-    ReasonCode.REFERENCE_GONE: "shell/harvest.py",
-    ReasonCode.DUPLICATE: "shell/harvest.py",
-    ReasonCode.CONFLICT: "shell/harvest.py",
-    ReasonCode.UNSTORED: "shell/harvest.py",
+    ReasonCode.REFERENCE_GONE: "shell/harvest_lines.py",
+    ReasonCode.DUPLICATE: "shell/harvest_lines.py",
+    ReasonCode.CONFLICT: "shell/harvest_lines.py",
+    ReasonCode.UNSTORED: "shell/harvest_lines.py",
     ReasonCode.MISSING: "shell/harvest.py",
     ReasonCode.FALLBACK_REFUSED: "shell/harvest.py",
     ReasonCode.RUN_CANCELLED: "shell/poll.py",

@@ -18,8 +18,8 @@ from pipeline.adapters.ledger.models import Base
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, TransientApiError
 from pipeline.shell.context import Context
+from pipeline.shell.intake import create_run
 from pipeline.shell.planning import load_spec
-from pipeline.shell.submit import create_run
 from pipeline.shell.tick import tick
 from tests.fakes import FakeBackend, image_line, tiny_png
 from tests.specs import write_spec, write_table

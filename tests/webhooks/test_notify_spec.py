@@ -18,7 +18,7 @@ from live import wait_for
 from pipeline.core.catalog import load_catalog
 from pipeline.core.errors import SpecError
 from pipeline.core.spec_parse import parse_spec
-from pipeline.shell.submit import run_identity
+from pipeline.shell.intake import run_identity
 
 BASE = """name = "n"
 model = "gemini-3-pro-image-preview"

@@ -9,16 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import (
-    Connection,
-    Integer,
-    String,
-    func,
-    insert,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import Connection, func, insert, select, update
 
 from pipeline.adapters.ledger.items import transition_items
 from pipeline.adapters.ledger.rows import (
@@ -91,9 +82,9 @@ def close_batch(
     now: datetime,
     shard_sha256: str | None = None,
 ) -> None:
-    """The batch's totals (and its written file's sha256), and an attempt row for each of
-    its items. Both callers have just put those items in it (state `in_batch`), so the
-    attempts are read off the batch index alone: no item row or batch row is read per item."""
+    """The batch's totals (and its written file's sha256) and its `queued` event. Both
+    callers have just put its items in it (state `in_batch`, `batch_id`); no attempt row is
+    written now: each is written once, with its outcome (`outcomes.record_outcomes`)."""
     conn.execute(
         update(BATCHES)
         .where(BATCHES.c.id == batch_id)
@@ -102,14 +93,6 @@ def close_batch(
             est_tokens=est_tokens,
             est_nanos=est_nanos,
             shard_sha256=shard_sha256,
-        )
-    )
-    conn.execute(
-        insert(ATTEMPTS).from_select(
-            ["item_id", "batch_id", "model"],
-            select(ITEMS.c.id, literal(batch_id, Integer), literal(model, String)).where(
-                ITEMS.c.batch_id == batch_id
-            ),
         )
     )
     _event(conn, run_id, batch_id, None, None, "queued", f"{item_count} items", now)
@@ -124,7 +107,7 @@ def create_batch(
     est_nanos: int,
     now: datetime,
 ) -> int:
-    """A queued batch of these queued items: batch row, attempt rows, items in_batch."""
+    """A queued batch of these queued items: batch row, items in_batch."""
     batch_id = open_batch(conn, run.id, model, now).id
     # `items` are consecutive queued items of this run and model in id order, so one ranged,
     # guarded UPDATE moves exactly them; any other count means another writer got in between

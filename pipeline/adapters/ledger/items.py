@@ -1,5 +1,5 @@
-"""Items: counts, queued work, attempts of a batch, failing, requeueing and cancelling them,
-and the prompt cache's lookups.
+"""Items: counts, queued work, the items of a batch and their attempt rows, failing,
+requeueing and cancelling them, and the prompt cache's lookups.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    null,
     or_,
     select,
     update,
@@ -81,17 +82,15 @@ def batch_request_rows(
     conn: Connection, batch_id: int, chunk: int = 5000
 ) -> Iterator[tuple[str, str, str, str, int | None, str | None]]:
     """(key, prompt, aspect_ratio, image_size, seed, refs) of a batch's items in id order:
-    the JSONL. Items whose attempt is already settled (not sent: a reference image could not
-    be uploaded) are left out.
+    the JSONL. Items no longer in the batch (not sent: a reference image could not be
+    uploaded) are left out.
 
     Plain SQL fetched a chunk at a time (streamed on PostgreSQL): a batch can hold 100,000
     items, and compiling and processing an ORM-level select per row cost more than the query."""
     mark = _placeholder(conn)
     result = conn.execution_options(stream_results=True).exec_driver_sql(
-        "SELECT items.key, items.prompt, items.aspect_ratio, items.image_size, items.seed, "
-        "items.refs FROM attempts "
-        f"JOIN items ON items.id = attempts.item_id WHERE attempts.batch_id = {mark} "
-        "AND attempts.duplicate = 0 AND attempts.outcome IS NULL ORDER BY items.id",
+        "SELECT key, prompt, aspect_ratio, image_size, seed, refs FROM items "
+        f"WHERE batch_id = {mark} AND state = 'in_batch' ORDER BY id",
         (batch_id,),
     )
     # Through the result, not its DBAPI cursor: with stream_results SQLAlchemy has already
@@ -103,35 +102,48 @@ def batch_request_rows(
         result.close()
 
 
+_BATCH_ITEM_COLUMNS = (
+    ITEMS.c.id.label("item_id"),
+    ITEMS.c.key,
+    ITEMS.c.state,
+    ITEMS.c.tries,
+    ITEMS.c.fallback_used,
+    ITEMS.c.prompt_sha256,
+    ITEMS.c.prompt,
+    ITEMS.c.aspect_ratio,
+    ITEMS.c.image_size,
+    ITEMS.c.batch_id,
+    ITEMS.c.seed,
+    ITEMS.c.refs,
+)
+
+
 def batch_attempts(conn: Connection, batch_id: int) -> list[Any]:
-    """Every attempt of a batch with its item: what harvest joins result lines against."""
-    return list(
-        conn.execute(
-            select(
-                ATTEMPTS.c.id.label("attempt_id"),
-                ATTEMPTS.c.outcome,
-                ITEMS.c.id.label("item_id"),
-                ITEMS.c.key,
-                ITEMS.c.state,
-                ITEMS.c.tries,
-                ITEMS.c.fallback_used,
-                ITEMS.c.prompt_sha256,
-                ITEMS.c.prompt,
-                ITEMS.c.aspect_ratio,
-                ITEMS.c.image_size,
-                ITEMS.c.batch_id,
-                ITEMS.c.seed,
-                ITEMS.c.refs,
-            )
-            .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
-            .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.duplicate == 0)
-        )
+    """Every item of a batch, what harvest joins result lines against: those still in it
+    (`outcome` None: no attempt row yet) and those whose attempt in it is recorded (with
+    that attempt's outcome; a replay after a kill meets them again)."""
+    recorded = (
+        select(ATTEMPTS.c.outcome, *_BATCH_ITEM_COLUMNS)
+        .join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id)
+        .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.duplicate == 0)
     )
+    return [*open_batch_items(conn, batch_id), *conn.execute(recorded)]
 
 
-def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Billed duplicate lines (attempt rows with `duplicate` >= 1), each once: a replayed
-    harvest inserts the same (item, batch, duplicate) again, which does nothing."""
+def open_batch_items(conn: Connection, batch_id: int) -> list[Any]:
+    """The items still in a batch, no attempt recorded for them yet (`outcome` None), as
+    `batch_attempts` gives them. An item carries its batch (`items.batch_id`) while it is
+    in flight; its attempt row is written once, with the outcome."""
+    query = select(null().label("outcome"), *_BATCH_ITEM_COLUMNS).where(
+        ITEMS.c.batch_id == batch_id, ITEMS.c.state == ItemState.IN_BATCH.value
+    )
+    return list(conn.execute(query))
+
+
+def insert_attempts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Attempt rows, each written once with its outcome: the exactly-once guard is the
+    UNIQUE(item_id, batch_id, duplicate) key, so a replay after a kill that inserts the same
+    (item, batch, duplicate) again does nothing (its cost is never counted twice)."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
@@ -142,6 +154,11 @@ def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         index_elements=["item_id", "batch_id", "duplicate"]
     )
     conn.execute(statement, list(rows))
+
+
+def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Billed duplicate lines (attempt rows with `duplicate` >= 1), each once."""
+    insert_attempts(conn, rows)
 
 
 def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:

@@ -225,7 +225,9 @@ class Upload(Base):
 
 
 class Attempt(Base):
-    """One item in one batch. Outcome NULL until the batch's result is recorded.
+    """One item's try in one batch, written once when its outcome is known (migration 0010):
+    while the item is in flight it carries the batch (`items.batch_id`) and has no row here,
+    and UNIQUE(item_id, batch_id, duplicate) makes a replayed insert a no-op.
 
     A results file with several lines for one key (Vertex AI) gives the item's attempt in
     that batch (`duplicate` 0) and one row per other billed line (`duplicate` 1, 2, ...,
@@ -235,11 +237,7 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "batch_id", "duplicate"),
         CheckConstraint(
-            "outcome IS NULL OR "
-            + _in(
-                "outcome",
-                ["succeeded", "retry", "final", "cancelled", "not_sent", "duplicate"],
-            ),
+            _in("outcome", ["succeeded", "retry", "final", "cancelled", "not_sent", "duplicate"]),
             "outcome",
         ),
         Index("ix_attempts_batch", "batch_id"),
@@ -252,7 +250,7 @@ class Attempt(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
     model: Mapped[str] = mapped_column(String(100))
-    outcome: Mapped[str | None] = mapped_column(String(20))
+    outcome: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(Text)
     reason_code: Mapped[str | None] = mapped_column(String(20))
     """The `core.reasons.ReasonCode` of `reason`: what programs read (metrics, policy)."""

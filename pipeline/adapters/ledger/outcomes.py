@@ -1,8 +1,11 @@
-"""Outcomes: each attempt's result (tokens, cost, reason) recorded once, and its item moved
-out of the batch, in one transaction; and the items of a batch the service refused.
+"""Outcomes: each attempt's row written once, when its result (tokens, cost, reason) is
+known, and its item moved out of the batch, in one transaction; and the items of a batch the
+service refused.
 
-The attempt update is guarded by `outcome IS NULL` and the item moves by `state = 'in_batch'
-AND batch_id = :batch`, so a replay after a kill changes nothing.
+While an item is in flight it carries its batch (`items.batch_id`, state `in_batch`) and has
+no attempt row there. The attempt is inserted under UNIQUE(item_id, batch_id, duplicate),
+a conflict doing nothing, and the item moves by `state = 'in_batch' AND batch_id = :batch`,
+so a replay after a kill changes nothing and never counts a cost twice.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection, bindparam
 
-from pipeline.adapters.ledger.items import batch_attempts, transition_items
-from pipeline.adapters.ledger.rows import ATTEMPTS, ITEMS
+from pipeline.adapters.ledger.items import insert_attempts, open_batch_items, transition_items
+from pipeline.adapters.ledger.rows import ITEMS
 from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import ItemState
 from pipeline.core.values import Usage
@@ -25,7 +28,6 @@ from pipeline.core.values import Usage
 class AttemptOutcome:
     """One attempt's recorded result and what its item becomes (decided by the policy)."""
 
-    attempt_id: int
     item_id: int
     outcome: str
     """succeeded, retry, final or cancelled: the attempt's outcome column."""
@@ -59,29 +61,15 @@ def record_outcomes(
     batch_id: int,
     outcomes: Sequence[AttemptOutcome],
     now: datetime,
+    *,
+    model: str,
 ) -> None:
-    """Record attempts and move their items out of the batch, guarded so a replay changes
-    nothing. Items move in groups by next state, each through `transition_items`."""
+    """Insert the attempts (of the batch's `model`) and move their items out of the batch,
+    guarded so a replay changes nothing. Items move in groups by next state, each through
+    `transition_items`."""
     if not outcomes:
         return
-    conn.execute(
-        update(ATTEMPTS)
-        .where(ATTEMPTS.c.id == bindparam("aid"), ATTEMPTS.c.outcome.is_(None))
-        .values(
-            outcome=bindparam("outcome"),
-            reason=bindparam("reason"),
-            reason_code=bindparam("code"),
-            reason_status=bindparam("status"),
-            input_tokens=bindparam("i"),
-            output_image_tokens=bindparam("oi"),
-            output_text_tokens=bindparam("ot"),
-            thinking_tokens=bindparam("th"),
-            cost_nanos=bindparam("cost"),
-            standard_nanos=bindparam("std"),
-            recorded_at=now,
-        ),
-        [_attempt_params(o) for o in outcomes],
-    )
+    insert_attempts(conn, [attempt_values(o, batch_id, model, now) for o in outcomes])
     groups: dict[ItemState, list[AttemptOutcome]] = {}
     for o in outcomes:
         groups.setdefault(o.state, []).append(o)
@@ -98,17 +86,10 @@ def refuse_batch_items(
     now: datetime,
     code: ReasonCode = ReasonCode.CREATE_REFUSED,
 ) -> int:
-    """A batch the service refused to create: its unrecorded attempts become `not_sent` and
-    their items fail for good, no try counted. Returns how many items failed."""
-    rows = [r for r in batch_attempts(conn, batch_id) if r.outcome is None]
-    conn.execute(
-        update(ATTEMPTS)
-        .where(ATTEMPTS.c.batch_id == batch_id, ATTEMPTS.c.outcome.is_(None))
-        .values(outcome="not_sent", reason=reason, reason_code=code, recorded_at=now)
-    )
+    """A batch the service refused to create: its items still in it get a `not_sent`
+    attempt and fail for good, no try counted. Returns how many items failed."""
     group = [
         AttemptOutcome(
-            r.attempt_id,
             r.item_id,
             "not_sent",
             reason,
@@ -121,27 +102,33 @@ def refuse_batch_items(
             tried=False,
             code=code,
         )
-        for r in rows
+        for r in open_batch_items(conn, batch_id)
     ]
     if group:
+        insert_attempts(conn, [attempt_values(o, batch_id, model, now) for o in group])
         _move_out_of_batch(conn, run_id, batch_id, ItemState.FAILED, group, now, reason)
     return len(group)
 
 
-def _attempt_params(o: AttemptOutcome) -> dict[str, Any]:
+def attempt_values(o: AttemptOutcome, batch_id: int, model: str, now: datetime) -> dict[str, Any]:
+    """The attempt row of an outcome in a batch of `model` (the try itself: duplicate 0)."""
     u = o.usage
     return {
-        "aid": o.attempt_id,
+        "item_id": o.item_id,
+        "batch_id": batch_id,
+        "duplicate": 0,
+        "model": model,
         "outcome": o.outcome,
         "reason": o.reason,
-        "code": o.code,
-        "status": o.status,
-        "i": u.input,
-        "oi": u.output_image,
-        "ot": u.output_text,
-        "th": u.thinking,
-        "cost": o.cost_nanos,
-        "std": o.standard_nanos,
+        "reason_code": o.code,
+        "reason_status": o.status,
+        "input_tokens": u.input,
+        "output_image_tokens": u.output_image,
+        "output_text_tokens": u.output_text,
+        "thinking_tokens": u.thinking,
+        "cost_nanos": o.cost_nanos,
+        "standard_nanos": o.standard_nanos,
+        "recorded_at": now,
     }
 
 

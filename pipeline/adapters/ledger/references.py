@@ -13,9 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.adapters.ledger.items import batch_request_rows, item_events
+from pipeline.adapters.ledger.items import batch_request_rows, insert_attempts, item_events
 from pipeline.adapters.ledger.rows import (
-    ATTEMPTS,
     BATCHES,
     ITEMS,
     RUN_REFERENCES,
@@ -150,28 +149,37 @@ def not_send_items(
     conn: Connection, batch: BatchRow, item_ids: Sequence[int], reason: str, now: datetime
 ) -> None:
     """Items of a batch not yet created that cannot be sent (a reference image cannot be
-    uploaded): their attempts are settled `not_sent` and they fail for good, no try counted;
-    the batch's totals drop them."""
+    uploaded): those still in it get a `not_sent` attempt and fail for good, no try
+    counted; the batch's totals drop them."""
     if not item_ids:
         return
+    in_batch = (ITEMS.c.state == "in_batch", ITEMS.c.batch_id == batch.id)
     for chunk in _chunks(list(item_ids), 500):
-        conn.execute(
-            update(ATTEMPTS)
-            .where(
-                ATTEMPTS.c.batch_id == batch.id,
-                ATTEMPTS.c.item_id.in_(chunk),
-                ATTEMPTS.c.outcome.is_(None),
-            )
-            .values(
-                outcome="not_sent",
-                reason=reason[:500],
-                reason_code=ReasonCode.REFERENCE_UNSENT,
-                recorded_at=now,
-            )
+        ids = [
+            r[0] for r in conn.execute(select(ITEMS.c.id).where(ITEMS.c.id.in_(chunk), *in_batch))
+        ]
+        if not ids:
+            continue
+        insert_attempts(
+            conn,
+            [
+                {
+                    "item_id": item_id,
+                    "batch_id": batch.id,
+                    "duplicate": 0,
+                    "model": batch.model,
+                    "outcome": "not_sent",
+                    "reason": reason[:500],
+                    "reason_code": ReasonCode.REFERENCE_UNSENT,
+                    "recorded_at": now,
+                    **_NO_USAGE,
+                }
+                for item_id in ids
+            ],
         )
         conn.execute(
             update(ITEMS)
-            .where(ITEMS.c.id.in_(chunk), ITEMS.c.state == "in_batch", ITEMS.c.batch_id == batch.id)
+            .where(ITEMS.c.id.in_(ids), *in_batch)
             .values(
                 state="failed",
                 final=True,
@@ -180,11 +188,9 @@ def not_send_items(
                 finished_at=now,
             )
         )
-        item_events(conn, batch.run_id, chunk, "in_batch", "failed", reason[:500], now, batch.id)
+        item_events(conn, batch.run_id, ids, "in_batch", "failed", reason[:500], now, batch.id)
     left = conn.execute(
-        select(func.count(), func.coalesce(func.sum(ITEMS.c.est_tokens), 0))
-        .select_from(ATTEMPTS.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id))
-        .where(ATTEMPTS.c.batch_id == batch.id, ATTEMPTS.c.outcome.is_(None))
+        select(func.count(), func.coalesce(func.sum(ITEMS.c.est_tokens), 0)).where(*in_batch)
     ).one()
     conn.execute(
         update(BATCHES)
@@ -193,16 +199,24 @@ def not_send_items(
     )
 
 
+_NO_USAGE = {
+    "input_tokens": 0,
+    "output_image_tokens": 0,
+    "output_text_tokens": 0,
+    "thinking_tokens": 0,
+    "cost_nanos": 0,
+    "standard_nanos": 0,
+}
+
+
 def batch_items_with_refs(conn: Connection, batch_id: int) -> list[tuple[int, str]]:
-    """(item id, refs) of a batch's unsettled items that have reference images."""
+    """(item id, refs) of the items still in a batch that have reference images."""
     return [
         (r[0], r[1])
         for r in conn.execute(
-            select(ITEMS.c.id, ITEMS.c.refs)
-            .select_from(ATTEMPTS.join(ITEMS, ITEMS.c.id == ATTEMPTS.c.item_id))
-            .where(
-                ATTEMPTS.c.batch_id == batch_id,
-                ATTEMPTS.c.outcome.is_(None),
+            select(ITEMS.c.id, ITEMS.c.refs).where(
+                ITEMS.c.batch_id == batch_id,
+                ITEMS.c.state == "in_batch",
                 ITEMS.c.refs.is_not(None),
             )
         )

@@ -38,10 +38,12 @@ from pipeline.adapters.ledger.items import (  # noqa: F401
     cancel_open_items,
     fail_items_for_good,
     has_open_items,
+    insert_attempts,
     insert_duplicates,
     item_counts,
     item_events,
     item_totals,
+    open_batch_items,
     open_keys,
     queued_items,
     requeue_items,
@@ -56,6 +58,7 @@ from pipeline.adapters.ledger.leases import (  # noqa: F401
 )
 from pipeline.adapters.ledger.outcomes import (  # noqa: F401
     AttemptOutcome,
+    attempt_values,
     record_outcomes,
     refuse_batch_items,
 )

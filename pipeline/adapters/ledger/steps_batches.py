@@ -145,6 +145,7 @@ class BatchSteps(LedgerBase):
 
 
 def _settle(conn: Connection, run: RunRow, batch: BatchRow, settle: Settle, now: datetime) -> None:
-    """Record `settle`'s outcomes for the batch's unrecorded attempts."""
-    rows = [r for r in items.batch_attempts(conn, batch.id) if r.outcome is None]
-    outcomes.record_outcomes(conn, run.id, batch.id, settle(run, batch, rows), now)
+    """Record `settle`'s outcomes for the batch's items still in it (no attempt yet)."""
+    rows = items.open_batch_items(conn, batch.id)
+    recorded = settle(run, batch, rows)
+    outcomes.record_outcomes(conn, run.id, batch.id, recorded, now, model=batch.model)
