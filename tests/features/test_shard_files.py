@@ -25,7 +25,7 @@ ROWS = [{"key": f"k{i}", "prompt": f"a harbour at dawn, étude {i}"} for i in ra
 
 
 def _batches(ctx: Any, run_id: str) -> list[repo.BatchRow]:
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         return repo.batches_of_run(conn, run_id)
 
 
