@@ -13,7 +13,8 @@ Items whose image name is taken at the output location (`taken`) are recorded fa
 and never packed, so nothing is sent for them. Items whose content another run already
 stored stay `queued`: the tick serves them from the prompt cache or, on a miss, forms them
 into batches then (`submit.form_batches`, which also packs retried items). Everything
-happens in the caller's transaction: a crash records nothing.
+happens in the ledger's recording transaction (`Ledger.recording`, a unit of work that
+commits when its block ends): a crash records nothing.
 
 The first batches' JSONL files are written to the spool folder as they are packed, from the
 lines measured for packing (`shardfile`), so the first tick uploads them without reading the
