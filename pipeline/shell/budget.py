@@ -68,7 +68,7 @@ def waiting_reason(
         )
     limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
     # Vertex AI batch prediction has no enqueued-token quota (its load counts no tokens).
-    load = ctx.ledger.live_load(batch.model, vertex=run.channel is not None)
+    load = ctx.ledger.live_load(batch.model, vertex=run.channel is not None, limit=limit)
     if load.batches >= limit:
         return Waiting(WaitCode.LIVE_LIMIT, f"{limit} batches are live (the service's limit)")
     used = load.tokens

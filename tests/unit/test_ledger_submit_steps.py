@@ -14,7 +14,7 @@ from sqlalchemy import Table, create_engine, func, select
 from sqlalchemy.pool import StaticPool
 
 from pipeline.adapters.ledger import repo
-from pipeline.adapters.ledger.ledger import Ledger, OpenKeys
+from pipeline.adapters.ledger.ledger import Ledger, LiveLoad, OpenKeys
 from pipeline.adapters.ledger.models import Base
 from pipeline.core.errors import StaleTransition
 from pipeline.core.states import BatchState, ItemState
@@ -120,9 +120,10 @@ def test_fail_taken_checks_other_runs_claims_in_its_transaction(ledger: Ledger) 
 def test_live_load_and_spend(ledger: Ledger) -> None:
     _batch(ledger, ["a", "b"], BatchState.RUNNING)
     _batch(ledger, ["c"], BatchState.QUEUED)
-    load = ledger.live_load(MODEL, vertex=False)
+    load = ledger.live_load(MODEL, vertex=False, limit=100)
     assert (load.batches, load.tokens) == (1, 10)
-    assert ledger.live_load(MODEL, vertex=True).tokens == 0
+    assert ledger.live_load(MODEL, vertex=True, limit=100).tokens == 0
+    assert ledger.live_load(MODEL, vertex=False, limit=1) == LiveLoad(1, 0)  # at the limit
     assert ledger.spend_of_run(RUN) == (0, 5)  # the running batch's estimate is reserved
     assert ledger.day_spend(NOW - timedelta(days=1)) == (0, 5)
 

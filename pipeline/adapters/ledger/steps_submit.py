@@ -33,7 +33,8 @@ TakenCheck = Callable[[OpenKeys], dict[int, str]]
 @dataclass(frozen=True)
 class LiveLoad:
     """What is live on the service now: batches counted against the live-batch limit, and
-    enqueued tokens of one model (0 for Vertex, which has no such quota)."""
+    enqueued tokens of one model (0 for Vertex, which has no such quota, and when the
+    limit is reached)."""
 
     batches: int
     tokens: int
@@ -76,11 +77,13 @@ class SubmitSteps(LedgerBase):
 
     # ── what limits a create ─────────────────────────────────────────────────────────────
 
-    def live_load(self, model: str, *, vertex: bool) -> LiveLoad:
-        """Live batches (of the channel's kind) and the model's enqueued tokens, one read."""
+    def live_load(self, model: str, *, vertex: bool, limit: int) -> LiveLoad:
+        """Live batches (of the channel's kind) and the model's enqueued tokens, one read;
+        the tokens are not read (0) once `limit` batches are live: nothing more goes then."""
         with self._read() as conn:
             count = batches.live_batch_count(conn, vertex)
-            tokens = 0 if vertex else batches.live_tokens(conn, model)
+            skip = vertex or count >= limit
+            tokens = 0 if skip else batches.live_tokens(conn, model)
         return LiveLoad(count, tokens)
 
     def spend_of_run(self, run_id: str) -> tuple[int, int]:
