@@ -91,7 +91,7 @@ def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     ctx = common.make_context(_ledger_url(work, args), work / "state", args["url"])
     run_id = submit_spec(ctx, _spec(work, args), force=True, use_cache=True)
     t0 = time.perf_counter()
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         batches = repo.batch_state_counts(conn, run_id)
         items = repo.item_counts(conn, run_id)
     return {

@@ -73,7 +73,7 @@ def _setup(args: dict[str, Any]) -> dict[str, Any]:
     ctx = _context(args)
     catalog = load_catalog()
     run_id, _ = create_run(ctx, load_spec(spec_path, catalog), catalog, force=True)
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         run = repo.get_run(conn, run_id)
     runs = {run.id: run}
     form_batches(ctx, run, catalog)
@@ -81,7 +81,7 @@ def _setup(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     while True:
         poll_batches(ctx, runs)
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             done = repo.batches_in(conn, ["done"], run.id)
         if done:
             break
@@ -93,7 +93,7 @@ def _setup(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     size = ctx.backend.download(batch.output_file, work / "results.jsonl")
     download_s = time.perf_counter() - t0
-    ctx.engine.dispose()
+    ctx.ledger.engine.dispose()
     return {
         "run_id": run.id,
         "batch_id": batch.id,
@@ -113,13 +113,13 @@ def _harvest(args: dict[str, Any]) -> dict[str, Any]:
 
     ctx = _context(args)
     catalog = load_catalog()
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         run = repo.get_run(conn, args["run_id"])
         batch = repo.get_batch(conn, int(args["batch_id"]))
     start = time.time()
     assert harvest_batch(ctx, batch, run, catalog)
     recorded = time.time()
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         counts = repo.item_counts(conn, run.id)
     assert counts.get("succeeded") == int(args["images"]), counts
     gc.freeze()  # as pipeline.cli.main does before the process exits

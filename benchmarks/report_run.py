@@ -43,7 +43,7 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     ctx = common.make_context(args["database_url"], work / "state")
     if args["step"] == "setup":
         # Finished items + one recorded attempt each, by raw executemany (no emulator).
-        seconds = common.fill_finished_run(ctx.engine, "bench-report", int(args["items"]))
+        seconds = common.fill_finished_run(ctx.ledger.engine, "bench-report", int(args["items"]))
         return {"run_id": "bench-report", "setup_s": seconds}
     if args["step"] == "status":
         printed = io.StringIO()

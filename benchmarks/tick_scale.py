@@ -55,7 +55,7 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
         ctx = common.make_context(
             f"sqlite:///{work / 'ledger.db'}", work / "state", emu.url, max_live_batches=n
         )
-        queries = common.QueryCounter(ctx.engine)
+        queries = common.QueryCounter(ctx.ledger.engine)
         common.write_prompts_csv(work / "prompts.csv", n, prefix="t")
         spec = common.write_spec(
             work,
@@ -80,7 +80,7 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
             log = emu.request_log[seen:]
             seen = len(emu.request_log)
             kinds = Counter(e["kind"] for e in log if "method" in e)
-            with ctx.engine.connect() as conn:
+            with ctx.ledger.engine.connect() as conn:
                 live = repo.live_batch_count(conn)
             row = {
                 "tick": label,
@@ -102,12 +102,14 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 
         one("submit")
         one("idle")
-        history_s = common.fill_finished_run(ctx.engine, "bench-history", int(args["history"]))
+        history_s = common.fill_finished_run(
+            ctx.ledger.engine, "bench-history", int(args["history"])
+        )
         one("idle+history")
         emu.clock.advance(PENDING_S + RUNNING_S + 1)
         one("finish")
         one("close")
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             state = repo.get_run(conn, run_id).state
             counts = repo.item_counts(conn, run_id)
         return {"rows": rows, "history_s": history_s, "run_state": state, "items": counts}

@@ -89,7 +89,7 @@ def _stagger(ctx: Any, run_id: str, spread: float) -> threading.Thread:
     from pipeline.adapters.ledger import repo
     from pipeline.shell.submit import Submitter
 
-    with ctx.engine.begin() as conn:
+    with ctx.ledger.engine.begin() as conn:
         batches = repo.batches_of_run(conn, run_id)
         start = ctx.now()
         for i, batch in enumerate(batches):
@@ -98,7 +98,7 @@ def _stagger(ctx: Any, run_id: str, spread: float) -> threading.Thread:
 
     def submit() -> None:
         while True:
-            with ctx.engine.connect() as conn:
+            with ctx.ledger.engine.connect() as conn:
                 run = repo.get_run(conn, run_id)
                 left = repo.batches_in(conn, ["queued", "submitting"], run_id)
             if not left:
@@ -114,7 +114,7 @@ def _stagger(ctx: Any, run_id: str, spread: float) -> threading.Thread:
 def _harvested(ctx: Any, run_id: str) -> int:
     from pipeline.adapters.ledger import repo
 
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         return repo.batch_state_counts(conn, run_id).get("harvested", 0)
 
 
@@ -163,7 +163,7 @@ def _latencies(ctx: Any) -> list[float]:
     from pipeline.adapters.ledger import repo
     from pipeline.core.values import as_utc
 
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         rows = conn.execute(
             repo.BATCHES.select().where(repo.BATCHES.c.state == "harvested")
         ).fetchall()

@@ -46,21 +46,21 @@ def _prepare(url: str, emu_url: str, work: Path, batches: int, images: int) -> s
     )
     catalog = load_catalog()
     run_id, _ = create_run(ctx, load_spec(spec, catalog), catalog, force=True)
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         run = repo.get_run(conn, run_id)
     form_batches(ctx, run, catalog)
     Submitter(ctx).run({run.id: run})
     deadline = time.monotonic() + 120
     while True:
         poll_batches(ctx, {run.id: run})
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             states = repo.batch_state_counts(conn, run_id)
         if states.get("done", 0) == batches or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     if states.get("done", 0) != batches:
         raise RuntimeError(f"batches not done: {states}")
-    ctx.engine.dispose()
+    ctx.ledger.engine.dispose()
     return run_id
 
 

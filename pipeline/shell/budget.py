@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from pipeline.adapters.ledger import repo
 from pipeline.core.reasons import WaitCode, Waiting
@@ -33,11 +32,11 @@ class SpendBook:
         self.ctx = ctx
         self._sums: dict[str, tuple[datetime, int, int]] = {}
 
-    def run(self, conn: Any, run_id: str) -> tuple[int, int]:
-        return self._read(f"run:{run_id}", lambda: repo.run_spend(conn, run_id))
+    def run(self, run_id: str) -> tuple[int, int]:
+        return self._read(f"run:{run_id}", lambda: self.ctx.ledger.spend_of_run(run_id))
 
-    def day(self, conn: Any, day_start: datetime) -> tuple[int, int]:
-        return self._read(f"day:{day_start:%Y-%m-%d}", lambda: repo.day_spend(conn, day_start))
+    def day(self, day_start: datetime) -> tuple[int, int]:
+        return self._read(f"day:{day_start:%Y-%m-%d}", lambda: self.ctx.ledger.day_spend(day_start))
 
     def reserved(self, run_id: str, nanos: int) -> None:
         """This pass created a batch estimated at `nanos`: count it until the next read."""
@@ -67,28 +66,27 @@ def waiting_reason(
             WaitCode.BACKOFF,
             f"batch create backing off until {until:%H:%M:%S} UTC ({batch.last_error})",
         )
-    with ctx.engine.connect() as conn:
-        limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
-        vertex = run.channel is not None
-        if repo.live_batch_count(conn, vertex) >= limit:
-            return Waiting(WaitCode.LIVE_LIMIT, f"{limit} batches are live (the service's limit)")
-        # Vertex AI batch prediction has no enqueued-token quota.
-        used = 0 if vertex else repo.live_tokens(conn, batch.model)
-        if used and used + batch.est_tokens > run.max_enqueued_tokens:
-            return Waiting(
-                WaitCode.QUOTA,
-                f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "
-                f"{batch.model} in live batches",
-            )
-        return _budget_reason(ctx, conn, batch, run, spend or SpendBook(ctx))
+    limit = ctx.settings.max_live_batches or LIVE_BATCH_LIMIT
+    # Vertex AI batch prediction has no enqueued-token quota (its load counts no tokens).
+    load = ctx.ledger.live_load(batch.model, vertex=run.channel is not None, limit=limit)
+    if load.batches >= limit:
+        return Waiting(WaitCode.LIVE_LIMIT, f"{limit} batches are live (the service's limit)")
+    used = load.tokens
+    if used and used + batch.est_tokens > run.max_enqueued_tokens:
+        return Waiting(
+            WaitCode.QUOTA,
+            f"enqueued-token quota: {used:,} of {run.max_enqueued_tokens:,} tokens of "
+            f"{batch.model} in live batches",
+        )
+    return _budget_reason(ctx, batch, run, spend or SpendBook(ctx))
 
 
 def _budget_reason(
-    ctx: Context, conn: Any, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook
+    ctx: Context, batch: repo.BatchRow, run: repo.RunRow, spend: SpendBook
 ) -> Waiting | None:
     now = ctx.now()
     if run.budget_nanos is not None:
-        spent, reserved = spend.run(conn, run.id)
+        spent, reserved = spend.run(run.id)
         needed = spent + reserved + batch.est_nanos
         if needed > run.budget_nanos:
             # Raised for this run in the ledger: a new budget_usd in the spec is a new run.
@@ -102,7 +100,7 @@ def _budget_reason(
             )
     cap = ctx.settings.daily_budget_usd
     if cap is not None:
-        spent, reserved = spend.day(conn, day_start(now))
+        spent, reserved = spend.day(day_start(now))
         cap_nanos = usd_to_nanos(cap)
         if spent + reserved + batch.est_nanos > cap_nanos:
             return Waiting(

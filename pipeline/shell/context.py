@@ -39,13 +39,6 @@ class Context:
     _vertex: dict[ChannelSpec, BatchBackend] = field(default_factory=dict, repr=False)
 
     @property
-    def engine(self) -> Any:
-        """The ledger's engine. A transition aid only, for tests, benchmarks and the shell
-        modules not yet moved onto `Ledger` methods (submit, intake, harvest, reporting,
-        render, manifest); everything else calls `ledger` methods."""
-        return self.ledger.engine
-
-    @property
     def backend(self) -> BatchBackend:
         """The Gemini backend, made on first use (plan and status never need a key)."""
         if self._backend is None:

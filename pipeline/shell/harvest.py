@@ -26,8 +26,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
-
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.ledger.ledger import Settle
@@ -37,7 +35,7 @@ from pipeline.adapters.storage import ObjectStore
 from pipeline.core import policy
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.reasons import ReasonCode
-from pipeline.core.states import BatchState, ItemState
+from pipeline.core.states import ItemState
 from pipeline.shell import uploads
 from pipeline.shell.context import Context, channel_of
 from pipeline.shell.harvest_lines import (
@@ -77,7 +75,7 @@ def harvest_batch(
     and item rows, the batch `harvested`.
     """
     owner = ctx.settings.worker_id
-    with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
+    with ctx.ledger.holding_batch(batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
         if held is None:
             return False
         spool = _spool(ctx, held, run)
@@ -96,7 +94,7 @@ def spool_batch(ctx: Context, batch: repo.BatchRow, run: repo.RunRow) -> bool:
     held). False when another tick holds the batch or it is no longer done; True when the
     file is in the spool."""
     owner = ctx.settings.worker_id
-    with repo.holding_batch(ctx.engine, batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
+    with ctx.ledger.holding_batch(batch.id, owner, ctx.now(), LEASE_TTL_S, ("done",)) as held:
         if held is None:
             return False
         _spool(ctx, held, run).fetch()
@@ -131,11 +129,8 @@ class _Harvest(LineRouter):
             # Before the download starts: a client's imports hold the interpreter for a
             # third of a second, which the download thread would otherwise wait through.
             self.store.connect()
-        with ctx.engine.connect() as conn:
-            rows = repo.batch_attempts(conn, batch.id)
-            self.prior = repo.item_totals(conn, [r.item_id for r in rows])
-            shas = {sha for r in rows if r.refs for sha in r.refs.split(",")}
-            self.upload_shas = repo.upload_names_of(conn, sorted(shas)) if shas else {}
+        start = ctx.ledger.harvest_start(batch.id)
+        rows, self.prior, self.upload_shas = start.rows, start.prior, start.upload_shas
         self.todo = {r.key: r for r in rows if r.outcome is None}
         self.rows = {r.key: r for r in rows}
         self.keys: dict[str, KeyState] = {}
@@ -177,15 +172,15 @@ class _Harvest(LineRouter):
             self.store.sync()  # the images these records point at are on disk first
         # Before the items go back to the queue: a batch formed from them must not reuse it.
         uploads.mark_gone(self.ctx, self.gone)
-        with self.ctx.engine.begin() as conn:
-            apply_records(conn, self.run, self.batch, attempts, self.rows, now)
-            repo.insert_duplicates(
-                conn, [_duplicate_values(r, self.batch, now) for r in duplicates]
-            )
-        crashpoint("harvest.committed")
-        repo.claim_batch(
-            self.ctx.engine, self.batch.id, self.ctx.settings.worker_id, now, LEASE_TTL_S
+        self.ctx.ledger.record_lines(
+            self.run.id,
+            self.batch,
+            outcomes_of(self.run, self.batch, attempts, self.rows),
+            [_duplicate_values(r, self.batch, now) for r in duplicates],
+            now,
         )
+        crashpoint("harvest.committed")
+        self.ctx.ledger.claim_batch(self.batch.id, self.ctx.settings.worker_id, now, LEASE_TTL_S)
 
     def _finish(self, pending: list[Record]) -> None:
         self._commit(pending)
@@ -200,17 +195,13 @@ class _Harvest(LineRouter):
         ]
         now = self.ctx.now()
         crashpoint("harvest.finish")
-        with self.ctx.engine.begin() as conn:
-            apply_records(conn, self.run, self.batch, missing, self.rows, now)
-            repo.transition_batch(
-                conn,
-                self.batch.id,
-                BatchState.DONE,
-                BatchState.HARVESTED,
-                now,
-                f"{len(self.keys)} keys, {len(missing)} missing",
-                harvested_at=now,
-            )
+        self.ctx.ledger.batch_harvested(
+            self.run.id,
+            self.batch,
+            outcomes_of(self.run, self.batch, missing, self.rows),
+            now,
+            f"{len(self.keys)} keys, {len(missing)} missing",
+        )
         log.info(
             "batch_harvested",
             run=self.run.id,
@@ -244,17 +235,11 @@ def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[
 # ── writing outcomes ─────────────────────────────────────────────────────────
 
 
-def apply_records(
-    conn: Connection,
-    run: repo.RunRow,
-    batch: repo.BatchRow,
-    records: list[Record],
-    rows: dict[str, Any],
-    now: datetime,
-) -> None:
-    """Decide each record's next item state (the policy) and record them in the ledger."""
-    outcomes = [_outcome(rec, rows[rec.key], run, batch) for rec in records]
-    repo.record_outcomes(conn, run.id, batch.id, outcomes, now, model=batch.model)
+def outcomes_of(
+    run: repo.RunRow, batch: repo.BatchRow, records: list[Record], rows: dict[str, Any]
+) -> list[repo.AttemptOutcome]:
+    """Each record's outcome with its item's next state, decided by the policy."""
+    return [_outcome(rec, rows[rec.key], run, batch) for rec in records]
 
 
 def _outcome(rec: Record, row: Any, run: repo.RunRow, batch: repo.BatchRow) -> repo.AttemptOutcome:
@@ -326,8 +311,3 @@ def without_output(outcome: policy.Outcome, reason: str, code: ReasonCode) -> Se
         return [_outcome(rec, rows[rec.key], run, batch) for rec in records]
 
     return settle
-
-
-def fail_batch_items(ctx: Context, conn: Connection, batch: repo.BatchRow, reason: str) -> None:
-    """A batch the service refused to create: its items fail for good, no try counted."""
-    repo.refuse_batch_items(conn, batch.run_id, batch.id, batch.model, reason, ctx.now())

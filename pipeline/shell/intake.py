@@ -13,7 +13,8 @@ Items whose image name is taken at the output location (`taken`) are recorded fa
 and never packed, so nothing is sent for them. Items whose content another run already
 stored stay `queued`: the tick serves them from the prompt cache or, on a miss, forms them
 into batches then (`submit.form_batches`, which also packs retried items). Everything
-happens in the caller's transaction: a crash records nothing.
+happens in the ledger's recording transaction (`Ledger.recording`, a unit of work that
+commits when its block ends): a crash records nothing.
 
 The first batches' JSONL files are written to the spool folder as they are packed, from the
 lines measured for packing (`shardfile`), so the first tick uploads them without reading the
@@ -35,8 +36,7 @@ from typing import Any
 from pipeline.adapters import inputs, shardfile
 from pipeline.adapters.drill import crashpoint
 from pipeline.adapters.ledger import repo
-from pipeline.adapters.ledger.db import session_scope
-from pipeline.adapters.ledger.ledger import TableReads
+from pipeline.adapters.ledger.ledger import Recording
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.references import ReferenceBook
 from pipeline.core import expand, shard, table
@@ -76,8 +76,7 @@ def latest_active_run(ctx: Context, spec: JobSpec) -> str | None:
     `run SPEC` resumes. None when there is none."""
     date = ctx.now().strftime("%Y-%m-%d")
     input_sha = inputs.file_sha256(spec.input.path)
-    with ctx.engine.connect() as conn:
-        found = repo.latest_active_run_like(conn, spec.name, _spec_json(spec), input_sha, date)
+    found = ctx.ledger.latest_active_run_like(spec.name, _spec_json(spec), input_sha, date)
     return found.id if found is not None else None
 
 
@@ -98,8 +97,7 @@ def create_run(
     input_sha = inputs.file_sha256(spec.input.path)
     nonce = now.isoformat() if force else ""
     identity = run_identity(spec, input_sha, spec.output.uri, date, nonce)
-    with ctx.engine.connect() as conn:
-        existing = repo.find_run_by_identity(conn, identity)
+    existing = ctx.ledger.find_run_by_identity(identity)
     if existing is not None:
         return existing.id, False
     run_id = f"{spec.name}-{now.strftime('%Y%m%d')}-{identity[:8]}"
@@ -161,22 +159,17 @@ def _record_run(
 
     info = catalog.for_channel(spec.channel.kind).get(spec.model)
     now = ctx.now()
-    with session_scope(ctx.engine) as session:
-        conn = session.connection()
-        repo.insert_run(
-            conn,
-            _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache),
-        )
+    values = _run_values(spec, run_id, identity, input_sha, output_uri, date, now, use_cache)
+    with ctx.ledger.recording(values) as rec:
         taken = None
         if not spec.output.overwrite:
-            neighbours = location.runs_at(ctx, conn, output_uri)
+            neighbours = location.runs_among(ctx, rec.run_outputs(), output_uri)
             taken = TakenNames(run_id, ctx.store(output_uri), listing, neighbours)
         book = None
         if spec.input.images:
             book = ReferenceBook(spec.source.parent, gcs=uploads.gcs_opener(ctx))
         done = record_expansion(
-            conn,
-            run_id,
+            rec,
             spec,
             expansion(spec, info, book),
             now,
@@ -186,12 +179,12 @@ def _record_run(
         )
         if done.items == 0:  # raised inside the transaction: nothing is recorded
             raise nothing_to_do(spec, done.rejects)
-        repo.update_run_counts(conn, run_id, done.items, done.rejects, done.est_nanos)
+        rec.counts(done.items, done.rejects, done.est_nanos)
         # Written before the commit: a crash leaves no run, and a rerun rewrites the same files.
         write_tables(
             ctx,
-            TableReads(conn),
-            repo.get_run(conn, run_id),
+            rec.tables,
+            rec.run(),
             manifest=done.failed > 0,
             rejects=True,
             present=listing.tables,
@@ -277,15 +270,14 @@ class _OpenBatch:
 class _Recorder:
     def __init__(
         self,
-        conn: Any,
-        run_id: str,
+        rec: Recording,
         spec: JobSpec,
         now: datetime,
         use_cache: bool,
         spool: Path | None,
         taken: TakenNames | None,
     ):
-        self.conn, self.run_id, self.model, self.now = conn, run_id, spec.model, now
+        self.rec, self.run_id, self.model, self.now = rec, rec.run_id, spec.model, now
         # Lines with reference images name their uploads, made when the batch is created:
         # their files are built then, not now.
         self.spool = None if spec.input.images else spool
@@ -294,7 +286,7 @@ class _Recorder:
         self.written: list[shardfile.ShardWriter] = []
         """Files written so far: removed again if the run is not recorded."""
         # A ledger with no stored image of another run cannot serve this one from the cache.
-        self.use_cache = use_cache and repo.any_stored_image(conn, run_id)
+        self.use_cache = use_cache and rec.any_stored_image()
         self.packer = shard.Packer(shard.limits_for(spec))
         self.batch: _OpenBatch | None = None
         self.done = Recorded()
@@ -305,11 +297,11 @@ class _Recorder:
         packed."""
         if items.refs:
             distinct = {ref.sha256: ref for refs in items.refs for ref in refs}
-            repo.insert_run_references(self.conn, self.run_id, distinct.values())
+            self.rec.references(distinct.values())
         hashes = expand.prompt_hashes(self.model, items)
         self.done.items += len(items)
         self.done.est_nanos += sum(e.batch_nanos for e in items.estimates)
-        hits = repo.cached_hashes(self.conn, hashes, self.run_id) if self.use_cache else set()
+        hits = self.rec.cached_hashes(hashes) if self.use_cache else set()
         if hits:
             cached = [i for i, sha in enumerate(hashes) if sha in hits]
             queued = items.pick(cached)
@@ -325,19 +317,13 @@ class _Recorder:
         self, taken: TakenNames, items: table.Items, hashes: list[str]
     ) -> tuple[table.Items, list[str]]:
         """Record the items whose name is taken as failed for good; return the others."""
-        reasons = taken.among(self.conn, items.keys)
+        reasons = taken.among_with(self.rec.open_keys, items.keys)
         if not reasons:
             return items, hashes
         failed = sorted(reasons)
         part = items.pick(failed)
         self._write(part, [hashes[i] for i in failed], part.tokens(), "failed", None)
-        repo.fail_items_for_good(
-            self.conn,
-            self.run_id,
-            [(items.keys[i], reasons[i]) for i in failed],
-            "failed",
-            self.now,
-        )
+        self.rec.fail_for_good([(items.keys[i], reasons[i]) for i in failed], "failed", self.now)
         self.done.failed += len(failed)
         self.done.est_nanos -= sum(e.batch_nanos for e in part.estimates)  # never sent
         keep = [i for i in range(len(items)) if i not in reasons]
@@ -385,7 +371,7 @@ class _Recorder:
         state: str,
         batch_id: int | None,
     ) -> None:
-        """Insert the items' rows (repo.ITEM_ROW order), all in `state` and `batch_id`."""
+        """Insert the items' rows (`runs.ITEM_ROW` order), all in `state` and `batch_id`."""
         if not len(items):
             return
         extra: list[Any] = []
@@ -407,11 +393,11 @@ class _Recorder:
                 strict=False,
             )
         )
-        repo.insert_items(self.conn, rows, state=state, batch_id=batch_id, rich=self.rich)
+        self.rec.items(rows, state=state, batch_id=batch_id, rich=self.rich)
 
     def _open_batch(self) -> None:
         self.close()
-        opened = repo.open_batch(self.conn, self.run_id, self.model, self.now)
+        opened = self.rec.open_batch(self.model, self.now)
         self.batch = _OpenBatch(opened, self.spool)
         if self.batch.file is not None:
             self.written.append(self.batch.file)
@@ -424,9 +410,7 @@ class _Recorder:
         batch, self.batch = self.batch, None
         sha = batch.file.finish() if batch.file is not None else None
         crashpoint("record.batch_closed")
-        repo.close_batch(
-            self.conn,
-            self.run_id,
+        self.rec.close_batch(
             batch.id,
             self.model,
             batch.items,
@@ -442,8 +426,7 @@ class _Recorder:
 
 
 def record_expansion(
-    conn: Any,
-    run_id: str,
+    rec: Recording,
     spec: JobSpec,
     blocks: Iterable[table.Expanded],
     now: datetime,
@@ -455,16 +438,16 @@ def record_expansion(
     """Write the run's items (packed into queued batches) and rejects; return the counts.
     With `spool`, the first batches' files are written there too (removed again on error).
     With `taken`, items whose image name is taken at the output location fail for good."""
-    recorder = _Recorder(conn, run_id, spec, now, use_cache, spool, taken)
+    recorder = _Recorder(rec, spec, now, use_cache, spool, taken)
     try:
-        _record(recorder, conn, run_id, blocks)
+        _record(recorder, rec, blocks)
     except BaseException:
         recorder.discard_files()
         raise
     return recorder.done
 
 
-def _record(recorder: _Recorder, conn: Any, run_id: str, blocks: Iterable[table.Expanded]) -> None:
+def _record(recorder: _Recorder, rec: Recording, blocks: Iterable[table.Expanded]) -> None:
     for block in blocks:
         items = block.items
         for start in range(0, len(items), CHUNK):
@@ -472,11 +455,10 @@ def _record(recorder: _Recorder, conn: Any, run_id: str, blocks: Iterable[table.
         rejects = block.rejects
         recorder.done.rejects += len(rejects)
         for start in range(0, len(rejects), CHUNK):
-            repo.insert_rejects(
-                conn,
+            rec.rejects(
                 [
-                    {"run_id": run_id, "row": r.row, "key": r.key, "reason": r.reason}
+                    {"run_id": rec.run_id, "row": r.row, "key": r.key, "reason": r.reason}
                     for r in rejects[start : start + CHUNK]
-                ],
+                ]
             )
     recorder.close()

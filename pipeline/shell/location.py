@@ -23,9 +23,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
-from pipeline.adapters.ledger import repo
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import naming
 from pipeline.core.errors import PipelineError
@@ -55,12 +53,6 @@ def location_key(ctx: Context, uri: str) -> str:
 def runs_sharing(ctx: Context, output_uri: str) -> list[str]:
     """Ids of the ledger's runs (any state) whose output is this location, oldest first."""
     return _at(ctx, ctx.ledger.run_outputs(), output_uri)
-
-
-def runs_at(ctx: Context, conn: Any, output_uri: str) -> list[str]:
-    """`runs_sharing`, read on the caller's connection: a stopgap for `submit`, which still
-    reads inside its own transaction, until it moves onto the `Ledger`."""
-    return _at(ctx, repo.run_outputs(conn), output_uri)
 
 
 def runs_among(ctx: Context, outputs: Iterable[tuple[str, str]], output_uri: str) -> list[str]:

@@ -28,7 +28,6 @@ from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, AuthError, StaleTransition, TransientApiError
 from pipeline.core.reasons import WaitCode, Waiting
 from pipeline.core.spec import ChannelSpec
-from pipeline.core.states import BatchState
 from pipeline.core.values import as_utc
 from pipeline.shell import location, uploads
 from pipeline.shell.budget import SpendBook, waiting_reason
@@ -67,8 +66,7 @@ def _form_batches(
     after = 0
     taken: TakenNames | None = None
     while True:
-        with ctx.engine.connect() as conn:
-            rows = repo.queued_items(conn, run.id, after, 20_000)
+        rows = ctx.ledger.queued_items(run.id, after, 20_000)
         if not rows:
             return made
         after = rows[-1].id
@@ -76,8 +74,7 @@ def _form_batches(
             if taken is None:
                 store = ctx.store(run.output_uri)
                 listing = stack.enter_context(Listing.of(store))
-                with ctx.engine.connect() as conn:
-                    neighbours = location.runs_at(ctx, conn, run.output_uri)
+                neighbours = location.runs_sharing(ctx, run.output_uri)
                 taken = TakenNames(run.id, store, listing, neighbours)
             rows = _drop_taken(ctx, run, taken, rows)
         by_model: dict[str, list[Any]] = {}
@@ -92,11 +89,10 @@ def _drop_taken(ctx: Context, run: repo.RunRow, taken: TakenNames, rows: list[An
     returns the others."""
     if taken.idle:
         return rows
-    with ctx.engine.begin() as conn:
-        reasons = taken.among(conn, [r.key for r in rows])
-        if reasons:
-            failures = [(rows[i].key, reason) for i, reason in sorted(reasons.items())]
-            repo.fail_items_for_good(conn, run.id, failures, "queued", ctx.now())
+    keys = [r.key for r in rows]
+    reasons = ctx.ledger.fail_taken(
+        run.id, keys, lambda open_keys: taken.among_with(open_keys, keys), "queued", ctx.now()
+    )
     if not reasons:
         return rows
     log.warning("items_name_taken", run=run.id, items=len(reasons))
@@ -141,8 +137,7 @@ def _pack_model(
         est_nanos = sum(q.estimate.batch_nanos for q in group)
         items = [q.row for q in group]
         try:
-            with ctx.engine.begin() as conn:
-                repo.create_batch(conn, run, model, items, est_tokens, est_nanos, ctx.now())
+            ctx.ledger.create_batch(run, model, items, est_tokens, est_nanos, ctx.now())
         except StaleTransition:
             return made  # another tick is forming this run's batches
         made += 1
@@ -175,8 +170,7 @@ class Submitter:
         its run's unit (a held run is skipped; a run whose files fail is held)."""
         self.runs = dict(runs)
         created = 0
-        with self.ctx.engine.connect() as conn:
-            pending = repo.batches_in(conn, ["submitting", "queued"])
+        pending = self.ctx.ledger.batches_in(["submitting", "queued"])
         for batch in sorted(pending, key=lambda b: (b.state != "submitting", b.id)):
             run = runs.get(batch.run_id)
             if run is None or run.state != "active":
@@ -201,9 +195,7 @@ class Submitter:
         ctx = self.ctx
         waiting = ("queued", "submitting")
         owner = ctx.settings.worker_id
-        with repo.holding_batch(
-            ctx.engine, batch.id, owner, ctx.now(), CLAIM_TTL_S, waiting
-        ) as held:
+        with ctx.ledger.holding_batch(batch.id, owner, ctx.now(), CLAIM_TTL_S, waiting) as held:
             return held is not None and self._create(held, run)
 
     def _create(self, batch: repo.BatchRow, run: repo.RunRow) -> bool:
@@ -217,16 +209,7 @@ class Submitter:
         if file_name is None:
             return False
         if batch.state == "queued":
-            with ctx.engine.begin() as conn:
-                repo.transition_batch(
-                    conn,
-                    batch.id,
-                    BatchState.QUEUED,
-                    BatchState.SUBMITTING,
-                    ctx.now(),
-                    "create intent",
-                    create_tries=batch.create_tries + 1,
-                )
+            ctx.ledger.batch_intent(batch, ctx.now())
             self.spend.reserved(run.id, batch.est_nanos)  # submitting counts as reserved
         crashpoint("submit.intent")
         try:
@@ -252,8 +235,7 @@ class Submitter:
         spool = ctx.settings.spool_dir
         path = shardfile.written(spool, batch.display_name, batch.shard_sha256)
         if path is None:  # not written when the run was recorded, or changed since
-            with ctx.engine.connect() as conn:
-                has_refs = repo.run_has_references(conn, batch.run_id)
+            has_refs = ctx.ledger.run_has_references(batch.run_id)
             files: dict[str, tuple[str, str]] = {}
             if has_refs:
                 run = self._run_of(batch)
@@ -263,8 +245,7 @@ class Submitter:
             path = self._build_file(batch, spool, files)
         remote = ctx.backend_for(self._run_of(batch)).upload_jsonl(path, batch.display_name)
         crashpoint("submit.uploaded")
-        with ctx.engine.begin() as conn:
-            repo.update_batch(conn, batch.id, file_name=remote.name, file_uploaded_at=ctx.now())
+        ctx.ledger.batch_uploaded(batch.id, remote.name, ctx.now())
         path.unlink(missing_ok=True)
         log.info("batch_uploaded", run=batch.run_id, batch=batch.display_name, file=remote.name)
         return remote.name
@@ -276,25 +257,15 @@ class Submitter:
         def renew() -> None:
             if self.keepalive is not None:
                 self.keepalive()
-            repo.claim_batch(ctx.engine, batch.id, ctx.settings.worker_id, ctx.now(), CLAIM_TTL_S)
+            ctx.ledger.claim_batch(batch.id, ctx.settings.worker_id, ctx.now(), CLAIM_TTL_S)
 
         return renew
 
     def _has_items(self, batch: repo.BatchRow) -> bool:
         """Whether the batch still has items to send; if not, it is cancelled, never created."""
-        ctx = self.ctx
-        with ctx.engine.begin() as conn:
-            if any(True for _ in repo.batch_request_rows(conn, batch.id, chunk=1)):
-                return True
-            repo.transition_batch(
-                conn,
-                batch.id,
-                BatchState(batch.state),
-                BatchState.CANCELLED,
-                ctx.now(),
-                "no item left to send (reference images could not be uploaded)",
-            )
-        return False
+        return self.ctx.ledger.keep_or_cancel(
+            batch, self.ctx.now(), "no item left to send (reference images could not be uploaded)"
+        )
 
     def _build_file(
         self, batch: repo.BatchRow, spool: Path, files: dict[str, tuple[str, str]] | None = None
@@ -304,8 +275,9 @@ class Submitter:
         make_private_dir(spool)
         path = shardfile.path_for(spool, batch.display_name)
         info = load_catalog().for_channel(self._channel(batch).kind).get(batch.model)
-        with self.ctx.engine.connect() as conn, open_private(path) as out:
-            for key, prompt, ratio, size, seed, refs in repo.batch_request_rows(conn, batch.id):
+        rows = self.ctx.ledger.batch_request_rows(batch.id)
+        with contextlib.closing(rows), open_private(path) as out:
+            for key, prompt, ratio, size, seed, refs in rows:
                 # What the batch's model accepts (a fallback model may take no size).
                 sent = expand.effective_size(info, size)
                 parts = [files[sha] for sha in refs.split(",")] if refs and files else ()
@@ -314,20 +286,7 @@ class Submitter:
 
     def _adopt(self, batch: repo.BatchRow, remote: RemoteBatch, how: str) -> None:
         ctx = self.ctx
-        with ctx.engine.begin() as conn:
-            repo.transition_batch(
-                conn,
-                batch.id,
-                BatchState.SUBMITTING,
-                BatchState.RUNNING,
-                ctx.now(),
-                how,
-                remote_name=remote.name,
-                remote_state=remote.state,
-                submitted_at=ctx.now(),
-                not_before=None,
-                last_error=None,
-            )
+        ctx.ledger.batch_submitted(batch.id, remote.name, remote.state, ctx.now(), how)
         log.info(
             "batch_submitted",
             run=batch.run_id,
@@ -342,13 +301,7 @@ class Submitter:
         tries = max(batch.create_tries, 1)
         delay = min(ctx.settings.create_backoff_s * 2 ** (tries - 1), BACKOFF_MAX_S)
         delay *= random.uniform(0.5, 1.5)
-        with ctx.engine.begin() as conn:
-            repo.update_batch(
-                conn,
-                batch.id,
-                not_before=ctx.now() + timedelta(seconds=delay),
-                last_error=error[:500],
-            )
+        ctx.ledger.batch_backoff(batch.id, ctx.now() + timedelta(seconds=delay), error)
         log.warning(
             "batch_create_backoff",
             run=batch.run_id,
@@ -360,23 +313,11 @@ class Submitter:
     def _create_refused(self, batch: repo.BatchRow, exc: ApiError) -> None:
         """A 4xx at create: a missing/expired input file is uploaded again; else give up."""
         ctx = self.ctx
-        with ctx.engine.begin() as conn:
-            if exc.code in (403, 404) and batch.create_tries < 5:
-                repo.update_batch(conn, batch.id, file_name=None, last_error=str(exc)[:500])
-                log.warning("batch_input_reupload", batch=batch.display_name, error=str(exc)[:200])
-                return
-            from pipeline.shell.harvest import fail_batch_items
-
-            repo.transition_batch(
-                conn,
-                batch.id,
-                BatchState.SUBMITTING,
-                BatchState.FAILED,
-                ctx.now(),
-                f"create refused: {exc}"[:500],
-                last_error=str(exc)[:500],
-            )
-            fail_batch_items(ctx, conn, batch, f"batch create refused: {exc}"[:500])
+        if exc.code in (403, 404) and batch.create_tries < 5:
+            ctx.ledger.batch_input_gone(batch.id, str(exc))
+            log.warning("batch_input_reupload", batch=batch.display_name, error=str(exc)[:200])
+            return
+        ctx.ledger.batch_refused(batch, ctx.now(), str(exc), f"batch create refused: {exc}"[:500])
         log.error("batch_create_refused", batch=batch.display_name, error=str(exc)[:300])
 
     def _find_remote(self, run: repo.RunRow, display_name: str) -> RemoteBatch | None:
@@ -391,8 +332,7 @@ class Submitter:
 
     def _run_of(self, batch: repo.BatchRow) -> repo.RunRow:
         if batch.run_id not in self.runs:
-            with self.ctx.engine.connect() as conn:
-                self.runs[batch.run_id] = repo.get_run(conn, batch.run_id)
+            self.runs[batch.run_id] = self.ctx.ledger.get_run(batch.run_id)
         return self.runs[batch.run_id]
 
     def _channel(self, batch: repo.BatchRow) -> ChannelSpec:

@@ -22,10 +22,8 @@ create-only write.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from pipeline.adapters.ledger import repo
-from pipeline.adapters.ledger.ledger import Ledger
+from pipeline.adapters.ledger.ledger import Ledger, OpenKeys
 from pipeline.adapters.storage import ObjectStore
 from pipeline.core import naming
 from pipeline.shell.location import Listing
@@ -46,11 +44,11 @@ class TakenNames:
         """True when nothing can be taken: no image at the location and no other run there."""
         return not self.listing.images and not self.neighbours
 
-    def among(self, conn: Any, keys: Sequence[str]) -> dict[int, str]:
-        """`among_keys`, other runs' claims read on the caller's connection: a stopgap for
-        `intake` and `submit`, which check inside their own transactions, until they move
-        onto the `Ledger`."""
-        return self._among(keys, lambda rest: repo.open_keys(conn, self.neighbours, rest))
+    def among_with(self, open_keys: OpenKeys, keys: Sequence[str]) -> dict[int, str]:
+        """`among_keys`, other runs' claims read through `open_keys`: the ledger's read
+        inside the transaction that records the failures (`Ledger.fail_taken`, intake's
+        `Recording`)."""
+        return self._among(keys, lambda rest: open_keys(self.neighbours, rest))
 
     def among_keys(self, ledger: Ledger, keys: Sequence[str]) -> dict[int, str]:
         """Position in `keys` -> why that item's name is taken, for the items whose name is."""

@@ -85,7 +85,7 @@ def run_to_end(ctx: Context, emu: Emulator, run_id: str, max_ticks: int = 30) ->
     catalog = load_catalog()
     for _ in range(max_ticks):
         tick(ctx, catalog)
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             run = repo.get_run(conn, run_id)
         if run.state != "active":
             return run

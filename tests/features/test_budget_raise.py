@@ -81,7 +81,7 @@ def test_budget_command_raises_the_runs_cap_and_the_same_run_goes_on(
     spec = write_job(tmp_path, "capped", _rows(5), per_batch=1, budget=2.5 * one / 1e9)
     run_id = submit(ctx, spec)
     tick(ctx, load_catalog())
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         status = run_status(ctx, repo.get_run(conn, run_id))
     assert status["batches"] == {"running": 2, "queued": 3}
     assert f"nanobatch budget {run_id} --usd" in status["waiting"]
@@ -89,14 +89,14 @@ def test_budget_command_raises_the_runs_cap_and_the_same_run_goes_on(
     code, out, err = cli("budget", run_id, "--usd", "1.5")
     assert code == 0, err
     assert run_id in err and "1.5" in err
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         assert repo.get_run(conn, run_id).budget_nanos == 1_500_000_000
     code, out, _ = cli("status", run_id, "--json")
     assert json.loads(out)["runs"][0]["budget_usd"] == 1.5
 
     run = run_to_end(ctx, fast_emu, run_id)
     assert run.state == "finished"
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         assert [r.id for r in repo.list_runs(conn)] == [run_id]
         assert repo.item_counts(conn, run_id) == {"succeeded": 5}
 
@@ -131,7 +131,7 @@ def test_budget_command_refuses_values_that_are_not_a_positive_amount(
     code, _, err = cli("budget", run_id, "--usd", value)
     assert code == 2, err
     assert "--usd" in err
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         assert repo.get_run(conn, run_id).budget_nanos == 1_000_000_000
 
 

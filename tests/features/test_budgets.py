@@ -32,7 +32,7 @@ def _one_estimate() -> int:
 
 
 def _created_nanos(ctx: object, run_id: str) -> int:
-    with ctx.engine.connect() as conn:  # type: ignore[attr-defined]
+    with ctx.ledger.engine.connect() as conn:  # type: ignore[attr-defined]
         return sum(b.est_nanos for b in repo.batches_of_run(conn, run_id) if b.state in LIVE)
 
 
@@ -44,7 +44,7 @@ def test_run_budget_holds_work_and_status_says_why(tmp_path: Path, emu: Emulator
     run_id = submit(ctx, write_job(tmp_path, "capped", _rows(5), per_batch=1, budget=budget))
     tick(ctx, load_catalog())
     assert _created_nanos(ctx, run_id) == 2 * one
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         run = repo.get_run(conn, run_id)
     status = run_status(ctx, run)
     assert status["waiting"] and "run budget" in status["waiting"]
@@ -63,7 +63,7 @@ def test_daily_cap_holds_work_across_runs(tmp_path: Path, emu: Emulator) -> None
     second = submit(ctx, write_job(tmp_path / "b", "second", _rows(3), per_batch=1))
     tick(ctx, load_catalog())
     assert _created_nanos(ctx, first) + _created_nanos(ctx, second) == 3 * one
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         run = repo.get_run(conn, second)
     status = run_status(ctx, run)
     assert "daily budget" in status["waiting"]
@@ -138,7 +138,7 @@ def test_one_pass_sums_recorded_costs_once(tmp_path: Path, emu: Emulator) -> Non
     run_id = submit(ctx, write_job(tmp_path, "many", _rows(12), per_batch=1, budget=1000.0))
     cost_sums: list[str] = []
 
-    @event.listens_for(ctx.engine, "before_cursor_execute")
+    @event.listens_for(ctx.ledger.engine, "before_cursor_execute")
     def _spy(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         if "sum(attempts.cost_nanos)" in statement:
             cost_sums.append(statement)
@@ -157,7 +157,7 @@ def test_run_spend_sums_costs_through_finished_batches(tmp_path: Path, emu: Emul
     run_id = submit(ctx, write_job(tmp_path, "spend", _rows(5), per_batch=2, budget=1000.0))
 
     def every_attempt() -> int:
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             return int(
                 conn.execute(
                     text(
@@ -169,7 +169,7 @@ def test_run_spend_sums_costs_through_finished_batches(tmp_path: Path, emu: Emul
             )
 
     def spent() -> int:
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             return repo.run_spend(conn, run_id)[0]
 
     assert spent() == every_attempt() == 0
@@ -178,7 +178,7 @@ def test_run_spend_sums_costs_through_finished_batches(tmp_path: Path, emu: Emul
         tick(ctx, load_catalog())
         assert spent() == every_attempt()
         seen.add(spent())
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             if repo.get_run(conn, run_id).state != "active":
                 break
         emu.clock.advance(10_000)

@@ -19,7 +19,7 @@ def test_row_writes_of_a_whole_run_build_no_temporary_btree(tmp_path: Path, emu:
     ctx = make_context(tmp_path, emu)
     writes: dict[str, Any] = {}
 
-    @event.listens_for(ctx.engine, "before_cursor_execute")
+    @event.listens_for(ctx.ledger.engine, "before_cursor_execute")
     def _collect(_c: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
         verb = sql.lstrip().split(None, 1)[0].upper()
         # An IN list or RETURNING of the statement's own builds its B-tree once, not per row.
@@ -27,13 +27,13 @@ def test_row_writes_of_a_whole_run_build_no_temporary_btree(tmp_path: Path, emu:
             writes.setdefault(sql, params[0] if many else params)
 
     run_to_end(ctx, emu, submit(ctx, write_job(tmp_path / "job", "job", ROWS, per_batch=2)))
-    event.remove(ctx.engine, "before_cursor_execute", _collect)
+    event.remove(ctx.ledger.engine, "before_cursor_execute", _collect)
 
     tables = {sql.split()[2] for sql in writes if sql.upper().startswith("INSERT")}
     assert {"runs", "items", "attempts", "events"} <= tables
     # Harvest inserts each attempt once, with its outcome: no attempt row is ever updated.
     assert not any(sql.startswith("UPDATE attempts") for sql in writes)
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         for sql, params in writes.items():
             ops = {row[1] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)}
             assert "OpenEphemeral" not in ops, sql

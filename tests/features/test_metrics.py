@@ -93,7 +93,7 @@ def test_metrics_file_parses_with_every_family(finished: tuple[Any, str], tmp_pa
 def test_status_json_carries_run_metrics(finished: tuple[Any, str]) -> None:
     """status --json has a metrics key per run with cost, error classes and latency."""
     ctx, run_id = finished
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         status = run_status(ctx, repo.get_run(conn, run_id))
     metrics = status["metrics"]
     assert metrics["attempts"] == 6
@@ -152,13 +152,13 @@ def test_reason_classes(outcome: str, code: str | None, status: int | None, expe
 def test_error_classes_come_from_the_code_column(finished: tuple[Any, str]) -> None:
     """The recorded attempts carry the codes the classes are made of."""
     ctx, run_id = finished
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         rows = {(r[0], r[1], r[2]) for r in repo.attempt_reasons(conn, run_id)}
     assert ("final", "grpc_final", 3) in rows
     assert ("retry", "grpc_retryable", 13) in rows
     assert ("final", "safety", None) in rows
     assert ("succeeded", None, None) in rows
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         uncoded = conn.execute(
             text(
                 "SELECT count(*) FROM attempts WHERE outcome <> 'succeeded' AND reason_code IS NULL"

@@ -66,7 +66,7 @@ def test_notification_arrives_once(
     assert body["run"] == run_id and body["job"] == "notified" and body["state"] == "finished"
     assert body["items"]["succeeded"] == 2 and body["items"]["failed"] == 0
     assert body["cost_usd"] > 0
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         assert repo.runs_to_notify(conn) == []
 
 
@@ -87,13 +87,13 @@ def test_dead_url_does_not_stop_the_run(
         with pytest.raises(SystemExit) as done:
             main(["tick"])
         assert done.value.code == 0
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             run = repo.get_run(conn, run_id)
         if run.state != "active":
             break
         emu.clock.advance(10_000)
     assert run.state == "finished"
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         assert repo.item_counts(conn, run_id) == {"succeeded": 2}
 
 

@@ -90,7 +90,7 @@ def test_run_progress_follows_a_real_run(tmp_path: Path, emu: Emulator) -> None:
     console = _console()
     shown = RunProgress(ctx, run_id, console=console)
     try:
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             shown.show(repo.item_counts(conn, run_id))
         first = _text(console)
         assert f"{run_id}" in first and "0/5 images stored" in first
@@ -100,7 +100,7 @@ def test_run_progress_follows_a_real_run(tmp_path: Path, emu: Emulator) -> None:
         assert "time left: after the first batch" in first and "0%" in first
 
         run_to_end(ctx, emu, run_id)
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             counts = repo.item_counts(conn, run_id)
         # The finished batches' turnarounds are read: nothing live, nothing queued, 0 left.
         assert progress.snapshot(ctx, run_id, counts).left_s == 0.0

@@ -56,7 +56,7 @@ def test_hit_copies_image_with_zero_cost(tmp_path: Path, emu: Emulator) -> None:
     summary = report["summary"]
     assert summary["cached"] == 2 and summary["cost_usd"] == 0
     assert summary["saved_by_cache_usd"] == pytest.approx(first["summary"]["cost_usd"])
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         events = conn.execute(
             select(repo.EVENTS.c.detail).where(
                 repo.EVENTS.c.run_id == run_id, repo.EVENTS.c.to_state == "succeeded"
@@ -119,7 +119,7 @@ def test_only_misses_are_packed_when_the_run_is_recorded(tmp_path: Path, emu: Em
     run_id, _ = create_run(
         ctx, load_spec(write_job(tmp_path / "two", "two", rows), catalog), catalog
     )
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         states = dict(
             conn.execute(
                 text("SELECT key, state FROM items WHERE run_id = :r"), {"r": run_id}
@@ -170,7 +170,7 @@ def test_cli_no_cache_flag_and_status(
         main(["submit", str(spec), "--no-cache"])
     assert done.value.code == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1]
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         assert repo.get_run(conn, run_id).use_cache is False
     spec3 = write_job(tmp_path / "three", "three", ROWS)
     with pytest.raises(SystemExit):

@@ -87,7 +87,7 @@ def run_ticks(ctx: Context, emu: Emulator, run_id: str, step: float = 30.0, limi
     catalog = load_catalog()
     for _ in range(limit):
         tick(ctx, catalog)
-        with ctx.engine.connect() as conn:
+        with ctx.ledger.engine.connect() as conn:
             state = repo.get_run(conn, run_id).state
         if state != "active":
             return state
@@ -154,7 +154,7 @@ def test_shared_images_are_uploaded_once_and_sent_in_column_order(
     manifest = pq.read_table(Path(items["p0"]["uri"]).parent / "manifest.parquet").to_pylist()
     by_key = {row["key"]: row for row in manifest}
     assert by_key["p0"]["references"] == [red, blue] and by_key["p5"]["references"] == [green]
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         rows = conn.execute(repo.UPLOADS.select()).all()
     assert sorted(r.sha256 for r in rows) == sorted([red, blue, green])
     assert {r.state for r in rows} == {"active"}
@@ -251,7 +251,7 @@ def test_a_gone_reference_is_retried_after_a_fresh_upload(
         assert item["status"] == "succeeded" and item["attempts"] == 2, item
     uploads = image_uploads(emu)
     assert len(uploads) == 3 and uploads[:2] == [first_upload, second_upload]
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         states = {r.name: r.state for r in conn.execute(repo.UPLOADS.select())}
         retried = [a for a in conn.execute(repo.ATTEMPTS.select()) if a.outcome == "retry"]
         reasons = [a.reason for a in retried]
@@ -364,7 +364,7 @@ def test_fallback_model_is_not_used_for_more_references_than_it_accepts(
         "this item has 4"
     )
     assert items["one"]["attempts"] == 2  # its one try on the fallback model
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         codes = {r.key: r.reason_code for r in conn.execute(repo.ITEMS.select())}
     assert codes["many"] == "fallback_refused"
     models = {(e["batch"], e["key"]) for e in lines_sent(emu)}
@@ -405,7 +405,7 @@ def test_gs_references_are_checked_at_submit_and_streamed_into_the_upload(
     assert sorted(items) == ["a", "b"]
     assert items["a"]["references"] == items["b"]["references"] == [sha(pics["red"])]
     assert report["summary"]["rejected"] == 2
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         reasons = {r.key: r.reason for r in repo.rejects_of_run(conn, run_id)}
     assert reasons["gone"] == (
         f"reference image in column 'photo': no such object gs://{gcs_env}/refs/nope.png"

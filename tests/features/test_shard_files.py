@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.adapters import shardfile
 from pipeline.adapters.ledger import repo
+from pipeline.adapters.ledger.ledger import Ledger, Recording
 from pipeline.core.catalog import load_catalog
 from pipeline.core.errors import SpecError
 from pipeline.emulator import Emulator
@@ -25,7 +26,7 @@ ROWS = [{"key": f"k{i}", "prompt": f"a harbour at dawn, étude {i}"} for i in ra
 
 
 def _batches(ctx: Any, run_id: str) -> list[repo.BatchRow]:
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         return repo.batches_of_run(conn, run_id)
 
 
@@ -60,7 +61,7 @@ def test_upload_sends_the_written_file_without_reading_rows_back(
     def no_rows(*_: Any) -> Any:
         raise AssertionError("the rows were read back")
 
-    monkeypatch.setattr(repo, "batch_request_rows", no_rows)
+    monkeypatch.setattr(Ledger, "batch_request_rows", no_rows)
     tick(ctx, load_catalog())
     batches = _batches(ctx, run_id)
     assert all(b.state == "running" for b in batches)
@@ -104,7 +105,7 @@ def test_a_run_that_fails_to_record_leaves_no_files(
     tmp_path: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = make_context(tmp_path, emu)
-    close = repo.close_batch
+    close = Recording.close_batch
     calls = []
 
     def fail_on_third(*args: Any, **kw: Any) -> None:
@@ -113,7 +114,7 @@ def test_a_run_that_fails_to_record_leaves_no_files(
             raise SpecError("stop here")
         close(*args, **kw)
 
-    monkeypatch.setattr(repo, "close_batch", fail_on_third)
+    monkeypatch.setattr(Recording, "close_batch", fail_on_third)
     with pytest.raises(SpecError):
         submit(ctx, write_job(tmp_path / "job", "job", ROWS, per_batch=3))
     assert not [p for p in ctx.settings.spool_dir.glob("*") if p.is_file()]

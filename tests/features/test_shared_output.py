@@ -183,7 +183,7 @@ def test_shared_taken_name_fails_before_any_request(
     assert f"nanobatch retry {bob} --include-final" in k1["error"]
     report = report_json(ctx, bob)
     assert report["summary"]["failed"] == 1 and report["summary"]["succeeded"] == 1
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         status = run_status(ctx, repo.get_run(conn, bob))
         (item,) = [i for i in repo.failed_items(conn, bob)]
     assert status["items"]["failed"] == 1 and status["items"]["failed_final"] == 1
@@ -199,7 +199,7 @@ def test_shared_pending_name_of_another_run_fails_before_any_request(
     ctx = _ctx(tmp_path, emu, db_url)
     alice = submit(ctx, write_job(tmp_path / "alice", "alice", ALICE, out=location.uri))
     bob = submit(ctx, write_job(tmp_path / "bob", "bob", BOB, out=location.uri))
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         failed = {r.key: (bool(r.final), r.error) for r in repo.failed_items(conn, bob)}
     assert list(failed) == ["k1"]
     final, error = failed["k1"]
@@ -357,7 +357,7 @@ def test_gcs_check_is_one_listing_of_the_prefix(
     # 26 objects directly under the prefix at 10 a page: three pages of one listing.
     assert listings == ["shared/"] * 3
     monkeypatch.undo()
-    with ctx.engine.connect() as conn:
+    with ctx.ledger.engine.connect() as conn:
         failed = {r.key: r.error for r in repo.failed_items(conn, run_id)}
     assert list(failed) == ["k3"] and f"gs://{gcs_env}/shared/k3.png" in failed["k3"]
     tick(ctx, load_catalog())

@@ -61,7 +61,7 @@ class World:
         return run_id
 
     def batches(self, run_id: str) -> list[repo.BatchRow]:
-        with self.ctx.engine.connect() as conn:
+        with self.ctx.ledger.engine.connect() as conn:
             return repo.batches_of_run(conn, run_id)
 
     def batch_events(self, batch_id: int) -> list[tuple[str | None, str, str | None]]:
@@ -71,7 +71,7 @@ class World:
             .where(e.c.batch_id == batch_id, e.c.item_id.is_(None))
             .order_by(e.c.id)
         )
-        with self.ctx.engine.connect() as conn:
+        with self.ctx.ledger.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(query)]  # type: ignore[misc]
 
 
@@ -177,7 +177,7 @@ def test_poll_and_harvest_of_a_fake_results_file_store_the_images(world: World) 
     stored = sorted(p.name for p in world.out.rglob("*.png"))
     assert stored == ["a.png", "b.png", "c.png"]
     assert all(p.read_bytes() == tiny_png() for p in world.out.rglob("*.png"))
-    with world.ctx.engine.connect() as conn:
+    with world.ctx.ledger.engine.connect() as conn:
         assert repo.item_counts(conn, run_id) == {"succeeded": 3}
         assert repo.get_run(conn, run_id).state == "finished"
 
@@ -192,7 +192,7 @@ def _codes(world: World, run_id: str) -> dict[str, tuple[str | None, str | None,
         .where(i.c.run_id == run_id, a.c.outcome.is_not(None))
         .order_by(a.c.id)
     )
-    with world.ctx.engine.connect() as conn:
+    with world.ctx.ledger.engine.connect() as conn:
         return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query)}
 
 

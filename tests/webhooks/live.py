@@ -67,7 +67,7 @@ def live_listen(drill: Drill, secrets: tuple[str, ...] = (), **kw: Any) -> Itera
         server.should_exit = True
         thread.join(timeout=40)
         sock.close()
-        ctx.engine.dispose()
+        ctx.ledger.engine.dispose()
 
 
 def ledger_text(db_url: str) -> str:

@@ -19,8 +19,8 @@ class LedgerBase:
 
     @property
     def engine(self) -> Engine:
-        """The engine itself: for tests' setup and checks, and for shell modules not yet
-        moved onto `Ledger` methods (submit, intake, harvest, reporting, render, manifest)."""
+        """The engine itself: for tests' and benchmarks' setup and checks only (the shell
+        reads and changes the ledger through `Ledger` methods)."""
         return self._engine
 
     @property

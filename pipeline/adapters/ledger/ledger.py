@@ -3,10 +3,10 @@ engine and every transaction; each method is one step the shell takes (a read in
 connection, or a change in one transaction: a guarded update plus its event rows) and
 returns frozen values, never a connection or a row the caller could write through.
 
-The methods live by topic in `steps_runs`, `steps_batches`, `steps_reads`, `steps_status`
-and `steps_refs`
-(mixins over `base.LedgerBase`), each calling the topic functions (`runs`, `items`,
-`batches`, `outcomes`, `leases`, `queries`, `references`, `deliveries`). State changes keep
+The methods live by topic in `steps_runs`, `steps_batches`, `steps_submit`,
+`steps_harvest`, `steps_recording`, `steps_reads`, `steps_status` and `steps_refs` (mixins
+over `base.LedgerBase`), each calling the topic functions (`runs`, `items`, `batches`,
+`outcomes`, `leases`, `queries`, `references`, `deliveries`). State changes keep
 their guards: a stale move raises StaleTransition and an invalid one InvalidTransition,
 naming the ids and states (`items.transition_items`, `batches.transition_batch`).
 """
@@ -17,12 +17,14 @@ from sqlalchemy import Engine
 
 from pipeline.adapters.ledger import db
 from pipeline.adapters.ledger.steps_batches import BatchSteps, Cancelled, Settle
+from pipeline.adapters.ledger.steps_harvest import HarvestStart, HarvestSteps
 from pipeline.adapters.ledger.steps_reads import (
     CacheChunk,
     MetricsSnapshot,
     ReadSteps,
     RunMetricData,
 )
+from pipeline.adapters.ledger.steps_recording import Recording, RecordingSteps
 from pipeline.adapters.ledger.steps_refs import BatchSources, RefSteps
 from pipeline.adapters.ledger.steps_runs import (
     BudgetSet,
@@ -33,6 +35,7 @@ from pipeline.adapters.ledger.steps_runs import (
     RunSteps,
 )
 from pipeline.adapters.ledger.steps_status import StatusFigures, StatusSteps, TableReads
+from pipeline.adapters.ledger.steps_submit import LiveLoad, OpenKeys, SubmitSteps, TakenCheck
 
 __all__ = [
     "BatchSources",
@@ -40,8 +43,12 @@ __all__ = [
     "CacheChunk",
     "CacheTotals",
     "Cancelled",
+    "HarvestStart",
     "Ledger",
+    "LiveLoad",
     "MetricsSnapshot",
+    "OpenKeys",
+    "Recording",
     "Requeued",
     "RunCounts",
     "RunMetricData",
@@ -49,10 +56,20 @@ __all__ = [
     "Settle",
     "StatusFigures",
     "TableReads",
+    "TakenCheck",
 ]
 
 
-class Ledger(RunSteps, BatchSteps, ReadSteps, StatusSteps, RefSteps):
+class Ledger(
+    RunSteps,
+    RecordingSteps,
+    BatchSteps,
+    SubmitSteps,
+    HarvestSteps,
+    ReadSteps,
+    StatusSteps,
+    RefSteps,
+):
     """Every read and state change of the ledger, each in its own connection or transaction."""
 
     @classmethod

@@ -63,7 +63,7 @@ def run_metric_data(
     totals: Sequence[Any] | None = None,
 ) -> RunMetricData:
     """The metric rows of one run (or of every run, batch times since `since`), on `conn`
-    (also called inside callers' own reads until they move onto `Ledger`). A run's come from
+    (`Ledger.run_metric_data`, `metrics_snapshot`, `status_figures`). A run's come from
     its attempt sums (`status.run_attempt_totals`, or `totals` already read), answered from
     an index, so `status` stays fast at a million items."""
     if run_id is not None:
