@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.adapters.gemini import BatchBackend, RemoteBatch, RemoteFile
+from pipeline.adapters.backend import BatchBackend, RemoteBatch, RemoteFile
 from pipeline.core.errors import ApiError, TransientApiError
 
 

@@ -1,5 +1,7 @@
 """The Gemini Batch API through google-genai: upload a JSONL file, create, get, list and
-cancel batches, and stream a results file to disk. The only importer of `google.genai`.
+cancel batches, and stream a results file to disk. With `vertex`, the only importer of
+`google.genai` (a third of a second: commands that need no backend, such as `status`, never
+import this module; the port they see is `backend`).
 
 SDK errors become nanobatch errors here and nowhere else: 429 and 5xx (and connection
 failures) are TransientApiError, a refused key is AuthError, other 4xx ApiError. No SDK type
@@ -10,10 +12,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 from google import genai
@@ -21,60 +21,10 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from pipeline.adapters import wire
+from pipeline.adapters.backend import RemoteBatch, RemoteFile, RemoteWebhook
 from pipeline.core.errors import ApiError, AuthError, TransientApiError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    expires_at: datetime | None
-    uri: str | None = None
-    """The uri lines name it by (fileData.fileUri)."""
-    state: str | None = None
-    """ACTIVE, PROCESSING or FAILED."""
-
-
-@dataclass(frozen=True)
-class RemoteBatch:
-    name: str
-    display_name: str | None
-    state: str
-    """JOB_STATE_* name."""
-    output_file: str | None
-    end_time: datetime | None
-
-
-@dataclass(frozen=True)
-class RemoteWebhook:
-    id: str
-    uri: str
-    events: tuple[str, ...]
-    state: str
-    name: str | None = None
-    secret: str | None = field(default=None, repr=False)
-    """The signing secret: only in create's answer, shown once."""
-
-
-class BatchBackend(Protocol):
-    def upload_jsonl(self, path: Path, display_name: str) -> RemoteFile: ...
-    def upload_image(
-        self, stream: io.IOBase, mime: str, name: str, display_name: str
-    ) -> RemoteFile: ...
-    def get_file(self, name: str) -> RemoteFile | None: ...
-    def create_batch(
-        self,
-        model: str,
-        file_name: str,
-        display_name: str,
-        webhook: tuple[str, dict[str, str]] | None = None,
-    ) -> RemoteBatch: ...
-    def get_batch(self, name: str) -> RemoteBatch: ...
-    def list_batches(self, page_size: int = 100) -> Iterator[RemoteBatch]: ...
-    def cancel_batch(self, name: str) -> None: ...
-    def download(self, file_name: str, destination: Path) -> int: ...
-    def check_access(self) -> None: ...
 
 
 class SdkBatches:

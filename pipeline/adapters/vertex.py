@@ -23,7 +23,8 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from pipeline.adapters.gemini import RemoteBatch, RemoteFile, SdkBatches
+from pipeline.adapters.backend import RemoteBatch, RemoteFile
+from pipeline.adapters.gemini import SdkBatches
 from pipeline.adapters.storage.retry import is_transient_gcs_error, retry_call
 from pipeline.core.errors import ApiError, AuthError, StorageError, TransientApiError
 from pipeline.core.spec import ChannelSpec

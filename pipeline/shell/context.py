@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.adapters.backend import BatchBackend
 from pipeline.adapters.config import Settings
-from pipeline.adapters.gemini import BatchBackend, make_backend
 from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.storage import ObjectStore, open_store
@@ -77,6 +77,8 @@ class Context:
                 unused=s.api_key_unused,
                 reason="both are set; google-genai uses GOOGLE_API_KEY",
             )
+        from pipeline.adapters.gemini import make_backend  # google.genai: only when needed
+
         return make_backend(s.api_key, s.api_key_variable, s.base_url)
 
     def _default_vertex(self, channel: ChannelSpec) -> BatchBackend:

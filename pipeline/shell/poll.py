@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from pipeline.adapters.backend import BatchBackend, RemoteBatch
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.gemini import BatchBackend, RemoteBatch
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.core.errors import ApiError, AuthError, StaleTransition

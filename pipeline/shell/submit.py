@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pipeline.adapters import shardfile
+from pipeline.adapters.backend import RemoteBatch
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.gemini import RemoteBatch
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.private import make_private_dir, open_private

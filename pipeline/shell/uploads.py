@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO, Final
 
+from pipeline.adapters.backend import BatchBackend, RemoteFile
 from pipeline.adapters.drill import crashpoint
-from pipeline.adapters.gemini import BatchBackend, RemoteFile
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.log import get_logger
 from pipeline.adapters.references import GcsOpener, HashingReader, open_source

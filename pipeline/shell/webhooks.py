@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.adapters.gemini import RemoteWebhook
+from pipeline.adapters.backend import RemoteWebhook
 from pipeline.adapters.log import get_logger
 from pipeline.core.errors import ApiError, TransientApiError, UsageError
 from pipeline.shell.context import Context
