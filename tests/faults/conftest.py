@@ -26,3 +26,9 @@ def emu() -> Iterator[Emulator]:
 def drill(tmp_path: Path, emu: Emulator, sqlite_url: str) -> Drill:
     """A Drill on SQLite with the quick emulator."""
     return Drill(tmp_path, emu, sqlite_url)
+
+
+@pytest.fixture
+def pg_drill(tmp_path: Path, emu: Emulator, pg_url: str) -> Drill:
+    """A Drill on a PostgreSQL ledger (a database of its own) with the quick emulator."""
+    return Drill(tmp_path, emu, pg_url)

@@ -45,10 +45,39 @@ def expire_leases(drill: Drill) -> None:
     drill.query("UPDATE leases SET expires_at = :p", p=past)
 
 
+# One crash point per phase of a run, on PostgreSQL: its transactions, COPY and ON CONFLICT
+# paths are not SQLite's.
+PG_POINTS = [
+    ("submit.uploaded", "upload"),
+    ("submit.intent", "create"),
+    ("submit.created", "create"),
+    ("poll.finished", "poll"),
+    ("harvest.stored", "store"),
+    ("harvest.committed", "record"),
+    ("harvest.harvested", "finish"),
+    ("report.manifest:2", "report"),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "phase"), POINTS, ids=[p for p, _ in POINTS])
 def test_kill_then_tick_is_exactly_once(drill: Drill, point: str, phase: str) -> None:
     """A run killed at a crash point finishes on later ticks with nothing lost or doubled."""
+    kill_then_finish(drill, point, phase)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "phase"), PG_POINTS, ids=[p for p, _ in PG_POINTS])
+def test_kill_then_tick_is_exactly_once_on_postgres(
+    pg_drill: Drill, point: str, phase: str
+) -> None:
+    """The same drill with the ledger on PostgreSQL."""
+    kill_then_finish(pg_drill, point, phase)
+
+
+def kill_then_finish(drill: Drill, point: str, phase: str) -> None:
+    """`run` SIGKILLed at `point`, then plain ticks: every image stored once, every batch
+    created once, every cost counted once."""
     drill.write_spec(N, per_batch=PER_BATCH)
     died = drill.sub(
         "run",
@@ -73,6 +102,16 @@ def test_kill_then_tick_is_exactly_once(drill: Drill, point: str, phase: str) ->
 def test_kill_while_recording_then_submit_again_is_exactly_once(drill: Drill) -> None:
     """Killed while recording the run, after a batch's request file was written: nothing is
     recorded, and submitting again records the run once, rewrites its files and finishes."""
+    kill_while_recording(drill)
+
+
+@pytest.mark.slow
+def test_kill_while_recording_on_postgres(pg_drill: Drill) -> None:
+    """The same with the ledger on PostgreSQL, where items go in through COPY."""
+    kill_while_recording(pg_drill)
+
+
+def kill_while_recording(drill: Drill) -> None:
     drill.write_spec(N, per_batch=PER_BATCH)
     died = drill.sub("run", str(drill.spec), NANOBATCH_CRASH_AT="record.batch_closed:2")
     assert died.code == -9, f"expected SIGKILL, got {died.code}\n{died.err[-3000:]}"
