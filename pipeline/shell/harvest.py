@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,7 @@ class _Harvest(LineRouter):
             self.run.id,
             self.batch,
             outcomes_of(self.run, self.batch, attempts, self.rows),
-            [_duplicate_values(r, self.batch, now) for r in duplicates],
+            [_billed(r) for r in duplicates],
             now,
         )
         crashpoint("harvest.committed")
@@ -212,24 +211,16 @@ class _Harvest(LineRouter):
         )
 
 
-def _duplicate_values(rec: Record, batch: repo.BatchRow, now: datetime) -> dict[str, Any]:
-    u = rec.usage
-    return {
-        "item_id": rec.item_id,
-        "batch_id": batch.id,
-        "duplicate": rec.duplicate,
-        "model": batch.model,
-        "outcome": "duplicate",
-        "reason": rec.reason,
-        "reason_code": rec.code,
-        "input_tokens": u.input,
-        "output_image_tokens": u.output_image,
-        "output_text_tokens": u.output_text,
-        "thinking_tokens": u.thinking,
-        "cost_nanos": rec.cost_nanos,
-        "standard_nanos": rec.standard_nanos,
-        "recorded_at": now,
-    }
+def _billed(rec: Record) -> repo.BilledDuplicate:
+    return repo.BilledDuplicate(
+        rec.item_id,
+        rec.duplicate,
+        rec.reason,
+        rec.code,
+        rec.usage,
+        rec.cost_nanos,
+        rec.standard_nanos,
+    )
 
 
 # ── writing outcomes ─────────────────────────────────────────────────────────

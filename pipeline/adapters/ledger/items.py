@@ -26,6 +26,9 @@ from pipeline.adapters.ledger.runs import _placeholder
 from pipeline.core.errors import InvalidTransition
 from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import ITEM_TRANSITIONS, ItemState
+from pipeline.core.values import Usage
+
+NO_USAGE = Usage()
 
 # ── items ────────────────────────────────────────────────────────────────────
 
@@ -156,9 +159,40 @@ def insert_attempts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     conn.execute(statement, list(rows))
 
 
-def insert_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Billed duplicate lines (attempt rows with `duplicate` >= 1), each once."""
-    insert_attempts(conn, rows)
+def attempt_row(
+    item_id: int,
+    batch_id: int,
+    model: str,
+    outcome: str,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    code: ReasonCode | None = None,
+    status: int | None = None,
+    usage: Usage = NO_USAGE,
+    cost_nanos: int = 0,
+    standard_nanos: int = 0,
+    duplicate: int = 0,
+) -> dict[str, Any]:
+    """One attempt row for `insert_attempts`: every column, so rows of one insert share keys
+    (duplicate 0: the try itself; n >= 1: the item's nth billed duplicate line)."""
+    return {
+        "item_id": item_id,
+        "batch_id": batch_id,
+        "duplicate": duplicate,
+        "model": model,
+        "outcome": outcome,
+        "reason": reason,
+        "reason_code": code,
+        "reason_status": status,
+        "input_tokens": usage.input,
+        "output_image_tokens": usage.output_image,
+        "output_text_tokens": usage.output_text,
+        "thinking_tokens": usage.thinking,
+        "cost_nanos": cost_nanos,
+        "standard_nanos": standard_nanos,
+        "recorded_at": now,
+    }
 
 
 def item_totals(conn: Connection, item_ids: Sequence[int]) -> dict[int, dict[str, int]]:

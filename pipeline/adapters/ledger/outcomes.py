@@ -17,7 +17,12 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam
 
-from pipeline.adapters.ledger.items import insert_attempts, open_batch_items, transition_items
+from pipeline.adapters.ledger.items import (
+    attempt_row,
+    insert_attempts,
+    open_batch_items,
+    transition_items,
+)
 from pipeline.adapters.ledger.rows import ITEMS
 from pipeline.core.reasons import ReasonCode
 from pipeline.core.states import ItemState
@@ -53,6 +58,21 @@ class AttemptOutcome:
     """The gRPC/HTTP number of a per-line error."""
     error_code: ReasonCode | None = None
     """The code of `error`, when it is set (None: the reason's code)."""
+
+
+@dataclass(frozen=True)
+class BilledDuplicate:
+    """A results line that lost to another line of its key but carries usage (the service
+    billed it): recorded beside the item's attempt, not a try."""
+
+    item_id: int
+    duplicate: int
+    """n >= 1: the item's nth billed duplicate line in the batch."""
+    reason: str | None
+    code: ReasonCode | None
+    usage: Usage
+    cost_nanos: int
+    standard_nanos: int
 
 
 def record_outcomes(
@@ -112,24 +132,47 @@ def refuse_batch_items(
 
 def attempt_values(o: AttemptOutcome, batch_id: int, model: str, now: datetime) -> dict[str, Any]:
     """The attempt row of an outcome in a batch of `model` (the try itself: duplicate 0)."""
-    u = o.usage
-    return {
-        "item_id": o.item_id,
-        "batch_id": batch_id,
-        "duplicate": 0,
-        "model": model,
-        "outcome": o.outcome,
-        "reason": o.reason,
-        "reason_code": o.code,
-        "reason_status": o.status,
-        "input_tokens": u.input,
-        "output_image_tokens": u.output_image,
-        "output_text_tokens": u.output_text,
-        "thinking_tokens": u.thinking,
-        "cost_nanos": o.cost_nanos,
-        "standard_nanos": o.standard_nanos,
-        "recorded_at": now,
-    }
+    return attempt_row(
+        o.item_id,
+        batch_id,
+        model,
+        o.outcome,
+        now,
+        reason=o.reason,
+        code=o.code,
+        status=o.status,
+        usage=o.usage,
+        cost_nanos=o.cost_nanos,
+        standard_nanos=o.standard_nanos,
+    )
+
+
+def record_duplicates(
+    conn: Connection,
+    batch_id: int,
+    model: str,
+    duplicates: Sequence[BilledDuplicate],
+    now: datetime,
+) -> None:
+    """Billed duplicate lines, each inserted once beside its item's attempt (outcome
+    `duplicate`): their cost counts, they are not tries and move no item."""
+    rows = [
+        attempt_row(
+            d.item_id,
+            batch_id,
+            model,
+            "duplicate",
+            now,
+            reason=d.reason,
+            code=d.code,
+            usage=d.usage,
+            cost_nanos=d.cost_nanos,
+            standard_nanos=d.standard_nanos,
+            duplicate=d.duplicate,
+        )
+        for d in duplicates
+    ]
+    insert_attempts(conn, rows)
 
 
 def _move_out_of_batch(

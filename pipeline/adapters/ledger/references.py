@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.adapters.ledger.items import batch_request_rows, insert_attempts, item_events
+from pipeline.adapters.ledger.items import (
+    attempt_row,
+    batch_request_rows,
+    insert_attempts,
+    item_events,
+)
 from pipeline.adapters.ledger.rows import (
     BATCHES,
     ITEMS,
@@ -163,17 +168,15 @@ def not_send_items(
         insert_attempts(
             conn,
             [
-                {
-                    "item_id": item_id,
-                    "batch_id": batch.id,
-                    "duplicate": 0,
-                    "model": batch.model,
-                    "outcome": "not_sent",
-                    "reason": reason[:500],
-                    "reason_code": ReasonCode.REFERENCE_UNSENT,
-                    "recorded_at": now,
-                    **_NO_USAGE,
-                }
+                attempt_row(
+                    item_id,
+                    batch.id,
+                    batch.model,
+                    "not_sent",
+                    now,
+                    reason=reason[:500],
+                    code=ReasonCode.REFERENCE_UNSENT,
+                )
                 for item_id in ids
             ],
         )
@@ -197,16 +200,6 @@ def not_send_items(
         .where(BATCHES.c.id == batch.id)
         .values(item_count=int(left[0]), est_tokens=int(left[1]))
     )
-
-
-_NO_USAGE = {
-    "input_tokens": 0,
-    "output_image_tokens": 0,
-    "output_text_tokens": 0,
-    "thinking_tokens": 0,
-    "cost_nanos": 0,
-    "standard_nanos": 0,
-}
 
 
 def batch_items_with_refs(conn: Connection, batch_id: int) -> list[tuple[int, str]]:

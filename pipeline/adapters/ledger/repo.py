@@ -39,7 +39,6 @@ from pipeline.adapters.ledger.items import (  # noqa: F401
     fail_items_for_good,
     has_open_items,
     insert_attempts,
-    insert_duplicates,
     item_counts,
     item_events,
     item_totals,
@@ -58,6 +57,7 @@ from pipeline.adapters.ledger.leases import (  # noqa: F401
 )
 from pipeline.adapters.ledger.outcomes import (  # noqa: F401
     AttemptOutcome,
+    BilledDuplicate,
     attempt_values,
     record_outcomes,
     refuse_batch_items,

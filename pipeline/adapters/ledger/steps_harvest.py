@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.adapters.ledger import batches, items, outcomes, references
 from pipeline.adapters.ledger.base import LedgerBase
-from pipeline.adapters.ledger.outcomes import AttemptOutcome
+from pipeline.adapters.ledger.outcomes import AttemptOutcome, BilledDuplicate
 from pipeline.adapters.ledger.rows import BatchRow
 from pipeline.core.states import BatchState
 
@@ -45,14 +45,14 @@ class HarvestSteps(LedgerBase):
         run_id: str,
         batch: BatchRow,
         recorded: Sequence[AttemptOutcome],
-        duplicates: Sequence[dict[str, Any]],
+        duplicates: Sequence[BilledDuplicate],
         now: datetime,
     ) -> None:
         """Lines' outcomes (each item's next state decided by the caller's policy) and billed
-        duplicate lines (attempt values), in one transaction."""
+        duplicate lines, in one transaction."""
         with self._write() as conn:
             outcomes.record_outcomes(conn, run_id, batch.id, recorded, now, model=batch.model)
-            items.insert_duplicates(conn, list(duplicates))
+            outcomes.record_duplicates(conn, batch.id, batch.model, duplicates, now)
 
     def batch_harvested(
         self,
