@@ -93,9 +93,3 @@ def check_batch_transition(from_: BatchState, to: BatchState) -> None:
     """Raise InvalidTransition unless a batch may move from `from_` to `to`."""
     if to not in BATCH_TRANSITIONS[from_]:
         raise InvalidTransition(f"a batch cannot move from {from_.value} to {to.value}")
-
-
-def check_item_transition(from_: ItemState, to: ItemState) -> None:
-    """Raise InvalidTransition unless an item may move from `from_` to `to`."""
-    if to not in ITEM_TRANSITIONS[from_]:
-        raise InvalidTransition(f"an item cannot move from {from_.value} to {to.value}")

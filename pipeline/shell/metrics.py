@@ -91,11 +91,6 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {f"p{round(q * 100)}": round(quantile(values, q), 3) for q in QUANTILES}
 
 
-def run_metrics_of(ctx: Context, run_id: str) -> dict[str, Any]:
-    """The per-run numbers `status --json` carries under `metrics`."""
-    return metrics_of(ctx.ledger.run_metric_data(run_id))
-
-
 def metrics_of(data: RunMetricData) -> dict[str, Any]:
     """A run's metrics from its rows."""
     models = {}

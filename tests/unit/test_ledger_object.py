@@ -305,7 +305,7 @@ def test_metrics_snapshot_reads_every_run(ledger: Ledger) -> None:
     snap = ledger.metrics_snapshot(NOW - timedelta(days=1), NOW)
     assert [r.id for r in snap.runs] == [RUN]
     assert snap.day_spend == (0, 0)
-    assert ledger.run_metric_data(RUN).duplicates[0] == 0
+    assert ledger.status_figures(RUN, None).metrics.duplicates[0] == 0
 
 
 # ── uploads and deliveries ───────────────────────────────────────────────────

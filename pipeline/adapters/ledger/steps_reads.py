@@ -63,7 +63,7 @@ def run_metric_data(
     totals: Sequence[Any] | None = None,
 ) -> RunMetricData:
     """The metric rows of one run (or of every run, batch times since `since`), on `conn`
-    (`Ledger.run_metric_data`, `metrics_snapshot`, `status_figures`). A run's come from
+    (`metrics_snapshot`, `status_figures`). A run's come from
     its attempt sums (`status.run_attempt_totals`, or `totals` already read), answered from
     an index, so `status` stays fast at a million items."""
     if run_id is not None:
@@ -126,10 +126,6 @@ class ReadSteps(LedgerBase):
             return queries.succeeded_rows(conn, run_id, after_id, limit)
 
     # ── metrics ──────────────────────────────────────────────────────────────────────────
-
-    def run_metric_data(self, run_id: str) -> RunMetricData:
-        with self._read() as conn:
-            return run_metric_data(conn, run_id)
 
     def metrics_snapshot(self, since: datetime, day_start: datetime) -> MetricsSnapshot:
         """Every run's numbers; batch times and webhook times since `since`."""
