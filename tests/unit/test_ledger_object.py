@@ -6,36 +6,22 @@ an invalid one raises naming the ids and states, rolling the whole step back."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, create_engine, func, select
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import Connection, func, select
 
 from pipeline.adapters.ledger import db, repo
 from pipeline.adapters.ledger.ledger import Ledger
-from pipeline.adapters.ledger.models import Base
 from pipeline.core.errors import InvalidTransition, StaleTransition, UsageError
 from pipeline.core.states import BatchState, ItemState
 from pipeline.core.values import Usage
-from tests.unit.test_ledger_transitions import MODEL, NOW, RUN, _add_items, _run_values
+from tests.unit.test_ledger_transitions import MODEL, NOW, RUN, _add_items
 
 LATER = NOW + timedelta(minutes=5)
-
-
-@pytest.fixture
-def ledger() -> Iterator[Ledger]:
-    """A fresh in-memory ledger at the models' schema, with one active run."""
-    engine = create_engine("sqlite://", poolclass=StaticPool)
-    Base.metadata.create_all(engine)
-    with engine.begin() as conn:
-        repo.insert_run(conn, _run_values())
-    led = Ledger.on(engine)
-    yield led
-    led.dispose()
 
 
 def _batch(ledger: Ledger, keys: list[str], state: BatchState) -> tuple[int, list[int]]:

@@ -6,16 +6,13 @@ block, rolled back when it raises)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Table, create_engine, func, select
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import Table, func, select
 
 from pipeline.adapters.ledger import repo
 from pipeline.adapters.ledger.ledger import Ledger, LiveLoad, OpenKeys
-from pipeline.adapters.ledger.models import Base
 from pipeline.core.errors import StaleTransition
 from pipeline.core.states import BatchState, ItemState
 from pipeline.core.values import Usage
@@ -23,18 +20,6 @@ from tests.unit.test_ledger_object import _batch, _event_count, _events, _item_s
 from tests.unit.test_ledger_transitions import MODEL, NOW, RUN, _add_items, _run_values
 
 LATER = NOW + timedelta(minutes=5)
-
-
-@pytest.fixture
-def ledger() -> Iterator[Ledger]:
-    """A fresh in-memory ledger at the models' schema, with one active run."""
-    engine = create_engine("sqlite://", poolclass=StaticPool)
-    Base.metadata.create_all(engine)
-    with engine.begin() as conn:
-        repo.insert_run(conn, _run_values())
-    led = Ledger.on(engine)
-    yield led
-    led.dispose()
 
 
 def _count(ledger: Ledger, table: Table) -> int:
