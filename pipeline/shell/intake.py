@@ -163,7 +163,7 @@ def _record_run(
     with ctx.ledger.recording(values) as rec:
         taken = None
         if not spec.output.overwrite:
-            neighbours = location.runs_among(ctx, rec.run_outputs(), output_uri)
+            neighbours = location.runs_among(ctx, rec.tables.run_outputs(), output_uri)
             taken = TakenNames(run_id, ctx.store(output_uri), listing, neighbours)
         book = None
         if spec.input.images:

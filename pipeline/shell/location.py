@@ -52,16 +52,12 @@ def location_key(ctx: Context, uri: str) -> str:
 
 def runs_sharing(ctx: Context, output_uri: str) -> list[str]:
     """Ids of the ledger's runs (any state) whose output is this location, oldest first."""
-    return _at(ctx, ctx.ledger.run_outputs(), output_uri)
+    return runs_among(ctx, ctx.ledger.run_outputs(), output_uri)
 
 
 def runs_among(ctx: Context, outputs: Iterable[tuple[str, str]], output_uri: str) -> list[str]:
     """Ids of the runs among `outputs` ((run id, output URI), oldest first) whose output
     is this location."""
-    return _at(ctx, outputs, output_uri)
-
-
-def _at(ctx: Context, outputs: Iterable[tuple[str, str]], output_uri: str) -> list[str]:
     key = location_key(ctx, output_uri)
     return [run_id for run_id, uri in outputs if location_key(ctx, uri) == key]
 

@@ -39,10 +39,6 @@ class Recording:
     def run(self) -> RunRow:
         return runs.get_run(self._conn, self.run_id)
 
-    def run_outputs(self) -> list[tuple[str, str]]:
-        """(run id, output URI) of every run, oldest first (this one included)."""
-        return list(runs.run_outputs(self._conn))
-
     def any_stored_image(self) -> bool:
         """Whether another run has stored an image (else the prompt cache cannot serve)."""
         return items.any_stored_image(self._conn, self.run_id)
