@@ -34,6 +34,9 @@ LIVE_BATCH_STATES: Final = frozenset({BatchState.SUBMITTING, BatchState.RUNNING}
 TERMINAL_BATCH_STATES: Final = frozenset(
     {BatchState.HARVESTED, BatchState.FAILED, BatchState.EXPIRED, BatchState.CANCELLED}
 )
+RESERVING_BATCH_STATES: Final = (BatchState.SUBMITTING, BatchState.RUNNING, BatchState.DONE)
+"""Batches created (or being created) and not yet harvested: their estimates are reserved
+against budgets until harvest records their costs."""
 OPEN_ITEM_STATES: Final = frozenset({ItemState.QUEUED, ItemState.IN_BATCH})
 
 BATCH_TRANSITIONS: Final[Mapping[BatchState, frozenset[BatchState]]] = {

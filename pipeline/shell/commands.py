@@ -15,6 +15,7 @@ from pipeline.adapters.log import get_logger
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, Interrupted, PipelineError, RuntimeFailure, UsageError
 from pipeline.core.report import held_line
+from pipeline.core.states import RESERVING_BATCH_STATES
 from pipeline.core.values import usd_to_nanos
 from pipeline.shell.budget import waiting_reason
 from pipeline.shell.context import Context
@@ -136,7 +137,7 @@ def _check_stuck(
             f"run {run_id} is {held_line(run, ctx.now())}. Its finished results wait in the spool; "
             "once the problem is fixed, `nanobatch tick` (cron) tries it again after the backoff"
         )
-    if run.state != "active" or ctx.ledger.batches_in(["submitting", "running", "done"], run_id):
+    if run.state != "active" or ctx.ledger.batches_in(RESERVING_BATCH_STATES, run_id):
         return
     queued = ctx.ledger.batches_in(["queued"], run_id)
     if queued:

@@ -27,12 +27,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.core.states import RESERVING_BATCH_STATES
 from pipeline.core.values import as_utc, nanos_to_usd
 from pipeline.shell.context import Context
 
 MAX_BATCH_ROWS = 8
 """Live batches listed one per line; the rest are counted."""
-LIVE_STATES = ("submitting", "running", "done")
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,12 @@ def snapshot(ctx: Context, run_id: str, counts: Mapping[str, int]) -> Snapshot:
             age_s=(now - as_utc(b.submitted_at)).total_seconds() if b.submitted_at else None,
         )
         for b in batches
-        if b.state in LIVE_STATES
+        if b.state in RESERVING_BATCH_STATES
     )
     turnarounds = [
         (as_utc(b.finished_at) - as_utc(b.submitted_at)).total_seconds()
         for b in batches
-        if b.finished_at and b.submitted_at and b.state not in LIVE_STATES
+        if b.finished_at and b.submitted_at and b.state not in RESERVING_BATCH_STATES
     ]
     queued = sum(1 for b in batches if b.state == "queued")
     unformed = math.ceil(counts.get("queued", 0) / max(run.max_requests_per_batch, 1))

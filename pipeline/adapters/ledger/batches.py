@@ -25,6 +25,7 @@ from pipeline.adapters.ledger.rows import (
 from pipeline.core.errors import InvalidTransition, StaleTransition
 from pipeline.core.states import (
     LIVE_BATCH_STATES,
+    RESERVING_BATCH_STATES,
     BatchState,
     ItemState,
     check_batch_transition,
@@ -258,7 +259,7 @@ def run_spend(conn: Connection, run_id: str) -> tuple[int, int]:
     reserved = conn.execute(
         select(func.coalesce(func.sum(BATCHES.c.est_nanos), 0)).where(
             BATCHES.c.run_id == run_id,
-            BATCHES.c.state.in_(["submitting", "running", "done"]),
+            BATCHES.c.state.in_(RESERVING_BATCH_STATES),
         )
     ).scalar_one()
     return int(spent), int(reserved)
@@ -273,7 +274,7 @@ def day_spend(conn: Connection, day_start: datetime) -> tuple[int, int]:
     ).scalar_one()
     reserved = conn.execute(
         select(func.coalesce(func.sum(BATCHES.c.est_nanos), 0)).where(
-            BATCHES.c.state.in_(["submitting", "running", "done"]),
+            BATCHES.c.state.in_(RESERVING_BATCH_STATES),
         )
     ).scalar_one()
     return int(spent), int(reserved)

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, func, select
 
 from pipeline.adapters.ledger.batches import UNFINISHED_BATCH_STATES
 from pipeline.adapters.ledger.rows import ATTEMPTS, BATCHES, ITEMS
-from pipeline.core.states import ItemState
+from pipeline.core.states import RESERVING_BATCH_STATES, ItemState
 
 _REASON_COLUMNS = (ATTEMPTS.c.outcome, ATTEMPTS.c.reason_code, ATTEMPTS.c.reason_status)
 
@@ -56,9 +56,7 @@ def status_spend(conn: Connection, run_id: str, totals: Sequence[Any]) -> tuple[
     )
     finished = {b.id for b in batches if b.state not in UNFINISHED_BATCH_STATES}
     spent = sum(int(row.cost_nanos) for row in totals if row.batch_id in finished)
-    reserved = sum(
-        int(b.est_nanos) for b in batches if b.state in ("submitting", "running", "done")
-    )
+    reserved = sum(int(b.est_nanos) for b in batches if b.state in RESERVING_BATCH_STATES)
     return spent, reserved
 
 

@@ -13,8 +13,8 @@ from pipeline.adapters.ledger import batches, items, queries, runs
 from pipeline.adapters.ledger.base import LedgerBase
 from pipeline.adapters.ledger.rows import BatchRow, RunRow
 from pipeline.core.errors import UsageError
+from pipeline.core.states import RESERVING_BATCH_STATES
 
-LIVE_BATCH_STATES = ("submitting", "running", "done")
 """A batch in one of these still has output coming (or waiting to be harvested)."""
 
 
@@ -80,7 +80,7 @@ class RunSteps(LedgerBase):
         """Active runs, plus cancelled runs whose batches still have output coming."""
         with self._read() as conn:
             found = {r.id: r for r in runs.list_runs(conn, active_only=True)}
-            for batch in batches.batches_in(conn, list(LIVE_BATCH_STATES)):
+            for batch in batches.batches_in(conn, list(RESERVING_BATCH_STATES)):
                 if batch.run_id not in found:
                     found[batch.run_id] = runs.get_run(conn, batch.run_id)
         return found
@@ -133,11 +133,10 @@ class RunSteps(LedgerBase):
     def finish_run(self, run_id: str, now: datetime) -> bool:
         """active -> finished when no item is open and no batch is unfinished; False when
         work remains or another process moved the run first."""
-        unfinished = ["queued", "submitting", "running", "done"]
         with self._write() as conn:
             if items.has_open_items(conn, run_id):
                 return False
-            if batches.batches_in(conn, unfinished, run_id):
+            if batches.batches_in(conn, ["queued", *RESERVING_BATCH_STATES], run_id):
                 return False
             return runs.set_run_state(conn, run_id, "active", "finished", now)
 
