@@ -298,8 +298,9 @@ class Batches:
             if out is not None:
                 meta = pick(entry, "metadata")
                 results.append(out | ({"metadata": meta} if isinstance(meta, dict) else {}))
-        if self.state.get_faults().shuffle:
-            random.Random(f"{self.state.get_faults().seed}:{batch.id}").shuffle(results)
+        faults = self.state.get_faults()
+        if faults.shuffle:
+            _out_of_order(results, faults.seed, batch.id)
         batch.inline_out = results
 
     def _produce_file(self, batch: Batch) -> None:
@@ -339,7 +340,7 @@ class Batches:
         faults = self.state.get_faults()
         hasher = hashlib.sha256()
         if faults.shuffle:
-            random.Random(f"{faults.seed}:{batch.id}").shuffle(offsets)
+            _out_of_order(offsets, faults.seed, batch.id)
         with tmp.open("rb") as src, final.open("wb") as dst:
             for off, length in offsets:
                 src.seek(off)
@@ -421,3 +422,15 @@ def _count_input(model: str, f: Any) -> tuple[list[str], int]:
 def _inline_key(entry: Any, index: int) -> str:
     key = pick(pick(entry, "metadata"), "key")
     return str(key) if key is not None else str(index)
+
+
+def _out_of_order(items: list[Any], seed: int, batch_id: str) -> None:
+    """The shuffle fault: reorder `items` in place, seeded per batch, never leaving them in
+    the order they came (a shuffle that happens to be the identity, one time in 120 for five
+    lines, would inject no fault)."""
+    if len(items) < 2:
+        return
+    before = list(items)
+    random.Random(f"{seed}:{batch_id}").shuffle(items)
+    if items == before:
+        items.append(items.pop(0))

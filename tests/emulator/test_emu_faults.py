@@ -178,3 +178,18 @@ def test_plan_from_json_and_toml_files(tmp_path: Path) -> None:
     assert FaultPlan.from_file(tmp_path / "p.json") == FaultPlan.from_file(tmp_path / "p.toml")
     with pytest.raises(ValueError, match="unknown"):
         FaultPlan.from_dict({"nope": 1})
+
+
+def test_shuffle_never_leaves_lines_in_order() -> None:
+    """The shuffle fault always reorders: seed 7 on batch `b160` is a shuffle that happens to
+    be the identity for five lines (one time in 120; the test above once met it in CI)."""
+    import random
+
+    from pipeline.emulator.batches import _out_of_order
+
+    plain = list(range(5))
+    random.Random("7:b160").shuffle(plain)
+    assert plain == sorted(plain)  # the case this guards
+    lines = list(range(5))
+    _out_of_order(lines, 7, "b160")
+    assert sorted(lines) == [0, 1, 2, 3, 4] and lines != sorted(lines)
