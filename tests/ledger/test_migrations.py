@@ -381,3 +381,33 @@ def test_0012_writes_attempts_once_on_a_ledger_in_use(engine: Engine) -> None:
     with engine.begin() as conn:  # NULL outcomes are allowed again
         conn.exec_driver_sql("DELETE FROM attempts WHERE outcome IS NULL")
         conn.exec_driver_sql(ATTEMPT_ROW.format(item=1, outcome="NULL", cost=0, duplicate=0))
+
+
+def _index_names(engine: Engine, table: str) -> set[str]:
+    return {str(ix["name"]) for ix in inspect(engine).get_indexes(table)}
+
+
+def test_0013_drops_the_prefix_indexes_and_the_wider_ones_answer(engine: Engine) -> None:
+    """0013 drops ix_items_run_state and ix_attempts_batch, keeping the covering indexes that
+    start with the same columns; on SQLite a lookup by run and state, and by batch, is then
+    answered through those. Downgrade builds the two again."""
+    _alembic(engine, "upgrade", "0012_attempts_once")
+    assert "ix_items_run_state" in _index_names(engine, "items")
+    assert "ix_attempts_batch" in _index_names(engine, "attempts")
+    _alembic(engine, "upgrade", "head")
+    items, attempts = _index_names(engine, "items"), _index_names(engine, "attempts")
+    assert "ix_items_run_state" not in items and "ix_items_run_counts" in items
+    assert "ix_attempts_batch" not in attempts and "ix_attempts_batch_sums" in attempts
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            by_state = "SELECT id FROM items WHERE run_id = 'r' AND state = 'queued'"
+            by_batch = "SELECT item_id FROM attempts WHERE batch_id = 1"
+            plans = [
+                " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {q}"))
+                for q in (by_state, by_batch)
+            ]
+        assert "ix_items_run_counts" in plans[0], plans[0]
+        assert "ix_attempts_batch_sums" in plans[1], plans[1]
+    _alembic(engine, "downgrade", "0012_attempts_once")
+    assert "ix_items_run_state" in _index_names(engine, "items")
+    assert "ix_attempts_batch" in _index_names(engine, "attempts")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URL: Final = "sqlite:///.nanobatch/ledger.db"
 #: The newest revision in `migrations/versions`; a test checks it against the scripts.
-HEAD_REVISION: Final = "0012_attempts_once"
+HEAD_REVISION: Final = "0013_drop_prefix_indexes"
 MIGRATIONS_PACKAGE: Final = "nanobatch_migrations"
 """The migrations as a wheel installs them: a package beside `pipeline` (see pyproject.toml)."""
 #: pg_advisory_xact_lock key of the migration lock (the bytes of "nbmigrat" as an int64).

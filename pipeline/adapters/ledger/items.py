@@ -220,7 +220,7 @@ def open_keys(conn: Connection, run_ids: Sequence[str], keys: Sequence[str]) -> 
     if not run_ids or not keys:
         return found
     # The state is checked here, not in SQL: with it there, SQLite walks every open item of
-    # those runs through ix_items_run_state instead of looking the keys up in (run_id, key).
+    # those runs through ix_items_run_counts instead of looking the keys up in (run_id, key).
     for chunk in _chunks(sorted(set(keys)), 500):
         rows = conn.execute(
             select(ITEMS.c.key, ITEMS.c.run_id, ITEMS.c.state).where(

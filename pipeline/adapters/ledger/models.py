@@ -144,8 +144,8 @@ class Item(Base):
         UniqueConstraint("run_id", "key"),
         CheckConstraint(_in("state", [s.value for s in ItemState]), "state"),
         CheckConstraint("state <> 'succeeded' OR uri IS NOT NULL", "succeeded_has_uri"),
-        Index("ix_items_run_state", "run_id", "state"),
-        # Covers `status`'s counts by state, final and cached (migration 0010).
+        # Covers `status`'s counts by state, final and cached (migration 0011), and every
+        # lookup by run and state (0013 dropped its prefix, ix_items_run_state).
         Index("ix_items_run_counts", "run_id", "state", "final", "cached"),
         Index("ix_items_batch", "batch_id"),
         # Partial: the prompt cache looks up stored images only (migration 0003).
@@ -240,8 +240,8 @@ class Attempt(Base):
             _in("outcome", ["succeeded", "retry", "final", "cancelled", "not_sent", "duplicate"]),
             "outcome",
         ),
-        Index("ix_attempts_batch", "batch_id"),
-        # Covers `status`'s sums over a run's attempts, read through its batches (0010).
+        # Covers `status`'s sums over a run's attempts, read through its batches (0011), and
+        # every lookup by batch (0013 dropped its prefix, ix_attempts_batch).
         Index("ix_attempts_batch_sums", "batch_id", "outcome", "duplicate", "model", "cost_nanos"),
         Index("ix_attempts_recorded_at", "recorded_at"),
     )
