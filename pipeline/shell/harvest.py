@@ -141,7 +141,8 @@ class _Harvest(LineRouter):
         """Parse lines in a pool, route them in file order (which line of a key wins, which
         are billed duplicates), store the winners' images in a second pool, and commit
         records in routing order, many per transaction. In flight: at most a window of lines
-        being parsed and a window being stored (bounded memory).
+        being parsed and, stored, a window or the store's `puts_in_flight` (a remote store
+        waits out a round trip per put) and a worker's worth more (bounded memory).
 
         Two pools, not one: a store queued behind the next window of parses held the routing
         thread back (a harvest benchmark of 300 MB went from about 0.97 of the floor to
@@ -149,12 +150,15 @@ class _Harvest(LineRouter):
         pending: list[Record] = []
         workers = max(1, self.ctx.settings.harvest_workers)
         window = workers * 2
+        puts = max(workers, self.store.puts_in_flight or workers)
         outq: deque[Future[Record] | Record] = deque()
-        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(workers) as stores:
+        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(puts) as stores:
             for line in ordered(pool, self._parse, self._fresh_lines(lines), window):
                 if line is not None:
                     outq.extend(self._route(line, stores))
-                while outq and (len(outq) > window or ready(outq[0])):
+                # Records wait in file order: room for every put in flight, and the
+                # workers' worth more (a local folder: the window it always had).
+                while outq and (len(outq) > max(window, puts + workers) or ready(outq[0])):
                     pending.append(result(outq.popleft()))
                     if len(pending) >= COMMIT_EVERY:
                         self._commit(pending)

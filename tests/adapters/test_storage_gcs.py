@@ -18,6 +18,7 @@ from google.cloud import storage
 
 from pipeline.adapters.storage import SHA256_METADATA_KEY, ObjectNotFound, StoredObject, open_store
 from pipeline.adapters.storage.gcs import GcsStore, parse_gs_uri
+from pipeline.adapters.storage.gcs_upload import Parts
 from pipeline.core.errors import ObjectConflict, StorageError, UsageError
 
 if TYPE_CHECKING:
@@ -346,3 +347,14 @@ def test_iter_names_of_a_missing_bucket_is_a_storage_error(gcs_env: str) -> None
     store = GcsStore("gs://no-such-bucket-nb/x", sleep=_no_sleep)
     with pytest.raises(StorageError, match=r"cannot list objects in gs://no-such-bucket-nb"):
         list(store.iter_names())
+
+
+def test_an_upload_body_in_parts_has_the_joined_length_and_iterates_again() -> None:
+    """The multipart body is sent part by part around the image (no joined copy): its length
+    (the Content-Length) is the parts' sum, and a resent request iterates it afresh."""
+    image = b"\x89PNG" * 1000
+    body = Parts(b"head", image, b"tail")
+    assert len(body) == 8 + len(image)
+    assert b"".join(body) == b"head" + image + b"tail"
+    assert b"".join(body) == b"head" + image + b"tail"
+    assert list(body)[1] is image  # the image itself, not a copy

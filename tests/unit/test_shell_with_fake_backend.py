@@ -3,10 +3,13 @@ no HTTP, no emulator. The fake is plugged in through the Context's backend facto
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -15,6 +18,7 @@ from pipeline.adapters.config import Settings
 from pipeline.adapters.ledger import db, repo
 from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.adapters.ledger.models import Base
+from pipeline.adapters.storage import LocalStore, StoredObject
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ApiError, TransientApiError
 from pipeline.shell.context import Context
@@ -221,3 +225,51 @@ def test_a_refused_create_records_its_code(world: World) -> None:
     tick(world.ctx, world.catalog)
 
     assert _codes(world, run_id)["a"] == ("not_sent", "create_refused", "create_refused")
+
+
+class _SlowStore(LocalStore):
+    """A local folder whose puts take a while, like uploads over a network; counts how many
+    run at once."""
+
+    puts_in_flight = 6
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root, fsync=False)
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def put_once(self, *args: Any, **kwargs: Any) -> StoredObject:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.05)
+            return super().put_once(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_harvest_keeps_the_stores_puts_in_flight_beyond_its_parse_workers(world: World) -> None:
+    """One parse worker (the fixture's), a store that asks for 6 puts at once: the harvest
+    runs 6 at once, and records every image once."""
+    stores: list[_SlowStore] = []
+
+    def factory(uri: str) -> _SlowStore:
+        stores.append(_SlowStore(uri))
+        return stores[-1]
+
+    world.ctx.store_factory = factory
+    keys = [f"k{i:02d}" for i in range(18)]
+    run_id = world.record(keys, per_batch=18)
+    tick(world.ctx, world.catalog)
+    (name,) = world.fake.batches
+    world.fake.finish(name, [image_line(r["key"]) for r in world.fake.requests(name)])
+
+    tick(world.ctx, world.catalog)
+
+    assert world.ctx.settings.harvest_workers == 1
+    assert max(s.most for s in stores) == 6
+    assert sorted(p.stem for p in world.out.rglob("*.png")) == keys
+    with world.ctx.ledger.engine.connect() as conn:
+        assert repo.item_counts(conn, run_id) == {"succeeded": 18}

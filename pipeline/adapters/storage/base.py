@@ -43,6 +43,9 @@ class ObjectStore(Protocol):
     """An output location: a local folder or a gs:// bucket prefix."""
 
     base_uri: str
+    puts_in_flight: int | None
+    """How many puts a harvest keeps going at once; None: one per parse worker. A remote
+    store answers each put after a network round trip, so it wants more in flight."""
 
     def check_writable(self) -> None:
         """Create the folder if needed (local) or probe a small write+delete (gcs)."""

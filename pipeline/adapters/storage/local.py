@@ -51,6 +51,9 @@ def path_from_uri(uri: str) -> Path:
 class LocalStore:
     """An output folder. Thread-safe: every call works on its own temporary file."""
 
+    puts_in_flight: int | None = None
+    """A write to the page cache has no round trip to wait out: one per parse worker."""
+
     def __init__(self, root: str | Path, *, fsync: bool = True) -> None:
         self.root = path_from_uri(str(root))
         self.base_uri = str(self.root)
