@@ -16,6 +16,7 @@ from pipeline.adapters import drill
 from pipeline.adapters.config import LOG_FORMATS, Settings, load_settings
 from pipeline.adapters.ledger.ledger import Ledger
 from pipeline.adapters.log import configure_logging, mask_text, register_secret
+from pipeline.adapters.malloc import cap_arenas
 from pipeline.core.errors import Interrupted, PipelineError
 from pipeline.shell.context import Context
 
@@ -107,6 +108,8 @@ def cli(ctx: click.Context, log_format: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; PipelineError becomes its message and exit code."""
+    if argv is None:  # the process's own command line: before any thread starts
+        cap_arenas()
     try:
         _run(argv)
     finally:
