@@ -108,9 +108,11 @@ def _harvest(args: dict[str, Any]) -> dict[str, Any]:
     """Harvest the batch (the ledger as setup left it); prints the wall-clock start just
     before `harvest_batch`; the parent takes the end when this process has exited."""
     from pipeline.adapters.ledger import repo
+    from pipeline.adapters.malloc import cap_arenas
     from pipeline.core.catalog import load_catalog
     from pipeline.shell.harvest import harvest_batch
 
+    cap_arenas()  # as pipeline.cli.main does
     ctx = _context(args)
     catalog = load_catalog()
     with ctx.ledger.engine.connect() as conn:
@@ -177,7 +179,12 @@ def _timed_child(args: dict[str, Any], env: dict[str, str] | None = None) -> dic
     last = [ln for ln in out_path.read_text().splitlines() if ln.startswith("{")][-1]
     out_path.unlink()
     result: dict[str, Any] = json.loads(last)
-    return result | {"exited": exited, "maxrss_mib": round(usage.ru_maxrss / 1024, 1)}
+    cpu_s = round(usage.ru_utime + usage.ru_stime, 2)
+    return result | {
+        "exited": exited,
+        "maxrss_mib": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": cpu_s,
+    }
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -187,9 +194,9 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
 
 def _one_harvest(
     work: Path, base: dict[str, Any], setup: dict[str, Any], out_uri: str, spooled: bool
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """Restore the ledger, point the run at a fresh output, maybe pre-fill the spool, harvest
-    in a fresh process: (seconds to exit, seconds to last record, peak RSS MiB)."""
+    in a fresh process: (seconds to exit, seconds to last record, peak RSS MiB, CPU s)."""
     for leftover in ("ledger.db-wal", "ledger.db-shm"):
         (work / leftover).unlink(missing_ok=True)
     shutil.copyfile(work / "ledger.pristine.db", work / "ledger.db")
@@ -209,7 +216,8 @@ def _one_harvest(
     got = _timed_child(base | setup | {"mode": "harvest"}, env)
     if not out_uri.startswith("gs://"):
         shutil.rmtree(out_uri, ignore_errors=True)
-    return got["exited"] - got["start"], got["recorded"] - got["start"], got["maxrss_mib"]
+    elapsed = got["exited"] - got["start"]
+    return elapsed, got["recorded"] - got["start"], got["maxrss_mib"], got["cpu_s"]
 
 
 def measure(
@@ -220,6 +228,7 @@ def measure(
     images: list[int] | None = None,
     repeat: int = 1,
     spooled: bool = True,
+    server_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     """One setup per size against one emulator, then `repeat` rounds of floor, harvest with
     the download and (with `spooled`) harvest of the downloaded file; a gs:// output when
@@ -251,7 +260,11 @@ def measure(
                     shutil.rmtree(work / f"floor{r}", ignore_errors=True)
                     floor_s = floor["floor_s"]
                     out = _output(work, gcs_url, f"wire{r}")
-                    wire_s, wire_rec_s, wire_rss = _one_harvest(work, base, setup, out, False)
+                    server_cpu = process_cpu_s(server_pid)
+                    wire_s, wire_rec_s, wire_rss, wire_cpu = _one_harvest(
+                        work, base, setup, out, False
+                    )
+                    server_cpu = process_cpu_s(server_pid) - server_cpu
                     row: dict[str, Any] = {
                         "images": n,
                         "file_mb": round(size / 1e6, 1),
@@ -264,10 +277,13 @@ def measure(
                         "wire_images_per_s": round(n / wire_s, 1),
                         "wire_ratio": common.ratio(floor_s, wire_s),
                         "wire_peak_rss_mib": wire_rss,
+                        "wire_cpu_s": wire_cpu,
                     }
+                    if server_pid is not None:
+                        row["server_cpu_s"] = round(server_cpu, 2)
                     if spooled:
                         out = _output(work, gcs_url, f"spool{r}")
-                        spool_s, _, spool_rss = _one_harvest(work, base, setup, out, True)
+                        spool_s, _, spool_rss, _ = _one_harvest(work, base, setup, out, True)
                         row |= {
                             "spooled_s": round(spool_s, 3),
                             "spooled_mb_per_s": round(size / 1e6 / spool_s, 1),
@@ -278,6 +294,14 @@ def measure(
                     rows.append(row)
                 shutil.rmtree(work, ignore_errors=True)
     return rows
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc); 0 without a pid."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _output(work: Path, gcs_url: str | None, name: str) -> str:
