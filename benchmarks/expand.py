@@ -10,7 +10,9 @@ The floor, in its own process on the same file: pyarrow reads the table in batch
 request line per row, raw executemany of the item rows into SQLite. `submit` also waits for
 the service to accept each batch (the emulator reads every line to count its tokens): that
 wait is reported apart (`create_wait_s`), and `own_s` is submit without it (imports and
-start-up included). Counting the rows afterwards, to report them, is not timed.
+start-up included). `record_s` is the recording alone (one transaction: the run, its items
+and batches, the first request files); the rest of `own_s` is start-up and the tick's own
+work. Counting the rows afterwards, to report them, is not timed.
 
 A second reference, `ledger`: the floor's loop, but inserting nanobatch's item rows into the
 real ledger schema (its columns, constraints, unique key and indexes). It shows what of
@@ -75,10 +77,12 @@ def _plan(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     from pipeline.adapters.gemini import GeminiBackend
     from pipeline.adapters.ledger import repo
-    from pipeline.shell.commands import submit_spec
+    from pipeline.shell import commands
 
     waited = [0.0]
+    recorded = [0.0]
     create = GeminiBackend.create_batch
+    create_run = commands.create_run
 
     def timed_create(self: Any, *a: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
@@ -87,9 +91,17 @@ def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
         finally:
             waited[0] += time.perf_counter() - t0
 
+    def timed_record(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return create_run(*a, **kw)
+        finally:
+            recorded[0] += time.perf_counter() - t0
+
     GeminiBackend.create_batch = timed_create  # type: ignore[method-assign]
+    commands.create_run = timed_record  # type: ignore[assignment]
     ctx = common.make_context(_ledger_url(work, args), work / "state", args["url"])
-    run_id = submit_spec(ctx, _spec(work, args), force=True, use_cache=True)
+    run_id = commands.submit_spec(ctx, _spec(work, args), force=True, use_cache=True)
     t0 = time.perf_counter()
     with ctx.ledger.engine.connect() as conn:
         batches = repo.batch_state_counts(conn, run_id)
@@ -99,6 +111,7 @@ def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
         "batches": sum(batches.values()),
         "created": sum(n for state, n in batches.items() if state != "queued"),
         "create_wait_s": round(waited[0], 2),
+        "record_s": round(recorded[0], 2),
         "untimed_s": time.perf_counter() - t0,
     }
 
@@ -236,6 +249,7 @@ def _measure(root: Path, name: str, rows_n: int, per_batch: int, url: str) -> di
     out["ratio_plan"] = common.ratio(floor, out["plan_s"])
     out["ratio_submit"] = common.ratio(floor, out["submit_s"])
     out["ratio_submit_own"] = common.ratio(floor, out["submit_own_s"])
+    out["ratio_record"] = common.ratio(floor, out["submit_record_s"])
     out["ledger_vs_floor"] = common.ratio(floor, out["ledger_s"])
     return out
 
@@ -250,6 +264,7 @@ def _measure_pg(root: Path, name: str, per_batch: int, url: str, pg: str) -> dic
     out["pg_submit_own_s"] = round(out["pg_submit_s"] - out["pg_submit_create_wait_s"], 2)
     out["pg_ratio_submit"] = common.ratio(floor, out["pg_submit_s"])
     out["pg_ratio_submit_own"] = common.ratio(floor, out["pg_submit_own_s"])
+    out["pg_ratio_record"] = common.ratio(floor, out["pg_submit_record_s"])
     out["pg_ledger_vs_floor"] = common.ratio(floor, out["pg_ledger_s"])
     return out
 
