@@ -167,6 +167,10 @@ def test_repeated_key_hashes(tmp_path: Path) -> None:
     parquet = tmp_path / "keys.parquet"
     pq.write_table(pa.table({"id": ["x", None, "y", None, "z"]}), parquet)
     assert repeated_key_hashes(parquet, "id") == frozenset()
+    pq.write_table(pa.table({"id": ["k", "m", "k", "n", "k", "m"]}), parquet)  # k three times
+    assert repeated_key_hashes(parquet, "id") == {hash("k"), hash("m")}
+    pq.write_table(pa.table({"id": ["only"]}), parquet)
+    assert repeated_key_hashes(parquet, "id") == frozenset()
 
 
 # ── malformed tables are refused, not silently reshaped (issue 13, item 9) ──────────────
