@@ -145,23 +145,40 @@ def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+_RUN_ROW = (
+    "INSERT INTO runs (id, identity, job, state, model, spec_path, spec_json, input_sha256, "
+    "output_uri, run_date, max_attempts, max_enqueued_tokens, max_requests_per_batch, "
+    "max_batch_bytes, overwrite, use_cache, item_count, rejected_count, estimated_nanos, "
+    "created_at) VALUES ('r', 'i', 'j', 'active', 'm', 's', '{}', 'h', 'out', '2026-11-28', "
+    "3, 1, 1, 1, false, true, 0, 0, 0, '2026-11-28 00:00:00')"
+)
+_BATCH_ROW = (
+    "INSERT INTO batches (run_id, seq, model, display_name, state, item_count, est_tokens, "
+    "est_nanos, create_tries, created_at) VALUES "
+    "('r', {seq}, 'm', 'nb-r-{seq:05d}', 'queued', 0, 0, 0, 0, '2026-11-28 00:00:00')"
+)
+
+
 def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
-    """Like the floor, but executemany of nanobatch's item rows into the real ledger schema
-    (its columns, constraints and indexes): what recording the items alone costs."""
+    """Like the floor, but nanobatch's item rows into the real ledger schema (its columns,
+    constraints, indexes and foreign keys, checked against a run row and its batches'
+    rows, 10,000 items a batch): what recording the items alone costs."""
     from pipeline.adapters.ledger import db, repo
 
     engine = db.make_engine(_ledger_url(work, args))
     db.ensure_schema(engine)
+    made = 0  # batch ids are 1, 2, ... in a new ledger
     with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("PRAGMA foreign_keys = OFF")  # no run row: only the items
-        else:
-            conn.exec_driver_sql("SET session_replication_role = replica")  # the same
+        conn.exec_driver_sql(_RUN_ROW)
         for first, keys, prompts in _table_chunks(work / args["input"]):
+            batch = 1 + (first - 1) // 10_000
+            for seq in range(made + 1, batch + 1):
+                conn.exec_driver_sql(_BATCH_ROW.format(seq=seq))
+            made = max(made, batch)
             rows = []
             for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
                 rows.append(("r", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300))
-            repo.insert_items(conn, rows, state="in_batch", batch_id=1 + first // 10_000)
+            repo.insert_items(conn, rows, state="in_batch", batch_id=batch)
     return {}
 
 
