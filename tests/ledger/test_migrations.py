@@ -18,6 +18,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.adapters.ledger import db
+from tests.ledger_rows import RUN_INSERT, batch_insert
 
 TABLES = {
     "runs",
@@ -150,18 +151,7 @@ def test_processes_meet_an_empty_database(empty_db_url: str) -> None:
         engine.dispose()
 
 
-RUN_INSERT = (
-    "INSERT INTO runs (id, identity, job, state, model, spec_path, spec_json, input_sha256, "
-    "output_uri, run_date, max_attempts, max_enqueued_tokens, max_requests_per_batch, "
-    "max_batch_bytes, overwrite, use_cache, item_count, rejected_count, estimated_nanos, "
-    "created_at) VALUES ('r1', 'i1', 'j', 'active', 'm', 's', '{}', 'h', 'out', '2026-11-28', "
-    "3, 1, 1, 1, false, true, 0, 0, 0, '2026-11-28 00:00:00')"
-)
-BATCH_INSERT = (
-    "INSERT INTO batches (run_id, seq, model, display_name, state, item_count, est_tokens, "
-    "est_nanos, create_tries, created_at) VALUES "
-    "('r1', 1, 'm', 'nb-r1-00001', 'queued', 0, 0, 0, 0, '2026-11-28 00:00:00')"
-)
+BATCH_INSERT = batch_insert(1)
 
 
 def test_0006_adds_run_holds_to_a_ledger_in_use(engine: Engine) -> None:
