@@ -74,6 +74,19 @@ def _plan(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     return {"items": plan.items, "batches": plan.batches}
 
 
+def _timed(fn: Any, total: list[float]) -> Any:
+    """`fn`, adding the seconds each call takes to total[0]."""
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            total[0] += time.perf_counter() - t0
+
+    return timed
+
+
 def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     from pipeline.adapters.gemini import GeminiBackend
     from pipeline.adapters.ledger import repo
@@ -81,25 +94,8 @@ def _submit(work: Path, args: dict[str, Any]) -> dict[str, Any]:
 
     waited = [0.0]
     recorded = [0.0]
-    create = GeminiBackend.create_batch
-    create_run = commands.create_run
-
-    def timed_create(self: Any, *a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return create(self, *a, **kw)
-        finally:
-            waited[0] += time.perf_counter() - t0
-
-    def timed_record(*a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return create_run(*a, **kw)
-        finally:
-            recorded[0] += time.perf_counter() - t0
-
-    GeminiBackend.create_batch = timed_create  # type: ignore[method-assign]
-    commands.create_run = timed_record  # type: ignore[assignment]
+    GeminiBackend.create_batch = _timed(GeminiBackend.create_batch, waited)  # type: ignore[method-assign]
+    commands.create_run = _timed(commands.create_run, recorded)  # type: ignore[assignment]
     ctx = common.make_context(_ledger_url(work, args), work / "state", args["url"])
     run_id = commands.submit_spec(ctx, _spec(work, args), force=True, use_cache=True)
     t0 = time.perf_counter()
@@ -145,39 +141,26 @@ def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-_RUN_ROW = (
-    "INSERT INTO runs (id, identity, job, state, model, spec_path, spec_json, input_sha256, "
-    "output_uri, run_date, max_attempts, max_enqueued_tokens, max_requests_per_batch, "
-    "max_batch_bytes, overwrite, use_cache, item_count, rejected_count, estimated_nanos, "
-    "created_at) VALUES ('r', 'i', 'j', 'active', 'm', 's', '{}', 'h', 'out', '2026-11-28', "
-    "3, 1, 1, 1, false, true, 0, 0, 0, '2026-11-28 00:00:00')"
-)
-_BATCH_ROW = (
-    "INSERT INTO batches (run_id, seq, model, display_name, state, item_count, est_tokens, "
-    "est_nanos, create_tries, created_at) VALUES "
-    "('r', {seq}, 'm', 'nb-r-{seq:05d}', 'queued', 0, 0, 0, 0, '2026-11-28 00:00:00')"
-)
-
-
 def _ledger_floor(work: Path, args: dict[str, Any]) -> dict[str, Any]:
     """Like the floor, but nanobatch's item rows into the real ledger schema (its columns,
     constraints, indexes and foreign keys, checked against a run row and its batches'
     rows, 10,000 items a batch): what recording the items alone costs."""
     from pipeline.adapters.ledger import db, repo
+    from tests.ledger_rows import RUN_INSERT, batch_insert
 
     engine = db.make_engine(_ledger_url(work, args))
     db.ensure_schema(engine)
     made = 0  # batch ids are 1, 2, ... in a new ledger
     with engine.begin() as conn:
-        conn.exec_driver_sql(_RUN_ROW)
+        conn.exec_driver_sql(RUN_INSERT)
         for first, keys, prompts in _table_chunks(work / args["input"]):
             batch = 1 + (first - 1) // 10_000
             for seq in range(made + 1, batch + 1):
-                conn.exec_driver_sql(_BATCH_ROW.format(seq=seq))
+                conn.exec_driver_sql(batch_insert(seq))
             made = max(made, batch)
             rows = []
             for row, (key, prompt) in enumerate(zip(keys, prompts, strict=True), first):
-                rows.append(("r", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300))
+                rows.append(("r1", key, row, prompt, "0" * 64, "1:1", "1K", "m", 1300))
             repo.insert_items(conn, rows, state="in_batch", batch_id=batch)
     return {}
 
