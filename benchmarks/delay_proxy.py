@@ -15,7 +15,6 @@ import contextlib
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 CHUNK = 1 << 20
@@ -68,8 +67,7 @@ def running(target_url: str, delay_ms: float) -> Iterator[tuple[str, int | None]
     proc = subprocess.Popen([*cmd, "--delay-ms", str(delay_ms)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().split()[-1]
-        time.sleep(0.05)
+        url = proc.stdout.readline().split()[-1]  # printed once it accepts connections
         yield url, proc.pid
     finally:
         proc.terminate()

@@ -93,6 +93,8 @@ class GcsStore:
     `per_thread=True`, one per thread; measured on fake-gcs-server with 8-16 upload threads,
     the two were within noise of each other, so the cheaper shared client is the default)."""
 
+    puts_in_flight: int | None = PUTS_IN_FLIGHT
+
     def __init__(
         self,
         uri: str,
@@ -112,7 +114,6 @@ class GcsStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._retry: dict[str, Any] = {"tries": tries, "base": base_delay, "sleep": sleep}
-        self.puts_in_flight: int | None = PUTS_IN_FLIGHT
 
     def __repr__(self) -> str:
         return f"GcsStore({self.base_uri!r})"
